@@ -1,0 +1,24 @@
+# One command runs all tests: `make test` (creates .venv, installs, runs pytest).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test install bench-fetch clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-fetch: $(STAMP)
+	$(BIN)/python bench/fetch_pending.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Parts shared by the integrations: request validation and the HTTP API factories."""

@@ -1,0 +1,117 @@
+"""The internal HTTP APIs every integration serves: fetchPendingTasks and its report endpoint.
+
+These views validate at the edge (token, query, body) and hand the decision to
+task_store, the single writer. Only the web process imports this module.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import abort, current_app, jsonify, request
+
+import task_store
+from db import get_db
+from integrations import FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
+
+MAX_LIMIT = 100
+MAX_ID_CHARS = 200
+MAX_ERROR_CHARS = 10_000
+REPORT_FIELDS = ("apiCallId", "status", "attempt", "taskId", "data", "error", "retryable")
+
+
+def require_internal_token() -> None:
+    """401 unless the request carries `Authorization: Bearer <INTERNAL_API_TOKEN>`."""
+    expected = f"Bearer {current_app.config['INTERNAL_API_TOKEN']}".encode()
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, expected):
+        abort(401, "Missing or wrong internal API token")
+
+
+def parse_limit(raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        abort(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:50]!r}")
+    return int(raw)
+
+
+def create_fetch_pending_tasks_api(
+    namespace: str,
+    entity: EntityMapping,
+    max_attempts: int = 5,
+    stuck_timeout_seconds: int = 300,
+    default_limit: int = 10,
+) -> Api:
+    """GET /api/{namespace}/fetchPendingTasks: claimable tasks, oldest first."""
+    policy = task_store.Policy(max_attempts, stuck_timeout_seconds)
+
+    def fetch_pending_tasks():
+        require_internal_token()
+        limit = parse_limit(request.args.get("limit"), default_limit)
+        conn = get_db()
+        task_store.expire_stuck(conn, entity, namespace, policy)
+        return jsonify({"tasks": task_store.fetch_claimable(conn, entity, policy, limit)})
+
+    fetch_pending_tasks.__name__ = f"{namespace}_fetch_pending_tasks"
+    return Api(namespace, FETCH_PENDING_TASKS_API_NAME, ("GET",), fetch_pending_tasks)
+
+
+def create_report_api(
+    namespace: str,
+    name: str,
+    entity: EntityMapping,
+    max_attempts: int = 5,
+    stuck_timeout_seconds: int = 300,
+) -> Api:
+    """POST /api/{namespace}/{name}: a claim (`queued`) or a workflow's progress report."""
+    policy = task_store.Policy(max_attempts, stuck_timeout_seconds)
+
+    def report_task_event():
+        require_internal_token()
+        task_id, report = parse_report(request.get_json(force=True, silent=True))
+        try:
+            outcome = task_store.transition(get_db(), entity, namespace, task_id, report, policy)
+        except task_store.TaskNotFound:
+            abort(404, "Task not found")
+        except task_store.TransitionRefused as exc:
+            abort(409, str(exc))
+        return jsonify({"success": True, "status": outcome.status, "attempt": outcome.attempt,
+                        "duplicate": outcome.duplicate})
+
+    report_task_event.__name__ = f"{namespace}_{name}"
+    return Api(namespace, name, ("POST",), report_task_event)
+
+
+def parse_report(body: Any) -> tuple[str, task_store.Report]:
+    """Check a report body's shape; 400 with the first problem found."""
+    if not isinstance(body, dict):
+        abort(400, "Body must be a JSON object")
+    unknown = sorted(set(body) - set(REPORT_FIELDS))
+    if unknown:
+        abort(400, f"Unknown field(s): {', '.join(unknown)}")
+    task_id = body.get("apiCallId")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_CHARS:
+        abort(400, f"apiCallId must be a non-empty string of at most {MAX_ID_CHARS} characters")
+    status = body.get("status")
+    if status not in task_store.REPORTABLE:
+        abort(400, f"status must be one of {', '.join(task_store.REPORTABLE)}")
+    attempt = body.get("attempt")
+    if attempt is not None and (not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1):
+        abort(400, "attempt must be a positive integer")
+    if status != "queued" and attempt is None:
+        abort(400, f"attempt is required when reporting {status}")
+    external_id = body.get("taskId")
+    if external_id is not None and (not isinstance(external_id, str) or len(external_id) > MAX_ID_CHARS):
+        abort(400, f"taskId must be a string of at most {MAX_ID_CHARS} characters")
+    error = body.get("error")
+    if error is not None and (not isinstance(error, str) or len(error) > MAX_ERROR_CHARS):
+        abort(400, f"error must be a string of at most {MAX_ERROR_CHARS} characters")
+    retryable = body.get("retryable", True)
+    if not isinstance(retryable, bool):
+        abort(400, "retryable must be a boolean")
+    data = body.get("data")
+    if data is not None and not isinstance(data, (dict, list)):
+        abort(400, "data must be an object or a list")
+    return task_id, task_store.Report(status, attempt, external_id, data, error, retryable)

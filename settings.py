@@ -1,0 +1,172 @@
+"""Configuration shared by the three processes (DESIGN §6).
+
+`app.config.json` holds the defaults; `${VAR}` and `${VAR:-default}` in its
+strings are substituted from the environment. The environment variables in
+SETTINGS then override single values, twelve-factor style, so a Procfile line
+needs no file edits. This module imports nothing of the database layer: the
+processor and the worker load it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG_FILE = ROOT / "app.config.json"
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    path: str
+    kind: type
+    help: str
+
+
+VIDEO = "integrations.fangzhouVideoGeneration"
+IMAGE = "integrations.nanobanana2ImageGeneration"
+
+SETTINGS = [
+    Setting("PORT", "components.main.port", int, "port the web process listens on"),
+    Setting("DATABASE_PATH", "components.main.databasePath", str, "SQLite database file"),
+    Setting("MAIN_ENDPOINT", "components.main.endpoint", str, "base URL the processor and worker use to reach the web process"),
+    Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str, "Bearer token of the internal endpoints"),
+    Setting("TEMPORAL_ADDRESS", "components.asyncTask.temporal.address", str, "Temporal frontend host:port"),
+    Setting("TEMPORAL_NAMESPACE", "components.asyncTask.temporal.namespace", str, "Temporal namespace"),
+    Setting("POLL_INTERVAL_MS", "components.asyncTask.pullMode.pollIntervalMs", int, "processor's idle poll interval"),
+    Setting("BATCH_SIZE", "components.asyncTask.pullMode.batchSize", int, "tasks fetched per poll (1..100)"),
+    Setting("MAX_ATTEMPTS", "components.asyncTask.pullMode.maxAttempts", int, "claims a task may use before it fails for good"),
+    Setting("STUCK_TIMEOUT_SECONDS", "components.asyncTask.pullMode.stuckTimeoutSeconds", int, "age after which a queued claim may be rescued"),
+    Setting("FANGZHOU_BASE_URL", f"{VIDEO}.baseUrl", str, "Volcengine Ark API base URL"),
+    Setting("FANGZHOU_API_KEY", f"{VIDEO}.apiKey", str, "Volcengine Ark API key"),
+    Setting("FANGZHOU_MODEL", f"{VIDEO}.model", str, "Ark video model id"),
+    Setting("NANOBANANA_BASE_URL", f"{IMAGE}.baseUrl", str, "Nano Banana job API base URL"),
+    Setting("NANOBANANA_API_KEY", f"{IMAGE}.apiKey", str, "Nano Banana API key"),
+    Setting("NANOBANANA_MODEL", f"{IMAGE}.model", str, "Nano Banana model id"),
+]
+BY_ENV = {s.env: s for s in SETTINGS}
+BY_PATH = {s.path: s for s in SETTINGS}
+
+
+class Config:
+    """The loaded configuration: a nested dict read by dotted paths."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def get(self, path: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for key in path.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return default
+            node = node[key]
+        return default if node is None else node
+
+    def require(self, path: str) -> Any:
+        """The value at `path`, or a ConfigError naming the variable to set."""
+        value = self.get(path)
+        if value is None or value == "":
+            setting = BY_PATH.get(path)
+            hint = f"set {setting.env} ({path})" if setting else f"set {path} in app.config.json"
+            raise ConfigError(f"missing required setting: {hint}")
+        return value
+
+    def section(self, path: str) -> dict:
+        value = self.get(path, {})
+        return value if isinstance(value, dict) else {}
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    path: str | os.PathLike | None = None,
+) -> Config:
+    """Read the config file, substitute `${VAR}`, apply env then `overrides` (keyed by env name)."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("APP_CONFIG") or DEFAULT_CONFIG_FILE
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    data = _substitute(raw, environ)
+    for setting in SETTINGS:
+        if environ.get(setting.env) not in (None, ""):
+            _set(data, setting.path, _convert(setting, environ[setting.env]))
+    for name, value in (overrides or {}).items():
+        setting = BY_ENV.get(name)
+        if setting is None:
+            raise ConfigError(f"unknown setting {name!r}; known: {', '.join(BY_ENV)}")
+        _set(data, setting.path, _convert(setting, value))
+    config = Config(data)
+    _validate(config)
+    return config
+
+
+def _substitute(node: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, environ) for v in node]
+    if isinstance(node, str) and "${" in node:
+        missing = False
+
+        def replace(match: re.Match) -> str:
+            nonlocal missing
+            value = environ.get(match.group(1))
+            if value in (None, ""):
+                if match.group(2) is None:
+                    missing = True
+                    return ""
+                return match.group(2)
+            return value
+
+        result = _REFERENCE.sub(replace, node)
+        return None if missing else result
+    return node
+
+
+def _convert(setting: Setting, value: Any) -> Any:
+    if setting.kind is int and not isinstance(value, int):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{setting.env} must be an integer, got {value!r}") from None
+    return value
+
+
+def _set(data: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+_BOUNDS = {
+    "components.main.port": (1, 65535),
+    "components.asyncTask.pullMode.pollIntervalMs": (1, 3_600_000),
+    "components.asyncTask.pullMode.batchSize": (1, 100),
+    "components.asyncTask.pullMode.maxAttempts": (1, 1000),
+    "components.asyncTask.pullMode.stuckTimeoutSeconds": (1, 86_400 * 7),
+}
+
+
+def _validate(config: Config) -> None:
+    for path, (low, high) in _BOUNDS.items():
+        value = config.get(path)
+        if value is None:
+            continue
+        setting = BY_PATH[path]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ConfigError(f"{setting.env} ({path}) must be an integer from {low} to {high}, got {value!r}")

@@ -1,0 +1,100 @@
+"""Fixtures: a fresh app on a temporary SQLite file per test (pytest-flask gives `client`)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from app import create_app
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+VIDEO = "fangzhouVideoGeneration"
+IMAGE = "nanobanana2ImageGeneration"
+REPORT = {VIDEO: "reportFangzhouVideoResult", IMAGE: "reportNanobanana2ImageResult"}
+TABLE = {VIDEO: "video_tasks", IMAGE: "image_tasks"}
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "app.db")
+
+
+@pytest.fixture
+def app(db_path):
+    app = create_app({"DATABASE_PATH": db_path, "INTERNAL_API_TOKEN": TOKEN,
+                      "MAX_ATTEMPTS": 5, "STUCK_TIMEOUT_SECONDS": 300, "BATCH_SIZE": 10})
+    app.config["TESTING"] = True
+    return app
+
+
+class Tasks:
+    """Creates tasks through the user API, then puts them in a given state for a test."""
+
+    def __init__(self, client, db_path):
+        self.client = client
+        self.db_path = db_path
+
+    def create(self, namespace=VIDEO, prompt="a cat on a skateboard"):
+        path = "/api/video/generate" if namespace == VIDEO else "/api/image/generate"
+        response = self.client.post(path, json={"prompt": prompt})
+        assert response.status_code == 201, response.json
+        return response.json["taskId"]
+
+    def put(self, namespace=VIDEO, *, status="pending", attempts=0, started_at=None,
+            retryable=True, created_at=None):
+        task_id = self.create(namespace)
+        fields = {"status": status, "attempts": attempts, "started_at": started_at,
+                  "retryable": int(retryable)}
+        if created_at is not None:
+            fields["created_at"] = created_at
+        with sqlite3.connect(self.db_path) as conn:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            conn.execute(f"UPDATE {TABLE[namespace]} SET {sets} WHERE id = ?", [*fields.values(), task_id])
+        return task_id
+
+    def row(self, task_id, namespace=VIDEO):
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute(f"SELECT * FROM {TABLE[namespace]} WHERE id = ?", (task_id,)).fetchone()
+            return dict(row) if row else None
+
+    def events(self, task_id):
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute(
+                "SELECT * FROM task_events WHERE task_id = ? ORDER BY id", (task_id,))]
+
+    def report(self, task_id, status, namespace=VIDEO, **fields):
+        body = {"apiCallId": task_id, "status": status, **fields}
+        return self.client.post(f"/api/{namespace}/{REPORT[namespace]}", json=body, headers=AUTH)
+
+    def fetch(self, namespace=VIDEO, limit=None, headers=AUTH):
+        query = "" if limit is None else f"?limit={limit}"
+        return self.client.get(f"/api/{namespace}/fetchPendingTasks{query}", headers=headers)
+
+
+@pytest.fixture
+def tasks(client, db_path):
+    return Tasks(client, db_path)
+
+
+def snapshot(db_path):
+    """Every row of every table: compared before and after to show nothing changed."""
+    with sqlite3.connect(db_path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

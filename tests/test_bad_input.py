@@ -1,0 +1,80 @@
+"""Bad input gets a 4xx JSON error and changes nothing in the database."""
+
+import json
+
+import pytest
+
+from tests.conftest import AUTH, snapshot
+
+REPORT_URL = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
+FETCH_URL = "/api/fangzhouVideoGeneration/fetchPendingTasks"
+SQL_ID = "x'; DROP TABLE video_tasks; --\" OR 1=1"
+
+# name -> (method, url, raw body or JSON, headers, expected status, message fragment)
+CASES = {
+    "non-JSON body": ("POST", REPORT_URL, b"not json {", {}, 400, "JSON object"),
+    "JSON array body": ("POST", REPORT_URL, [1, 2], {}, 400, "JSON object"),
+    "empty body": ("POST", REPORT_URL, b"", {}, 400, "JSON object"),
+    "missing apiCallId": ("POST", REPORT_URL, {"status": "queued"}, {}, 400, "apiCallId"),
+    "apiCallId a number": ("POST", REPORT_URL, {"apiCallId": 7, "status": "queued"}, {}, 400, "apiCallId"),
+    "apiCallId empty": ("POST", REPORT_URL, {"apiCallId": "", "status": "queued"}, {}, 400, "apiCallId"),
+    "apiCallId too long": ("POST", REPORT_URL, {"apiCallId": "a" * 201, "status": "queued"}, {}, 400, "apiCallId"),
+    "unknown status": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "done"}, {}, 400, "status must be one of"),
+    "status pending": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "pending"}, {}, 400, "status"),
+    "status a list": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": ["queued"]}, {}, 400, "status"),
+    "attempt a string": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "processing", "attempt": "1"},
+                         {}, 400, "attempt"),
+    "attempt a bool": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "processing", "attempt": True},
+                       {}, 400, "attempt"),
+    "attempt zero": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "processing", "attempt": 0},
+                     {}, 400, "attempt"),
+    "attempt missing on a progress report": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "completed"},
+                                             {}, 400, "attempt is required"),
+    "retryable a string": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "failed", "attempt": 1,
+                                                "retryable": "no"}, {}, 400, "retryable"),
+    "error a dict": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "failed", "attempt": 1,
+                                          "error": {"m": 1}}, {}, 400, "error"),
+    "data a string": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "completed", "attempt": 1,
+                                           "data": "x"}, {}, 400, "data"),
+    "unknown field": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "queued", "sql": 1}, {}, 400, "Unknown"),
+    "1 MB body": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "completed", "attempt": 1,
+                                       "data": {"blob": "x" * 1_000_000}}, {}, 413, "too large"),
+    "id full of quotes and SQL (claim)": ("POST", REPORT_URL, {"apiCallId": SQL_ID, "status": "queued"},
+                                          {}, 404, "Task not found"),
+    "id full of quotes and SQL (read)": ("GET", "/api/tasks/" + "x'%20OR%20'1'='1", None, {}, 404, "not found"),
+    "limit 0": ("GET", FETCH_URL + "?limit=0", None, {}, 400, "limit must be an integer from 1 to 100"),
+    "limit 101": ("GET", FETCH_URL + "?limit=101", None, {}, 400, "limit"),
+    "limit abc": ("GET", FETCH_URL + "?limit=abc", None, {}, 400, "limit"),
+    "limit negative": ("GET", FETCH_URL + "?limit=-1", None, {}, 400, "limit"),
+    "limit with SQL": ("GET", FETCH_URL + "?limit=1;DROP%20TABLE%20video_tasks", None, {}, 400, "limit"),
+    "wrong method": ("GET", REPORT_URL, None, {}, 405, ""),
+    "no token": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "queued"}, {"Authorization": ""}, 401, "token"),
+    "prompt missing": ("POST", "/api/video/generate", {}, {}, 400, "'prompt' is required"),
+    "prompt empty": ("POST", "/api/image/generate", {"prompt": "   "}, {}, 400, "must not be empty"),
+    "prompt a number": ("POST", "/api/video/generate", {"prompt": 5}, {}, 400, "must be a string"),
+    "prompt oversized": ("POST", "/api/video/generate", {"prompt": "p" * 4001}, {}, 400, "too long"),
+    "video duration a string": ("POST", "/api/video/generate", {"prompt": "p", "duration": "5"},
+                                {}, 400, "'duration' must be an integer"),
+    "video ratio unknown": ("POST", "/api/video/generate", {"prompt": "p", "ratio": "2:1"}, {}, 400, "ratio"),
+    "image unknown field": ("POST", "/api/image/generate", {"prompt": "p", "size": 3}, {}, 400, "Unknown field"),
+    "image input not URLs": ("POST", "/api/image/generate", {"prompt": "p", "imageInput": [1]}, {}, 400, "imageInput"),
+    "create body not JSON": ("POST", "/api/image/generate", b"prompt=cat", {}, 400, "JSON object"),
+}
+
+
+@pytest.mark.parametrize("method, url, body, headers, code, message", CASES.values(), ids=CASES.keys())
+def test_bad_input_is_refused_and_changes_nothing(tasks, db_path, method, url, body, headers, code, message):
+    task_id = tasks.create()
+    tasks.report(task_id, "queued")
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).replace('"TASK"', json.dumps(task_id)).encode()
+    before = snapshot(db_path)
+
+    response = tasks.client.open(url, method=method, data=body, headers={**AUTH, **headers},
+                                 content_type="application/json")
+
+    assert response.status_code == code
+    assert response.is_json, response.data[:200]
+    assert response.json["success"] is False
+    assert message in response.json["error"]
+    assert snapshot(db_path) == before
