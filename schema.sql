@@ -32,20 +32,23 @@ CREATE TABLE IF NOT EXISTS image_tasks (
     updated_at     REAL NOT NULL
 );
 
--- fetchPendingTasks runs one indexed range per claimable kind (see task_store.fetch_claimable):
---   pending:        (status, created_at)          walks the backlog in FIFO order
---   stuck queued:   (status, started_at)          only claims older than the stuck timeout
---   retry failed:   partial (attempts, created_at) over retryable failures only, so
---                   tasks failed for good are never read.
+-- fetchPendingTasks runs one indexed range per claimable kind, each read in index
+-- order and cut by LIMIT, so its cost follows the batch size, not the table size
+-- (see task_store.fetch_claimable):
+--   pending          (status, created_at)              the backlog, FIFO
+--   retry due        (retryable, created_at) over failures; a task failed for good
+--                    (rejected, or out of attempts) has retryable = 0 and is never read
+--   stuck queued     (status, started_at)              oldest claims first
+--   expire sweep     (attempts, started_at) over queued only: claims with no attempts left
 CREATE INDEX IF NOT EXISTS video_tasks_status_created ON video_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS video_tasks_status_started ON video_tasks (status, started_at);
-CREATE INDEX IF NOT EXISTS video_tasks_retryable_failed ON video_tasks (attempts, created_at)
-    WHERE status = 'failed' AND retryable = 1;
+CREATE INDEX IF NOT EXISTS video_tasks_retry_due ON video_tasks (retryable, created_at) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS video_tasks_queued_attempts ON video_tasks (attempts, started_at) WHERE status = 'queued';
 
 CREATE INDEX IF NOT EXISTS image_tasks_status_created ON image_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS image_tasks_status_started ON image_tasks (status, started_at);
-CREATE INDEX IF NOT EXISTS image_tasks_retryable_failed ON image_tasks (attempts, created_at)
-    WHERE status = 'failed' AND retryable = 1;
+CREATE INDEX IF NOT EXISTS image_tasks_retry_due ON image_tasks (retryable, created_at) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS image_tasks_queued_attempts ON image_tasks (attempts, started_at) WHERE status = 'queued';
 
 CREATE TABLE IF NOT EXISTS task_events (
     id          INTEGER PRIMARY KEY,

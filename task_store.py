@@ -102,7 +102,8 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> dict | Non
         changes["result"] = _dump(report.data)
     if report.status == "failed":
         changes["error"] = report.error or "failed (no message given)"
-        changes["retryable"] = 1 if report.retryable else 0
+        # Failed for good is decided here, once: the retry index then never holds it.
+        changes["retryable"] = 1 if report.retryable and attempts < policy.max_attempts else 0
     return changes
 
 
@@ -186,8 +187,8 @@ def expire_stuck(
     cutoff = now - policy.stuck_timeout_seconds
     candidates = [row[0] for row in conn.execute(
         f"SELECT {_q(c('id'))} FROM {_q(entity.table)} WHERE {_q(c('status'))} = 'queued' "
-        f"AND {_q(c('startedAt'))} < ? AND {_q(c('attempts'))} >= ? LIMIT ?",
-        (cutoff, policy.max_attempts, EXPIRE_BATCH),
+        f"AND {_q(c('attempts'))} >= ? AND +{_q(c('startedAt'))} < ? LIMIT ?",  # + : use the attempts index
+        (policy.max_attempts, cutoff, EXPIRE_BATCH),
     )]
     expired = []
     for task_id in candidates:
@@ -198,7 +199,7 @@ def expire_stuck(
                 continue
             error = (f"Attempt {task['attempts']} of {policy.max_attempts} made no progress within "
                      f"{policy.stuck_timeout_seconds}s of its claim; no attempts left")
-            _update(conn, entity, task, {"status": "failed", "error": error}, now)
+            _update(conn, entity, task, {"status": "failed", "error": error, "retryable": 0}, now)
             _append_event(conn, namespace, task_id, "failed", task["attempts"], now, error=error)
             expired.append(task_id)
     return expired
@@ -208,10 +209,12 @@ def fetch_claimable(
     conn: sqlite3.Connection, entity: EntityMapping, policy: Policy, limit: int,
     now: float | None = None,
 ) -> list[dict]:
-    """Claimable tasks, oldest first: pending, retryable failed, stuck queued (DESIGN §3).
+    """Claimable tasks, oldest createdAt first: pending, retry due, stuck queued (DESIGN §3).
 
-    Each kind is its own indexed range with its own LIMIT, so the cost follows
-    `limit`, not the table size; tasks failed for good are never read.
+    Each kind is read in its index's order and cut by its own LIMIT, so the cost
+    follows `limit`, not the table size. Stuck claims are picked oldest claim
+    first (their index order); the merged batch is ordered by createdAt. The unary
+    `+` keeps the planner on (status, startedAt) for stuck claims.
     """
     now = time.time() if now is None else now
     c = lambda name: _q(entity.column(name))  # noqa: E731
@@ -219,15 +222,15 @@ def fetch_claimable(
     select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('startedAt')} AS startedAt, "
               f"{c('attempts')} AS attempts, {c('requestParams')} AS requestParams, "
               f"{c('createdAt')} AS createdAt FROM {table}")
-    order = f"ORDER BY {c('createdAt')} LIMIT :limit"
     sql = f"""
-        SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'pending' {order})
+        SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'pending'
+                                      ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'failed' AND {c('retryable')} = 1
-                        AND {c('attempts')} < :max {order})
+                       AND {c('attempts')} < :max ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('startedAt')} < :cutoff
-                        AND {c('attempts')} < :max {order}))
+                       AND +{c('attempts')} < :max ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """
     params = {"limit": limit, "max": policy.max_attempts, "cutoff": now - policy.stuck_timeout_seconds}

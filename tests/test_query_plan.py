@@ -1,0 +1,43 @@
+"""fetchPendingTasks never scans the task table: each claimable kind reads its own index."""
+
+import sqlite3
+import time
+
+import pytest
+
+import db
+import task_store
+from integrations import load_integrations
+from settings import load_config
+
+
+@pytest.mark.parametrize("namespace, table", [
+    ("fangzhouVideoGeneration", "video_tasks"), ("nanobanana2ImageGeneration", "image_tasks")])
+def test_fetch_and_expire_queries_use_indexes(tmp_path, namespace, table):
+    path = str(tmp_path / "plan.db")
+    db.init_db(path)
+    entity = next(i.entity for i in load_integrations(load_config(environ={"INTERNAL_API_TOKEN": "t"}))
+                  if i.namespace == namespace)
+    conn = db.connect(path)
+    statements = []
+    conn.set_trace_callback(statements.append)
+    task_store.fetch_claimable(conn, entity, task_store.Policy(), 10, now=time.time())
+    task_store.expire_stuck(conn, entity, namespace, task_store.Policy(), now=time.time())
+    conn.set_trace_callback(None)
+
+    plan = []
+    for sql in statements:
+        plan += [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert not [line for line in plan if line.startswith(f"SCAN {table}")], plan
+    for index in ("status_created (status=?)", "retry_due (retryable=?)",
+                  "status_started (status=? AND started_at<?)", "queued_attempts (attempts>?)"):
+        assert f"SEARCH {table} USING INDEX {table}_{index}" in plan, "\n".join(plan)
+    conn.close()
+
+
+def test_schema_is_idempotent(tmp_path):
+    path = str(tmp_path / "again.db")
+    db.init_db(path)
+    db.init_db(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,0 +1,56 @@
+"""DESIGN §4.1 across processes: of 32 concurrent claims per task, exactly one wins."""
+
+import random
+import sqlite3
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import TOKEN
+from tests.services import gunicorn
+
+TASKS = 20
+CLAIMS_PER_TASK = 32
+REPORT = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
+
+
+@pytest.mark.slow
+def test_single_winner_across_gunicorn_workers(tmp_path):
+    db_path = str(tmp_path / "app.db")
+    log_path = tmp_path / "gunicorn.log"
+    with gunicorn(db_path, log_path, workers=4, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
+        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, timeout=10)
+                    .json()["taskId"] for i in range(TASKS)]
+        claims = [task_id for task_id in task_ids for _ in range(CLAIMS_PER_TASK)]
+        random.shuffle(claims)
+
+        def claim(task_id):
+            response = requests.post(f"{url}{REPORT}", json={"apiCallId": task_id, "status": "queued"},
+                                     headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+            return task_id, response.status_code, response.json()
+
+        with ThreadPoolExecutor(max_workers=128) as pool:
+            answers = list(pool.map(claim, claims))
+
+    by_task = defaultdict(list)
+    for task_id, code, body in answers:
+        by_task[task_id].append((code, body))
+    with sqlite3.connect(db_path) as conn:
+        queued_events = dict(conn.execute(
+            "SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' GROUP BY task_id").fetchall())
+        rows = dict(conn.execute("SELECT id, attempts FROM video_tasks").fetchall())
+
+    for task_id in task_ids:
+        results = by_task[task_id]
+        winners = [body for code, body in results if 200 <= code < 300 and body.get("success") is True]
+        assert len(winners) == 1, results
+        assert winners[0]["attempt"] == 1
+        assert sorted(code for code, _ in results) == [200] + [409] * (CLAIMS_PER_TASK - 1)
+        assert queued_events[task_id] == 1
+        assert rows[task_id] == 1
+    log = log_path.read_text()
+    assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
+    print(f"{len(answers)} concurrent claims over {TASKS} tasks: {TASKS} winners, "
+          f"{len(answers) - TASKS} refused with 409")
