@@ -39,16 +39,16 @@ CREATE TABLE IF NOT EXISTS image_tasks (
 --   retry due        (retryable, created_at) over failures; a task failed for good
 --                    (rejected, or out of attempts) has retryable = 0 and is never read
 --   stuck queued     (status, started_at)              oldest claims first
---   expire sweep     (attempts, started_at) over queued only: claims with no attempts left
+--   expire sweep     (status, attempts, started_at)  claims with no attempts left
 CREATE INDEX IF NOT EXISTS video_tasks_status_created ON video_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS video_tasks_status_started ON video_tasks (status, started_at);
 CREATE INDEX IF NOT EXISTS video_tasks_retry_due ON video_tasks (retryable, created_at) WHERE status = 'failed';
-CREATE INDEX IF NOT EXISTS video_tasks_queued_attempts ON video_tasks (attempts, started_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS video_tasks_status_attempts ON video_tasks (status, attempts, started_at);
 
 CREATE INDEX IF NOT EXISTS image_tasks_status_created ON image_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS image_tasks_status_started ON image_tasks (status, started_at);
 CREATE INDEX IF NOT EXISTS image_tasks_retry_due ON image_tasks (retryable, created_at) WHERE status = 'failed';
-CREATE INDEX IF NOT EXISTS image_tasks_queued_attempts ON image_tasks (attempts, started_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS image_tasks_status_attempts ON image_tasks (status, attempts, started_at);
 
 CREATE TABLE IF NOT EXISTS task_events (
     id          INTEGER PRIMARY KEY,

@@ -214,7 +214,7 @@ def fetch_claimable(
     Each kind is read in its index's order and cut by its own LIMIT, so the cost
     follows `limit`, not the table size. Stuck claims are picked oldest claim
     first (their index order); the merged batch is ordered by createdAt. The unary
-    `+` keeps the planner on (status, startedAt) for stuck claims.
+    `+` on attempts keeps the planner on the index that serves each kind's order.
     """
     now = time.time() if now is None else now
     c = lambda name: _q(entity.column(name))  # noqa: E731
@@ -227,7 +227,7 @@ def fetch_claimable(
                                       ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'failed' AND {c('retryable')} = 1
-                       AND {c('attempts')} < :max ORDER BY {c('createdAt')} LIMIT :limit)
+                       AND +{c('attempts')} < :max ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('startedAt')} < :cutoff
                        AND +{c('attempts')} < :max ORDER BY {c('startedAt')} LIMIT :limit))

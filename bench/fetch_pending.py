@@ -63,7 +63,6 @@ def build(path: str, rows: int) -> None:
 
     database = sqlite_utils.Database(path)
     database["video_tasks"].insert_all(generate(), batch_size=5000)
-    database.execute("ANALYZE")
     database.close()
 
 
