@@ -98,3 +98,67 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def temporal(tmp_path_factory):
+    """One real Temporal dev server for the session; yields its host:port."""
+    from tests.services import temporal_server
+
+    folder = tmp_path_factory.mktemp("temporal")
+    with temporal_server(folder / "temporal.db", folder / "temporal.log") as address:
+        yield address
+
+
+@pytest.fixture
+def web(tmp_path, db_path):
+    """The web process under gunicorn (2 workers); yields a `Web` with its URL and a `Tasks`-like API."""
+    from tests.services import gunicorn
+
+    started = []
+
+    def start(**env):
+        context = gunicorn(db_path, tmp_path / "gunicorn.log", workers=2,
+                           env={"INTERNAL_API_TOKEN": TOKEN, **{k: str(v) for k, v in env.items()}})
+        url = context.__enter__()
+        started.append(context)
+        return Web(url, db_path)
+
+    yield start
+    for context in reversed(started):
+        context.__exit__(None, None, None)
+
+
+class Web:
+    """A running web process: create tasks and read them back over HTTP, rows from its database."""
+
+    def __init__(self, url, db_path):
+        import requests
+
+        self.url = url
+        self.db_path = db_path
+        self.http = requests.Session()
+
+    def create(self, namespace=VIDEO, prompt="a cat"):
+        path = "/api/video/generate" if namespace == VIDEO else "/api/image/generate"
+        response = self.http.post(self.url + path, json={"prompt": prompt}, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()["taskId"]
+
+    def task(self, task_id):
+        return self.http.get(f"{self.url}/api/tasks/{task_id}", timeout=10).json()
+
+    def report(self, task_id, status, namespace=VIDEO, **fields):
+        return self.http.post(f"{self.url}/api/{namespace}/{REPORT[namespace]}", headers=AUTH, timeout=10,
+                              json={"apiCallId": task_id, "status": status, **fields})
+
+    def rows(self, namespace=VIDEO):
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            return {r["id"]: dict(r) for r in conn.execute(f"SELECT * FROM {TABLE[namespace]}")}
+
+    def events(self, status=None):
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT * FROM task_events ORDER BY id").fetchall()
+            return [dict(r) for r in rows if status is None or r["status"] == status]

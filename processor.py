@@ -1,0 +1,344 @@
+"""The processor: a stateless pull loop that claims tasks and starts their workflows.
+
+    python processor.py            (the Procfile's `processor` line)
+
+It speaks HTTP to the web process and gRPC to Temporal, nothing else: no
+database module is imported here (DESIGN §1). Per poll it fetches claimable
+tasks, claims each by reporting `queued` (only a 2xx with `"success": true`
+wins), and starts the workflow `{namespace}:{taskId}` with the attempt the
+claim returned. The temporalio client lives on its own asyncio loop in a
+background thread; the poll thread reaches it with run_coroutine_threadsafe.
+
+Safety (DESIGN §4): nothing is claimed while Temporal is unreachable (no
+attempt is burned by an outage); an "already started" run of an earlier
+attempt is terminated and replaced; a start failure is reported as `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import requests
+
+from integrations import PullModeConfig, load_integrations
+from settings import Config, ConfigError, load_config
+
+HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
+START_TIMEOUT = timedelta(seconds=10)
+MAX_BACKOFF_SECONDS = 10.0
+REPORT_RETRIES = 4
+
+log = logging.getLogger("processor")
+
+
+@dataclass(frozen=True)
+class ProcessorSettings:
+    instance_id: str
+    token: str
+    temporal_address: str
+    temporal_namespace: str
+    poll_interval_ms: int = 1000
+    batch_size: int = 10
+    claim_concurrency: int = 8
+
+    @classmethod
+    def from_config(cls, config: Config, instance_id: str | None = None) -> "ProcessorSettings":
+        return cls(
+            instance_id=instance_id or default_instance_id(),
+            token=config.require("components.asyncTask.internalApiToken"),
+            temporal_address=config.require("components.asyncTask.temporal.address"),
+            temporal_namespace=config.get("components.asyncTask.temporal.namespace", "default"),
+            poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 1000)),
+            batch_size=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
+        )
+
+
+def default_instance_id() -> str:
+    return f"processor-{os.environ.get('HOSTNAME') or uuid.uuid4().hex[:8]}"
+
+
+class TemporalUnavailable(Exception):
+    """Temporal cannot be reached now; claim nothing until it can."""
+
+
+class TemporalBridge:
+    """The temporalio client on its own asyncio loop, callable from other threads."""
+
+    def __init__(self, address: str, namespace: str, connect: Callable | None = None):
+        self.address, self.namespace = address, namespace
+        self._connect = connect
+        self.client = None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="temporal-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro, timeout: float = 15.0) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def ensure_healthy(self) -> None:
+        """Connect if needed and ask the frontend for its health; raise TemporalUnavailable if not."""
+        try:
+            self.call(self._ensure_healthy(), timeout=10)
+        except Exception as exc:  # any failure here means: do not claim now
+            raise TemporalUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _ensure_healthy(self) -> None:
+        from temporalio.client import Client
+
+        if self.client is None:
+            connect = self._connect or Client.connect
+            self.client = await connect(self.address, namespace=self.namespace)
+        if not await self.client.service_client.check_health(timeout=timedelta(seconds=3)):
+            raise TemporalUnavailable("health check answered not serving")
+
+    def close(self) -> None:
+        self.client = None  # the Rust core closes the connection when the client is dropped
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class StartResult:
+    STARTED = "started"
+    ALREADY_RUNNING = "already running (same or newer attempt)"
+    REPLACED = "started after terminating an earlier attempt's run"
+
+
+async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int) -> str:
+    """Start the task's workflow idempotently for `attempt` (DESIGN §4 points 3-5)."""
+    from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    workflow_id = pull.build_workflow_id(task)
+    params = pull.build_workflow_params({**task, "attempt": attempt})
+    replaced = False
+    for _ in range(3):
+        try:
+            await client.start_workflow(
+                pull.workflow_name, params, id=workflow_id, task_queue=pull.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                memo={"attempt": attempt}, rpc_timeout=START_TIMEOUT,
+            )
+            return StartResult.REPLACED if replaced else StartResult.STARTED
+        except WorkflowAlreadyStartedError:
+            handle = client.get_workflow_handle(workflow_id)
+            description = await handle.describe()
+            running_attempt = (await description.memo()).get("attempt", 0)
+            if description.status is not None and description.status.name != "RUNNING":
+                # A closed run that the reuse policy keeps: only a completed workflow does that.
+                raise RuntimeError(f"workflow {workflow_id} already {description.status.name.lower()}; "
+                                   f"it cannot run again") from None
+            if running_attempt >= attempt:
+                return StartResult.ALREADY_RUNNING
+            await handle.terminate(reason=f"superseded by attempt {attempt}")
+            replaced = True
+    raise RuntimeError(f"workflow {workflow_id} kept being started by someone else")
+
+
+class TaskProcessor:
+    """Pull loop: fetch, claim, start; one bad task never stops the loop."""
+
+    def __init__(self, settings: ProcessorSettings, bridge: TemporalBridge | None = None):
+        self.settings = settings
+        self.bridge = bridge or TemporalBridge(settings.temporal_address, settings.temporal_namespace)
+        self.pull_configs: list[PullModeConfig] = []
+        self.stopping = threading.Event()
+        self.http = threading.local()
+        self.claimers = ThreadPoolExecutor(settings.claim_concurrency, thread_name_prefix="claim")
+        self.in_flight: set[Future] = set()
+        self.thread: threading.Thread | None = None
+        self.failures = 0
+        self.stats = {"claimed": 0, "started": 0, "lost": 0, "start_failed": 0}
+
+    # -- lifecycle --
+    def load(self, pull_configs: list[PullModeConfig]) -> None:
+        """Take the enabled integrations' pull configs."""
+        self.pull_configs = [p for p in pull_configs if p.enabled]
+
+    def start(self, pull_configs: list[PullModeConfig]) -> None:
+        self.load(pull_configs)
+        self.log("starting", integrations=",".join(p.namespace for p in self.pull_configs),
+                 temporal=self.settings.temporal_address, batch=self.settings.batch_size,
+                 poll_ms=self.settings.poll_interval_ms)
+        self.thread = threading.Thread(target=self.run, name="poll-loop", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, finish starting what was claimed, close the Temporal connection."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        wait(list(self.in_flight), timeout=timeout)
+        self.claimers.shutdown(wait=True)
+        self.bridge.close()
+        self.log("stopped", **self.stats)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                busy = self.run_once()
+                self.failures = 0
+            except TemporalUnavailable as exc:
+                self.failures += 1
+                self.log("temporal unavailable; claiming nothing", level=logging.WARNING, error=str(exc)[:200])
+                busy = False
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                self.failures += 1
+                self.log("poll failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
+                busy = False
+            if not busy:
+                self.stopping.wait(self.idle_delay())
+
+    def idle_delay(self) -> float:
+        base = self.settings.poll_interval_ms / 1000
+        if not self.failures:
+            return base
+        return min(MAX_BACKOFF_SECONDS, base * 2 ** min(self.failures, 10))
+
+    # -- one poll --
+    def run_once(self) -> bool:
+        """Poll every integration once; True if any returned a full batch (more work waiting)."""
+        busy = False
+        for pull in self.pull_configs:
+            if self.stopping.is_set():
+                break
+            tasks = self.fetch_pending_tasks(pull)
+            if tasks:
+                self.bridge.ensure_healthy()  # never claim while Temporal is down
+                self.dispatch(pull, tasks)
+            busy = busy or len(tasks) >= self.settings.batch_size
+        return busy
+
+    def fetch_pending_tasks(self, pull: PullModeConfig) -> list[dict]:
+        response = self.session().get(pull.internal_apis.fetch_pending_tasks,
+                                      params={"limit": self.settings.batch_size}, timeout=HTTP_TIMEOUT)
+        if response.status_code != 200:
+            raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
+        return response.json().get("tasks") or []
+
+    def dispatch(self, pull: PullModeConfig, tasks: list[dict]) -> None:
+        """Claim the batch concurrently, then start every won claim's workflow concurrently."""
+        claims = list(self.claimers.map(lambda task: (task, self.claim(pull, task)), tasks))
+        starts = []
+        for task, attempt in claims:
+            if attempt is None:
+                continue
+            future = self.bridge.submit(start_workflow(self.bridge.client, pull, task, attempt))
+            self.in_flight.add(future)
+            starts.append((task, attempt, future))
+        for task, attempt, future in starts:
+            self.finish_start(pull, task, attempt, future)
+
+    def claim(self, pull: PullModeConfig, task: dict) -> int | None:
+        """Report `queued`; the new attempt if this processor won the claim, else None."""
+        try:
+            response = self.session().post(pull.internal_apis.report_task_event,
+                                           json={"apiCallId": task["id"], "status": "queued"},
+                                           timeout=HTTP_TIMEOUT)
+        except requests.RequestException as exc:
+            self.log("claim failed", level=logging.WARNING, task=task["id"], error=str(exc)[:200])
+            return None
+        body = _json(response)
+        if 200 <= response.status_code < 300 and body.get("success") is True:
+            self.stats["claimed"] += 1
+            return int(body["attempt"])
+        if response.status_code == 409:
+            self.stats["lost"] += 1
+            self.log("claim lost", level=logging.DEBUG, task=task["id"])
+        else:
+            self.log("claim refused", level=logging.WARNING, task=task["id"], status=response.status_code,
+                     error=body.get("error"))
+        return None
+
+    def finish_start(self, pull: PullModeConfig, task: dict, attempt: int, future: Future) -> None:
+        try:
+            outcome = future.result(timeout=START_TIMEOUT.total_seconds() * 4)
+            self.stats["started"] += 1
+            self.log("workflow started", task=task["id"], attempt=attempt,
+                     workflow=pull.build_workflow_id(task), outcome=outcome)
+        except Exception as exc:  # noqa: BLE001 - report it and carry on
+            self.stats["start_failed"] += 1
+            error = f"Workflow start failed: {type(exc).__name__}: {exc}"[:1000]
+            self.log("workflow start failed", level=logging.ERROR, task=task["id"], attempt=attempt, error=error)
+            self.report_failed(pull, task, attempt, error)
+        finally:
+            self.in_flight.discard(future)
+
+    def report_failed(self, pull: PullModeConfig, task: dict, attempt: int, error: str) -> bool:
+        """Report a start failure, with backoff; if it never lands the stuck rescue takes over."""
+        body = {"apiCallId": task["id"], "status": "failed", "attempt": attempt, "error": error}
+        for retry in range(REPORT_RETRIES):
+            try:
+                response = self.session().post(pull.internal_apis.report_task_event, json=body,
+                                               timeout=HTTP_TIMEOUT)
+                if response.status_code < 500:
+                    return 200 <= response.status_code < 300
+            except requests.RequestException:
+                pass
+            if self.stopping.wait(min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** retry)):
+                break
+        self.log("could not report the start failure; the stuck rescue will retry the task",
+                 level=logging.ERROR, task=task["id"], attempt=attempt)
+        return False
+
+    # -- helpers --
+    def session(self) -> requests.Session:
+        """One keep-alive session per thread (requests sessions are not shared across threads)."""
+        if not hasattr(self.http, "session"):
+            session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {self.settings.token}"
+            self.http.session = session
+        return self.http.session
+
+    def log(self, message: str, level: int = logging.INFO, **fields: Any) -> None:
+        if log.isEnabledFor(level):
+            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            log.log(level, "[%s] %s %s", self.settings.instance_id, message, extra)
+
+
+def _json(response: requests.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config()
+        settings = ProcessorSettings.from_config(config)
+        config.require("components.main.endpoint")
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    processor = TaskProcessor(settings)
+    stop_requested = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop_requested.set())  # handlers only set a flag
+    processor.start([i.get_pull_mode_config() for i in load_integrations(config)])
+    while not stop_requested.wait(0.2):
+        if processor.thread is not None and not processor.thread.is_alive():
+            break
+    processor.log("shutting down")
+    processor.stop(timeout=8)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""The processor against real parts: gunicorn serving the app, the Temporal dev server.
+
+No worker runs here: started workflows simply wait in Temporal, which is all
+the processor is responsible for.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from integrations import load_integrations
+from processor import StartResult, TaskProcessor, ProcessorSettings, start_workflow
+from settings import ROOT, load_config
+from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
+from tests.services import free_port, stop, temporal_server, workflow_runs
+
+pytestmark = pytest.mark.slow
+
+
+def processor_for(url, temporal, instance="test", **env):
+    overrides = {"MAIN_ENDPOINT": url, "INTERNAL_API_TOKEN": TOKEN, "TEMPORAL_ADDRESS": temporal,
+                 "POLL_INTERVAL_MS": 100, **env}
+    config = load_config(overrides=overrides)
+    processor = TaskProcessor(ProcessorSettings.from_config(config, instance_id=instance))
+    processor.load([i.get_pull_mode_config() for i in load_integrations(config)])
+    return processor
+
+
+def process_env(url, temporal, **env):
+    return {**os.environ, "MAIN_ENDPOINT": url, "INTERNAL_API_TOKEN": TOKEN, "TEMPORAL_ADDRESS": temporal,
+            "POLL_INTERVAL_MS": "100", **{k: str(v) for k, v in env.items()}}
+
+
+def wf_id(namespace, task_id):
+    return f"{namespace}:{task_id}"
+
+
+def test_fetch_carries_limit_and_token(web, temporal):
+    app = web()
+    ids = [app.create() for _ in range(5)]
+    processor = processor_for(app.url, temporal, BATCH_SIZE=3)
+    try:
+        assert processor.run_once() is True  # a full batch: more work is waiting
+    finally:
+        processor.stop()
+    rows = app.rows()
+    assert sorted(rows[i]["status"] for i in ids) == ["pending"] * 2 + ["queued"] * 3
+    events = app.events("queued")
+    assert len(events) == 3 and {e["attempt"] for e in events} == {1}
+
+    intruder = processor_for(app.url, temporal, INTERNAL_API_TOKEN="wrong")
+    try:
+        with pytest.raises(RuntimeError, match="401"):
+            intruder.run_once()
+    finally:
+        intruder.stop()
+    assert len(app.events("queued")) == 3
+
+
+def test_failed_fetches_are_survived(web, temporal):
+    closed = processor_for(f"http://127.0.0.1:{free_port()}", temporal)
+    closed.start(closed.pull_configs)
+    wait_until(lambda: closed.failures >= 2, message="two failed polls (connection refused)")
+    assert closed.thread.is_alive()
+    closed.stop()
+
+    app = web()
+    task_id = app.create()
+    with sqlite3.connect(app.db_path) as conn:  # break the app: fetch answers 500
+        conn.execute("ALTER TABLE video_tasks RENAME TO video_tasks_away")
+    processor = processor_for(app.url, temporal)
+    processor.start(processor.pull_configs)
+    try:
+        wait_until(lambda: processor.failures >= 2, message="two failed polls (500)")
+        with sqlite3.connect(app.db_path) as conn:
+            conn.execute("ALTER TABLE video_tasks_away RENAME TO video_tasks")
+        wait_until(lambda: app.task(task_id)["status"] == "queued", message="claim after recovery")
+    finally:
+        processor.stop()
+
+
+def test_fifty_tasks_each_get_one_workflow_carrying_the_attempt(web, temporal):
+    app = web()
+    created = [(ns, app.create(ns)) for ns in (VIDEO, IMAGE) for _ in range(25)]
+    processor = processor_for(app.url, temporal)
+    processor.start(processor.pull_configs)
+    try:
+        wait_until(lambda: processor.stats["started"] >= 50, timeout=60, message="50 workflows started")
+    finally:
+        processor.stop()
+    for ns, task_id in created:
+        assert app.task(task_id)["status"] == "queued"
+    runs = workflow_runs(temporal, [wf_id(ns, t) for ns, t in created])
+    for ns, task_id in created:
+        [run] = runs[wf_id(ns, task_id)]
+        assert run["status"] == "RUNNING"
+        assert run["attempt"] == 1
+        assert run["params"]["apiCallId"] == task_id
+        assert run["type"] == ("VideoPollingWorkflow" if ns == VIDEO else "ImagePollingWorkflow")
+        assert TOKEN not in json.dumps(run["params"])
+
+
+def test_two_processors_one_claim_and_one_workflow_per_task(web, temporal):
+    app = web()
+    created = [(ns, app.create(ns)) for ns in (VIDEO, IMAGE) for _ in range(50)]
+    processes = [subprocess.Popen([sys.executable, "processor.py"], cwd=ROOT,
+                                  env=process_env(app.url, temporal, HOSTNAME=f"p{n}", BATCH_SIZE=5),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for n in (1, 2)]
+    try:
+        wait_until(lambda: len(app.events("queued")) >= 100, timeout=60, message="100 claims")
+        wait_until(lambda: sum(len(r) for r in workflow_runs(temporal, [wf_id(*c) for c in created]).values())
+                   >= 100, timeout=30, message="100 workflows visible")
+    finally:
+        codes = [stop(p) for p in processes]
+        logs = [p.stderr.read().decode() for p in processes]
+    assert codes == [0, 0], logs
+    claims = Counter(e["task_id"] for e in app.events("queued"))
+    assert sorted(claims.values()) == [1] * 100
+    runs = workflow_runs(temporal, [wf_id(*c) for c in created])
+    assert all(len(r) == 1 and r[0]["attempt"] == 1 for r in runs.values())
+    assert "[processor-p1] starting" in logs[0] and "[processor-p2] starting" in logs[1]
+
+
+def test_already_started_run_of_an_earlier_attempt_is_replaced(web, temporal):
+    app = web(STUCK_TIMEOUT_SECONDS=1)
+    task_id = app.create()
+    assert app.report(task_id, "queued").json()["attempt"] == 1
+    pull = next(i.get_pull_mode_config() for i in
+                load_integrations(load_config(overrides={"INTERNAL_API_TOKEN": TOKEN, "MAIN_ENDPOINT": app.url}))
+                if i.namespace == VIDEO)
+
+    async def start(attempt):
+        from temporalio.client import Client
+        client = await Client.connect(temporal)
+        return await start_workflow(client, pull, {"id": task_id, "requestParams": {}}, attempt)
+
+    assert asyncio.run(start(1)) == StartResult.STARTED  # a processor started attempt 1, then stalled
+    assert asyncio.run(start(1)) == StartResult.ALREADY_RUNNING  # the same start again is a no-op
+
+    processor = processor_for(app.url, temporal)
+    processor.start(processor.pull_configs)
+    try:
+        wait_until(lambda: app.task(task_id)["attempts"] == 2, timeout=15, message="stuck claim rescued")
+        wait_until(lambda: processor.stats["started"] >= 1, message="attempt 2 started")
+    finally:
+        processor.stop()
+    runs = sorted(workflow_runs(temporal, [wf_id(VIDEO, task_id)])[wf_id(VIDEO, task_id)],
+                  key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["status"]) for r in runs] == [(1, "TERMINATED"), (2, "RUNNING")]
+    assert asyncio.run(start(1)) == StartResult.ALREADY_RUNNING  # a stale starter never kills attempt 2
+
+
+def test_start_failure_is_reported_as_failed(web, temporal):
+    app = web()
+    task_id = app.create()
+    processor = processor_for(app.url, temporal, TEMPORAL_NAMESPACE="no-such-namespace")
+    try:
+        processor.run_once()
+    finally:
+        processor.stop()
+    task = app.task(task_id)
+    assert task["status"] == "failed"
+    assert task["attempts"] == 1
+    assert "Workflow start failed" in task["error"] and "no-such-namespace" in task["error"]
+    assert [e["status"] for e in app.events() if e["task_id"] == task_id] == ["pending", "queued", "failed"]
+
+
+def test_processor_loads_no_database_module_and_opens_no_database_file(web, temporal):
+    app = web()
+    task_id = app.create()
+    code = """
+import json, sys, threading
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
+connects = []
+sys.addaudithook(lambda event, args: connects.append(event) if event.startswith("sqlite3") else None)
+import processor
+from integrations import load_integrations
+from settings import load_config
+config = load_config()
+p = processor.TaskProcessor(processor.ProcessorSettings.from_config(config, instance_id="audit"))
+p.load([i.get_pull_mode_config() for i in load_integrations(config)])
+p.run_once()
+p.stop()
+print(json.dumps({"modules": sorted(m for m in ("sqlite3", "_sqlite3", "sqlite_utils", "db", "task_store")
+                                    if m in sys.modules),
+                  "db_files": [f for f in opened if f.endswith((".db", ".db-wal", ".db-shm", ".sqlite"))],
+                  "sqlite_events": connects, "claimed": p.stats["claimed"]}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env=process_env(app.url, temporal, DATABASE_PATH=app.db_path), timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"modules": [], "db_files": [], "sqlite_events": [], "claimed": 1}
+    assert app.task(task_id)["status"] == "queued"
+
+
+def test_temporal_outage_burns_no_attempt(web, tmp_path):
+    app = web()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    processor = processor_for(app.url, address)
+    processor.start(processor.pull_configs)  # Temporal is not running yet
+    try:
+        first = app.create()
+        wait_until(lambda: processor.failures >= 2, message="polls refused while Temporal is down")
+        assert (app.task(first)["status"], app.task(first)["attempts"]) == ("pending", 0)
+
+        with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
+            wait_until(lambda: app.task(first)["status"] == "queued", timeout=30, message="dispatch after start")
+        failures_before = processor.failures
+        second = app.create()
+        wait_until(lambda: processor.failures > failures_before + 1, timeout=30, message="outage noticed")
+        assert (app.task(second)["status"], app.task(second)["attempts"]) == ("pending", 0)
+
+        with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
+            wait_until(lambda: app.task(second)["status"] == "queued", timeout=30, message="dispatch after restart")
+            runs = workflow_runs(address, [wf_id(VIDEO, first), wf_id(VIDEO, second)])
+    finally:
+        processor.stop()
+    assert [len(r) for r in runs.values()] == [1, 1]
+    assert (app.task(first)["attempts"], app.task(second)["attempts"]) == (1, 1)
+
+
+def test_abandoned_claim_is_rescued_with_one_workflow(web, temporal):
+    app = web(STUCK_TIMEOUT_SECONDS=2)
+    task_id = app.create()
+    assert app.report(task_id, "queued").status_code == 200  # claimed, then its processor died
+    processor = processor_for(app.url, temporal)
+    processor.start(processor.pull_configs)
+    try:
+        wait_until(lambda: processor.stats["started"] == 1, timeout=20, message="rescue")
+    finally:
+        processor.stop()
+    assert app.task(task_id)["attempts"] == 2
+    [run] = workflow_runs(temporal, [wf_id(VIDEO, task_id)])[wf_id(VIDEO, task_id)]
+    assert run["attempt"] == 2
+
+
+def test_sigterm_mid_batch_exits_zero_and_leaves_no_claim_without_a_workflow(web, temporal):
+    app = web()
+    created = [(VIDEO, app.create(VIDEO)) for _ in range(150)]
+    process = subprocess.Popen([sys.executable, "processor.py"], cwd=ROOT,
+                               env=process_env(app.url, temporal, BATCH_SIZE=20, HOSTNAME="sig"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_until(lambda: len(app.events("queued")) >= 20, timeout=30, message="first claims")
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=15)
+    log = process.stderr.read().decode()
+    assert code == 0, log
+    assert "shutting down" in log and "stopped" in log
+    rows = app.rows()
+    queued = [t for t, row in rows.items() if row["status"] == "queued"]
+    assert len(queued) >= 20
+    assert all(row["attempts"] == 0 for row in rows.values() if row["status"] == "pending")
+    runs = workflow_runs(temporal, [wf_id(VIDEO, t) for t in queued])
+    assert all(len(r) == 1 for r in runs.values()), [t for t, r in runs.items() if len(r) != 1]
