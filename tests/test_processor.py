@@ -222,8 +222,9 @@ def test_temporal_outage_burns_no_attempt(web, tmp_path):
         assert (app.task(second)["status"], app.task(second)["attempts"]) == ("pending", 0)
 
         with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
-            wait_until(lambda: app.task(second)["status"] == "queued", timeout=30, message="dispatch after restart")
-            runs = workflow_runs(address, [wf_id(VIDEO, first), wf_id(VIDEO, second)])
+            ids = [wf_id(VIDEO, first), wf_id(VIDEO, second)]
+            runs = wait_until(lambda: (r := workflow_runs(address, ids)) and all(r.values()) and r,
+                              timeout=30, message="both workflows visible after the restart")
     finally:
         processor.stop()
     assert [len(r) for r in runs.values()] == [1, 1]

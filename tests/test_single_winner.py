@@ -54,3 +54,31 @@ def test_single_winner_across_gunicorn_workers(tmp_path):
     assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
     print(f"{len(answers)} concurrent claims over {TASKS} tasks: {TASKS} winners, "
           f"{len(answers) - TASKS} refused with 409")
+
+
+@pytest.mark.slow
+def test_single_winner_across_concurrent_batch_claims(tmp_path):
+    """Processors claim a batch per request: 32 concurrent batches of the same 20 tasks, one winner each."""
+    db_path = str(tmp_path / "app.db")
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
+        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, timeout=10)
+                    .json()["taskId"] for i in range(TASKS)]
+
+        def claim_batch(seed):
+            batch = [{"apiCallId": t, "status": "queued"} for t in random.Random(seed).sample(task_ids, TASKS)]
+            response = requests.post(f"{url}{REPORT}", json=batch, timeout=30,
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+            assert response.status_code == 200, response.text
+            return response.json()["results"]
+
+        with ThreadPoolExecutor(max_workers=CLAIMS_PER_TASK) as pool:
+            results = [r for batch in pool.map(claim_batch, range(CLAIMS_PER_TASK)) for r in batch]
+    wins = defaultdict(int)
+    for result in results:
+        assert result["success"] or result["code"] == 409
+        wins[result["apiCallId"]] += result["success"]
+    assert wins == {t: 1 for t in task_ids}
+    with sqlite3.connect(db_path) as conn:
+        counts = conn.execute("SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' "
+                              "GROUP BY task_id").fetchall()
+    assert sorted(n for _, n in counts) == [1] * TASKS

@@ -155,3 +155,19 @@ def test_events_table_is_append_only(tasks, db_path):
     task_id = tasks.create()
     with sqlite3.connect(db_path) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE task_events SET status = 'completed' WHERE task_id = ?", (task_id,))
+
+
+def test_a_batch_of_reports_is_judged_item_by_item(tasks):
+    pending, completed = tasks.create(), tasks.put(status="completed", attempts=1)
+    body = [{"apiCallId": pending, "status": "queued"}, {"apiCallId": pending, "status": "queued"},
+            {"apiCallId": completed, "status": "queued"}, {"apiCallId": "missing", "status": "queued"}]
+    response = tasks.client.post("/api/fangzhouVideoGeneration/reportFangzhouVideoResult", json=body,
+                                 headers={"Authorization": "Bearer test-token"})
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert [(r["apiCallId"], r["success"], r.get("code"), r.get("attempt")) for r in results] == [
+        (pending, True, None, 1), (pending, False, 409, None), (completed, False, 409, None),
+        ("missing", False, 404, None)]
+    assert "Cannot transition to queued from completed" in results[2]["error"]
+    assert [e["status"] for e in tasks.events(pending)] == ["pending", "queued"]
+    assert [e["status"] for e in tasks.events(completed)] == ["pending"]

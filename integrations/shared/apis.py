@@ -10,6 +10,7 @@ import hmac
 from typing import Any
 
 from flask import abort, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 import task_store
 from db import get_db
@@ -70,7 +71,10 @@ def create_report_api(
 
     def report_task_event():
         require_internal_token()
-        task_id, report = parse_report(request.get_json(force=True, silent=True))
+        body = request.get_json(force=True, silent=True)
+        if isinstance(body, list):
+            return report_batch(body)
+        task_id, report = parse_report(body)
         try:
             outcome = task_store.transition(get_db(), entity, namespace, task_id, report, policy)
         except task_store.TaskNotFound:
@@ -80,8 +84,31 @@ def create_report_api(
         return jsonify({"success": True, "status": outcome.status, "attempt": outcome.attempt,
                         "duplicate": outcome.duplicate})
 
+    def report_batch(items: list):
+        """A JSON array of reports (a processor's batch claim): one transaction, a result per item."""
+        if not 1 <= len(items) <= MAX_LIMIT:
+            abort(400, f"A batch holds 1 to {MAX_LIMIT} reports, got {len(items)}")
+        reports = []
+        for index, item in enumerate(items):
+            try:
+                reports.append(parse_report(item))
+            except HTTPException as exc:
+                abort(400, f"Report {index}: {exc.description}")
+        outcomes = task_store.transition_many(get_db(), entity, namespace, reports, policy)
+        return jsonify({"success": True, "results": [
+            _batch_result(task_id, outcome) for (task_id, _), outcome in zip(reports, outcomes)]})
+
     report_task_event.__name__ = f"{namespace}_{name}"
     return Api(namespace, name, ("POST",), report_task_event)
+
+
+def _batch_result(task_id: str, outcome) -> dict:
+    if isinstance(outcome, task_store.TaskNotFound):
+        return {"apiCallId": task_id, "success": False, "code": 404, "error": "Task not found"}
+    if isinstance(outcome, task_store.TransitionRefused):
+        return {"apiCallId": task_id, "success": False, "code": 409, "error": str(outcome)}
+    return {"apiCallId": task_id, "success": True, "status": outcome.status, "attempt": outcome.attempt,
+            "duplicate": outcome.duplicate}
 
 
 def parse_report(body: Any) -> tuple[str, task_store.Report]:
