@@ -54,6 +54,12 @@ SETTINGS = [
     Setting("NANOBANANA_BASE_URL", f"{IMAGE}.baseUrl", str, "Nano Banana job API base URL"),
     Setting("NANOBANANA_API_KEY", f"{IMAGE}.apiKey", str, "Nano Banana API key"),
     Setting("NANOBANANA_MODEL", f"{IMAGE}.model", str, "Nano Banana model id"),
+    Setting("FANGZHOU_TASK_QUEUE", f"{VIDEO}.taskQueue", str, "Temporal task queue of the video workflow"),
+    Setting("NANOBANANA_TASK_QUEUE", f"{IMAGE}.taskQueue", str, "Temporal task queue of the image workflow"),
+    Setting("FANGZHOU_POLL_INTERVAL_SECONDS", f"{VIDEO}.pollIntervalSeconds", float, "video job poll interval"),
+    Setting("FANGZHOU_DEADLINE_SECONDS", f"{VIDEO}.deadlineSeconds", float, "give up on a video job after this long"),
+    Setting("NANOBANANA_POLL_INTERVAL_SECONDS", f"{IMAGE}.pollIntervalSeconds", float, "image job poll interval"),
+    Setting("NANOBANANA_DEADLINE_SECONDS", f"{IMAGE}.deadlineSeconds", float, "give up on an image job after this long"),
 ]
 BY_ENV = {s.env: s for s in SETTINGS}
 BY_PATH = {s.path: s for s in SETTINGS}
@@ -137,11 +143,12 @@ def _substitute(node: Any, environ: Mapping[str, str]) -> Any:
 
 
 def _convert(setting: Setting, value: Any) -> Any:
-    if setting.kind is int and not isinstance(value, int):
+    if setting.kind in (int, float) and not isinstance(value, setting.kind):
         try:
-            return int(str(value).strip())
+            return setting.kind(str(value).strip())
         except ValueError:
-            raise ConfigError(f"{setting.env} must be an integer, got {value!r}") from None
+            noun = "an integer" if setting.kind is int else "a number"
+            raise ConfigError(f"{setting.env} must be {noun}, got {value!r}") from None
     return value
 
 
@@ -163,6 +170,13 @@ _BOUNDS = {
 
 
 def _validate(config: Config) -> None:
+    for namespace in ("fangzhouVideoGeneration", "nanobanana2ImageGeneration"):
+        for key, (low, high) in {"pollIntervalSeconds": (0.05, 3600), "deadlineSeconds": (1, 86_400 * 2)}.items():
+            path = f"integrations.{namespace}.{key}"
+            value = config.get(path)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not low <= value <= high):
+                raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number from {low} to {high}, got {value!r}")
     for path, (low, high) in _BOUNDS.items():
         value = config.get(path)
         if value is None:

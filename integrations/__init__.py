@@ -115,6 +115,8 @@ class Integration:
     def get_pull_mode_config(self) -> PullModeConfig:
         report_url = self.endpoint_url(self.report_api_name)
         namespace = self.namespace
+        poll_interval = float(self.settings.get("pollIntervalSeconds", 5))
+        deadline = float(self.settings.get("deadlineSeconds", 1800))
 
         def build_workflow_id(api_call: dict) -> str:
             return f"{namespace}:{api_call['id']}"
@@ -127,6 +129,8 @@ class Integration:
                 "attempt": api_call["attempt"],
                 "requestParams": api_call.get("requestParams") or {},
                 "reportUrl": report_url,
+                "pollIntervalSeconds": poll_interval,
+                "deadlineSeconds": deadline,
             }
 
         return PullModeConfig(

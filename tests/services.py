@@ -141,3 +141,29 @@ def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]
         return runs
 
     return asyncio.run(collect())
+
+
+@contextmanager
+def python_process(args: list[str], log_path: Path, env: dict, ready_url: str | None = None):
+    """A Python process of this project (fake provider, worker, processor); stopped by pid on exit."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        if ready_url:
+            wait_for_http(ready_url, process=process)
+        yield process
+    finally:
+        stop(process)
+
+
+@contextmanager
+def fake_provider(module: str, log_path: Path, api_key: str, step_seconds: float = 0.3, **env):
+    """`python -m fakes.<module>` on a free port; yields its base URL."""
+    port = free_port()
+    settings = {"FAKE_API_KEY": api_key, "FAKE_STEP_SECONDS": str(step_seconds),
+                **{k: str(v) for k, v in env.items()}}
+    url = f"http://127.0.0.1:{port}"
+    with python_process(["-m", f"fakes.{module}", "--port", str(port)], log_path, settings,
+                        ready_url=f"{url}/_fake/health"):
+        yield url

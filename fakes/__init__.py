@@ -1,0 +1,4 @@
+"""Fake providers: small Flask apps speaking the providers' real HTTP APIs (DESIGN §7).
+
+Run one with `python -m fakes.ark --port P` or `python -m fakes.nanobanana --port P`.
+"""

@@ -1,0 +1,129 @@
+"""What both polling workflows share: activity inputs, the report activity, worker settings.
+
+Secrets (provider keys, the internal token) are read here, in the worker, from
+its own configuration: they never travel in workflow or activity arguments
+(DESIGN §4 point 9).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from integrations.shared.providers import ProviderRejected, ProviderTransient
+from settings import Config, load_config
+
+REPORT_TIMEOUT = (3.05, 15)
+# Error types a workflow reads off a failed activity.
+REJECTED = "ProviderRejected"
+TRANSIENT = "ProviderTransient"
+NOT_DONE = "ProviderJobNotDone"
+REPORT_REFUSED = "ReportRefused"
+BENIGN = ApplicationErrorCategory.BENIGN
+
+
+@dataclass
+class CreateInput:
+    api_call_id: str
+    attempt: int
+    request_params: dict[str, Any]
+
+
+@dataclass
+class PollInput:
+    api_call_id: str
+    attempt: int
+    external_id: str
+
+
+@dataclass
+class PollOutcome:
+    """A finished provider job: succeeded with a result, or failed with the provider's message."""
+
+    succeeded: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class ReportInput:
+    report_url: str
+    api_call_id: str
+    attempt: int
+    status: str
+    external_id: str | None = None
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def provider_errors():
+    """Provider failures as activity errors: rejected ones final, transient ones retried.
+
+    They are expected, so they are logged here in one line and marked benign
+    (the SDK then logs no traceback for them).
+    """
+    try:
+        yield
+    except ProviderRejected as exc:
+        activity.logger.warning("provider rejected the request: %s", exc)
+        raise ApplicationError(str(exc), type=REJECTED, non_retryable=True, category=BENIGN) from exc
+    except ProviderTransient as exc:
+        activity.logger.warning("provider call failed, will retry: %s", exc)
+        raise ApplicationError(str(exc), type=TRANSIENT, category=BENIGN) from exc
+
+
+def not_done(message: str) -> ApplicationError:
+    """The provider's job is still running: the poll activity's retry policy will look again."""
+    return ApplicationError(message, type=NOT_DONE, category=BENIGN)
+
+
+@functools.lru_cache(maxsize=1)
+def worker_config() -> Config:
+    """The worker's configuration, read once per process."""
+    return load_config()
+
+
+def provider_settings(namespace: str) -> dict:
+    return worker_config().section(f"integrations.{namespace}")
+
+
+@functools.lru_cache(maxsize=1)
+def _session() -> requests.Session:
+    session = requests.Session()
+    token = worker_config().require("components.asyncTask.internalApiToken")
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+@activity.defn(name="reportTaskEvent")
+def report_task_event(report: ReportInput) -> dict:
+    """POST one report to the main app. Safe to retry: a duplicate is answered 200 without a new event.
+
+    404/409/400/401 are final (the task is gone, superseded or the report is
+    wrong): raised as non-retryable so the workflow stops instead of looping.
+    """
+    body: dict[str, Any] = {"apiCallId": report.api_call_id, "status": report.status, "attempt": report.attempt}
+    for key, value in (("taskId", report.external_id), ("data", report.data), ("error", report.error)):
+        if value is not None:
+            body[key] = value
+    if report.status == "failed":
+        body["retryable"] = report.retryable
+    try:
+        response = _session().post(report.report_url, json=body, timeout=REPORT_TIMEOUT)
+    except requests.RequestException as exc:
+        raise ApplicationError(f"report {report.status} failed: {type(exc).__name__}: {exc}") from exc
+    if 200 <= response.status_code < 300:
+        return response.json()
+    message = f"report {report.status} answered {response.status_code}: {response.text[:300]}"
+    if response.status_code >= 500 or response.status_code == 429:
+        raise ApplicationError(message)
+    raise ApplicationError(message, type=REPORT_REFUSED, non_retryable=True)

@@ -1,0 +1,231 @@
+"""The worker: both polling workflows and their activities, in one process.
+
+    python workflows.py            (the Procfile's `worker` line)
+
+A polling workflow creates the provider's job, reports `processing` with the
+job id, waits for the job to end, and reports `completed` or `failed`. It never
+reports `queued` (the processor's claim did). Every report carries the attempt
+the workflow was started with, so a superseded run is fenced off (409) and
+stops. When its task fails the workflow itself fails, so Temporal shows it and
+the id-reuse policy lets only a failed run be started again.
+
+Waiting follows Temporal's guidance for long external jobs: the poll activity
+raises while the job is unfinished and its retry policy (fixed interval,
+schedule-to-close = the deadline) polls again. Retries add no history events,
+so the history stays a couple of dozen events however long the job runs.
+
+This module is re-imported by the workflow sandbox: nothing runs at import.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from integrations.fangzhou_video.activities import create_video_task, poll_video_task
+    from integrations.nanobanana2_image.activities import create_image_task, poll_image_task
+    from integrations.shared.activities import (
+        NOT_DONE, REJECTED, REPORT_REFUSED, CreateInput, PollInput, ReportInput, report_task_event,
+    )
+
+CREATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=30), maximum_attempts=6,
+                           non_retryable_error_types=[REJECTED])
+REPORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=30), non_retryable_error_types=[REPORT_REFUSED])
+REPORT_GIVE_UP = timedelta(hours=24)  # the main app may be down for a while; then the stuck rescue takes over
+CALL_TIMEOUT = timedelta(seconds=60)  # one provider or main-app call, retries aside
+TASK_FAILED = "TaskFailed"
+
+
+class PollingRun:
+    """One run of a polling workflow: its params, and how it reports."""
+
+    def __init__(self, params: dict[str, Any], create_activity, poll_activity):
+        self.params = params
+        self.create_activity, self.poll_activity = create_activity, poll_activity
+        self.api_call_id: str = params["apiCallId"]
+        self.attempt: int = int(params["attempt"])
+        self.interval = timedelta(seconds=float(params.get("pollIntervalSeconds", 5)))
+        self.deadline = timedelta(seconds=float(params.get("deadlineSeconds", 1800)))
+
+    async def run(self) -> dict:
+        try:
+            external_id = await workflow.execute_activity(
+                self.create_activity, CreateInput(self.api_call_id, self.attempt, self.params["requestParams"]),
+                start_to_close_timeout=CALL_TIMEOUT, retry_policy=CREATE_RETRY)
+        except ActivityError as err:
+            rejected = _error_type(err) == REJECTED
+            prefix = "Provider rejected the request" if rejected else "Provider task could not be created"
+            await self.fail(f"{prefix}: {_message(err)}", retryable=not rejected)
+
+        await self.report("processing", external_id=external_id)
+        poll_retry = RetryPolicy(initial_interval=self.interval, backoff_coefficient=1.0,
+                                 maximum_interval=self.interval, non_retryable_error_types=[REJECTED])
+        try:
+            outcome = await workflow.execute_activity(
+                self.poll_activity, PollInput(self.api_call_id, self.attempt, external_id),
+                start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=self.deadline,
+                retry_policy=poll_retry)
+        except ActivityError as err:
+            # Out of time: either the deadline struck mid-attempt (a timeout), or the server
+            # would not schedule the next poll past it (the last "not done" answer).
+            if isinstance(err.cause, TimeoutError) or _error_type(err) == NOT_DONE:
+                await self.fail(f"Provider job {external_id} did not finish within the deadline of "
+                                f"{self.deadline.total_seconds():g}s", external_id=external_id)
+            await self.fail(f"Polling provider job {external_id} failed: {_message(err)}", external_id=external_id)
+
+        if not outcome.succeeded:
+            await self.fail(outcome.error or "Provider job failed", external_id=external_id)
+        await self.report("completed", external_id=external_id, data=outcome.result)
+        return outcome.result or {}
+
+    async def report(self, status: str, **fields: Any) -> None:
+        await workflow.execute_activity(
+            report_task_event, ReportInput(self.params["reportUrl"], self.api_call_id, self.attempt, status, **fields),
+            start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=REPORT_GIVE_UP, retry_policy=REPORT_RETRY)
+
+    async def fail(self, error: str, retryable: bool = True, external_id: str | None = None) -> None:
+        """Report `failed`, then end this workflow in failure."""
+        await self.report("failed", error=error, retryable=retryable, external_id=external_id)
+        raise ApplicationError(error, type=TASK_FAILED, non_retryable=True)
+
+
+def _error_type(err: ActivityError) -> str | None:
+    cause = err.cause
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
+def _message(err: ActivityError) -> str:
+    cause = err.cause
+    while cause is not None and cause.cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.cause
+    return cause.message if cause is not None else str(err)
+
+
+@workflow.defn(name="VideoPollingWorkflow")
+class VideoPollingWorkflow:
+    """Text-to-video through Volcengine Ark."""
+
+    @workflow.run
+    async def run(self, params: dict[str, Any]) -> dict:
+        return await PollingRun(params, create_video_task, poll_video_task).run()
+
+
+@workflow.defn(name="ImagePollingWorkflow")
+class ImagePollingWorkflow:
+    """Text-to-image through the nano-banana-2 job API."""
+
+    @workflow.run
+    async def run(self, params: dict[str, Any]) -> dict:
+        return await PollingRun(params, create_image_task, poll_image_task).run()
+
+
+# namespace -> (workflow class, its provider activities); reportTaskEvent serves both.
+REGISTRY = {
+    "fangzhouVideoGeneration": (VideoPollingWorkflow, [create_video_task, poll_video_task]),
+    "nanobanana2ImageGeneration": (ImagePollingWorkflow, [create_image_task, poll_image_task]),
+}
+
+
+# -- the worker process --
+
+def check_registry(config) -> list[tuple[str, str, type, list]]:
+    """(namespace, task queue, workflow, activities) per enabled integration; ConfigError if misconfigured."""
+    from integrations import load_integrations
+    from settings import ConfigError
+
+    config.require("components.asyncTask.internalApiToken")
+    served = []
+    for integration in load_integrations(config):
+        pull = integration.get_pull_mode_config()
+        if not pull.enabled:
+            continue
+        workflow_class, activities = REGISTRY[integration.namespace]
+        defined = workflow_class.__temporal_workflow_definition.name
+        if pull.workflow_name != defined:
+            raise ConfigError(f"integrations.{integration.namespace}.workflowName is {pull.workflow_name!r}, "
+                              f"but this worker defines {defined!r}")
+        for key in ("baseUrl", "model", "apiKey"):
+            config.require(f"integrations.{integration.namespace}.{key}")
+        served.append((integration.namespace, pull.task_queue, workflow_class, activities))
+    return served
+
+
+async def serve(config, stop, connect=None) -> None:
+    """Connect to Temporal (waiting while it is down) and run one Worker per task queue until `stop` is set."""
+    import asyncio
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import AsyncExitStack
+
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    log = logging.getLogger("worker")
+    served = check_registry(config)
+    address = config.require("components.asyncTask.temporal.address")
+    namespace = config.get("components.asyncTask.temporal.namespace", "default")
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            client = await (connect or Client.connect)(address, namespace=namespace)
+            break
+        except Exception as exc:  # noqa: BLE001 - keep waiting for Temporal
+            log.warning("temporal unavailable at %s (%s); retrying in %.1fs", address, exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 10.0)
+    else:
+        return
+    with ThreadPoolExecutor(max_workers=64, thread_name_prefix="activity") as executor:
+        async with AsyncExitStack() as stack:
+            for namespace_name, queue, workflow_class, activities in served:
+                worker = Worker(client, task_queue=queue, workflows=[workflow_class],
+                                activities=[*activities, report_task_event], activity_executor=executor,
+                                graceful_shutdown_timeout=timedelta(seconds=5))
+                await stack.enter_async_context(worker)
+                log.info("serving %s on task queue %s (%s)", namespace_name, queue,
+                         workflow_class.__temporal_workflow_definition.name)
+            await stop.wait()
+            log.info("shutting down")
+
+
+def main() -> int:
+    import asyncio
+    import logging
+    import os
+    import signal
+    import sys
+
+    from settings import ConfigError, load_config
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config()
+        check_registry(config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
