@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test install bench-fetch bench-dispatch clean
+.PHONY: test install demo bench-fetch bench-dispatch clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	DEMO_EXIT=$(DEMO_EXIT) $(BIN)/python dev/demo.py
 
 bench-fetch: $(STAMP)
 	$(BIN)/python bench/fetch_pending.py

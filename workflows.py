@@ -39,7 +39,7 @@ CREATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
 REPORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[REPORT_REFUSED])
 REPORT_GIVE_UP = timedelta(hours=24)  # the main app may be down for a while; then the stuck rescue takes over
-CALL_TIMEOUT = timedelta(seconds=60)  # one provider or main-app call, retries aside
+CALL_TIMEOUT = timedelta(seconds=20)  # one provider or main-app call (HTTP timeouts are 3 s + 10 s)
 TASK_FAILED = "TaskFailed"
 
 

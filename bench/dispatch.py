@@ -30,7 +30,7 @@ import requests  # noqa: E402
 from integrations import load_integrations  # noqa: E402
 from processor import ProcessorSettings, TaskProcessor  # noqa: E402
 from settings import load_config  # noqa: E402
-from tests.services import gunicorn, temporal_server  # noqa: E402
+from dev.stack import gunicorn, temporal_server  # noqa: E402
 
 TOKEN = "bench-token"
 

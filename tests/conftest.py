@@ -103,7 +103,7 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
 @pytest.fixture(scope="session")
 def temporal(tmp_path_factory):
     """One real Temporal dev server for the session; yields its host:port."""
-    from tests.services import temporal_server
+    from dev.stack import temporal_server
 
     folder = tmp_path_factory.mktemp("temporal")
     with temporal_server(folder / "temporal.db", folder / "temporal.log") as address:
@@ -113,7 +113,7 @@ def temporal(tmp_path_factory):
 @pytest.fixture
 def web(tmp_path, db_path):
     """The web process under gunicorn (2 workers); yields a `Web` with its URL and a `Tasks`-like API."""
-    from tests.services import gunicorn
+    from dev.stack import gunicorn
 
     started = []
 

@@ -19,7 +19,7 @@ from integrations import load_integrations
 from processor import StartResult, TaskProcessor, ProcessorSettings, start_workflow
 from settings import ROOT, load_config
 from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
-from tests.services import free_port, stop, temporal_server, workflow_runs
+from dev.stack import free_port, stop, temporal_server, workflow_runs
 
 pytestmark = pytest.mark.slow
 

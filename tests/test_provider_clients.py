@@ -9,7 +9,7 @@ from integrations.fangzhou_video.client import ArkClient, build_create_body as a
 from integrations.nanobanana2_image.client import NanoBananaClient, build_create_body as banana_body, result_urls
 from integrations.shared.providers import ProviderRejected, ProviderTransient
 from tests.conftest import wait_until
-from tests.services import fake_provider, free_port
+from dev.stack import fake_provider, free_port
 
 pytestmark = pytest.mark.slow
 KEY = "client-test-key"

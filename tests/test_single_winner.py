@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.conftest import TOKEN
-from tests.services import gunicorn
+from dev.stack import gunicorn
 
 TASKS = 20
 CLAIMS_PER_TASK = 32

@@ -19,7 +19,7 @@ from integrations import load_integrations
 from processor import start_workflow
 from settings import load_config
 from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
-from tests.services import fake_provider, python_process
+from dev.stack import fake_provider, python_process
 
 pytestmark = pytest.mark.slow
 

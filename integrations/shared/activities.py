@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from integrations.shared.providers import ProviderRejected, ProviderTransient
 from settings import Config, load_config
 
-REPORT_TIMEOUT = (3.05, 15)
+REPORT_TIMEOUT = (3.05, 10)
 # Error types a workflow reads off a failed activity.
 REJECTED = "ProviderRejected"
 TRANSIENT = "ProviderTransient"

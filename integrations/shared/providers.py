@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-TIMEOUT = (3.05, 30)  # (connect, read) seconds on every provider call
+TIMEOUT = (3.05, 10)  # (connect, read) seconds on every provider call; async job APIs answer fast
 TRANSIENT_STATUS = {408, 409, 425, 429}
 
 

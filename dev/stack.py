@@ -1,4 +1,4 @@
-"""Real processes for tests: gunicorn serving the app (more to come: Temporal, fakes, processor).
+"""Real processes on loopback for tests, benchmarks and the demo: gunicorn, Temporal, fakes, workers.
 
 Each is started on 127.0.0.1 with a free port, waited for with a deadline, and
 stopped by its process id.

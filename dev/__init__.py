@@ -1,0 +1,1 @@
+"""Development tooling: running the real processes locally (tests, benchmarks, the demo)."""
