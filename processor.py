@@ -17,6 +17,7 @@ attempt is terminated and replaced; a start failure is reported as `failed`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -174,6 +175,8 @@ class TaskProcessor:
         self.in_flight_lock = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
+        # Started workflows to confirm to the main app, which then never rescues their claims.
+        self.confirmations: collections.deque[tuple[PullModeConfig, str, int]] = collections.deque()
         self.thread: threading.Thread | None = None
         self.failures = 0
         self.stats = {"claimed": 0, "started": 0, "lost": 0, "start_failed": 0}
@@ -197,6 +200,7 @@ class TaskProcessor:
         if self.thread is not None:
             self.thread.join(timeout)
         self.idle.wait(timeout)
+        self.confirm_dispatches()
         self.reporters.shutdown(wait=True)
         self.bridge.close()
         self.log("stopped", **self.stats)
@@ -227,6 +231,7 @@ class TaskProcessor:
     def run_once(self) -> bool:
         """Poll every integration once; True if any returned a full batch (more work waiting)."""
         busy = False
+        self.confirm_dispatches()
         for pull in self.pull_configs:
             if self.stopping.is_set():
                 break
@@ -261,6 +266,7 @@ class TaskProcessor:
         """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
         try:
             outcome = await start_workflow(self.bridge.client, pull, task, attempt)
+            self.confirmations.append((pull, task["id"], attempt))
             self.stats["started"] += 1
             self.log("workflow started", task=task["id"], attempt=attempt,
                      workflow=pull.build_workflow_id(task), outcome=outcome)
@@ -306,6 +312,29 @@ class TaskProcessor:
             else:
                 self.log("claim refused", level=logging.WARNING, task=task["id"], error=result.get("error"))
         return won
+
+    def confirm_dispatches(self) -> None:
+        """Tell the main app which claims' workflows are started (one request per integration).
+
+        A confirmation that cannot be delivered is kept for the next poll; if the
+        processor dies first, the claim is rescued after the stuck timeout and
+        the rescue's start replaces the run (DESIGN §4 points 3-5).
+        """
+        pending: dict[str, list] = {}
+        while self.confirmations:
+            pull, task_id, attempt = self.confirmations.popleft()
+            pending.setdefault(pull.namespace, []).append((pull, task_id, attempt))
+        for items in pending.values():
+            pull = items[0][0]
+            body = [{"apiCallId": task_id, "status": "queued", "attempt": attempt} for _, task_id, attempt in items]
+            try:
+                response = self.session().post(pull.internal_apis.report_task_event, json=body, timeout=HTTP_TIMEOUT)
+                delivered = response.status_code < 500
+            except requests.RequestException:
+                delivered = False
+            if not delivered:
+                self.confirmations.extend(items)
+                self.log("dispatch confirmations not delivered; will retry", level=logging.WARNING, count=len(items))
 
     def report_failed(self, pull: PullModeConfig, task: dict, attempt: int, error: str) -> bool:
         """Report a start failure, with backoff; if it never lands the stuck rescue takes over."""

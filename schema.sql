@@ -1,6 +1,8 @@
 -- One table per integration (its entity) and one shared, append-only events table.
 -- Times are epoch seconds: created_at/updated_at as REAL (sub-second FIFO order),
--- started_at as INTEGER (set at each claim). request_params/result are JSON text.
+-- started_at as INTEGER (set at each claim). dispatched_at is set when the processor
+-- confirms that the claim's workflow is started: from then on Temporal owns the
+-- attempt and the claim is never "stuck". request_params/result are JSON text.
 
 CREATE TABLE IF NOT EXISTS video_tasks (
     id             TEXT PRIMARY KEY,
@@ -13,6 +15,7 @@ CREATE TABLE IF NOT EXISTS video_tasks (
     result         TEXT,
     error          TEXT,
     retryable      INTEGER NOT NULL DEFAULT 1,
+    dispatched_at  REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL
 );
@@ -28,6 +31,7 @@ CREATE TABLE IF NOT EXISTS image_tasks (
     result         TEXT,
     error          TEXT,
     retryable      INTEGER NOT NULL DEFAULT 1,
+    dispatched_at  REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL
 );
@@ -38,15 +42,15 @@ CREATE TABLE IF NOT EXISTS image_tasks (
 --   pending          (status, created_at)              the backlog, FIFO
 --   retry due        (retryable, created_at) over failures; a task failed for good
 --                    (rejected, or out of attempts) has retryable = 0 and is never read
---   stuck queued     (status, started_at)              oldest claims first
+--   stuck queued     (status, dispatched_at, started_at) undispatched claims, oldest first
 --   expire sweep     (status, attempts, started_at)  claims with no attempts left
 CREATE INDEX IF NOT EXISTS video_tasks_status_created ON video_tasks (status, created_at);
-CREATE INDEX IF NOT EXISTS video_tasks_status_started ON video_tasks (status, started_at);
+CREATE INDEX IF NOT EXISTS video_tasks_status_started ON video_tasks (status, dispatched_at, started_at);
 CREATE INDEX IF NOT EXISTS video_tasks_retry_due ON video_tasks (retryable, created_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS video_tasks_status_attempts ON video_tasks (status, attempts, started_at);
 
 CREATE INDEX IF NOT EXISTS image_tasks_status_created ON image_tasks (status, created_at);
-CREATE INDEX IF NOT EXISTS image_tasks_status_started ON image_tasks (status, started_at);
+CREATE INDEX IF NOT EXISTS image_tasks_status_started ON image_tasks (status, dispatched_at, started_at);
 CREATE INDEX IF NOT EXISTS image_tasks_retry_due ON image_tasks (retryable, created_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS image_tasks_status_attempts ON image_tasks (status, attempts, started_at);
 

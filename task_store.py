@@ -81,10 +81,12 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
 def decide(task: dict, report: Report, policy: Policy, now: float) -> dict | None:
     """The field changes of an accepted report, None for a duplicate; raises TransitionRefused."""
     current, attempts = task["status"], task["attempts"]
+    if report.status == "queued" and report.attempt is not None:
+        return _confirm_dispatch(task, report, now)
     if report.status == "queued":
         _check_claimable(task, policy, now)
         return {
-            "status": "queued", "attempts": attempts + 1, "startedAt": int(now),
+            "status": "queued", "attempts": attempts + 1, "startedAt": int(now), "dispatchedAt": None,
             "externalId": None, "result": None, "error": None,
         }
     if report.attempt != attempts:
@@ -107,6 +109,23 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> dict | Non
     return changes
 
 
+def _confirm_dispatch(task: dict, report: Report, now: float) -> dict | None:
+    """`queued` with an attempt: the processor confirms that attempt's workflow is started.
+
+    Not a transition (no status change, no event): it marks the claim as owned by
+    Temporal, so it is never rescued as stuck however long the workflow waits
+    for a worker. A confirmation arriving after the workflow moved on is a no-op.
+    """
+    current, attempts = task["status"], task["attempts"]
+    if report.attempt != attempts:
+        raise TransitionRefused(f"Stale report: attempt {report.attempt} is not the current attempt {attempts}")
+    if current == "queued" and task["dispatchedAt"] is None:
+        return {"dispatchedAt": now}
+    if current in ("queued", "processing", "completed", "failed"):
+        return None
+    raise TransitionRefused(f"Cannot confirm the dispatch of a {current} task")
+
+
 def _check_claimable(task: dict, policy: Policy, now: float) -> None:
     current, attempts = task["status"], task["attempts"]
     refusal = f"Cannot transition to queued from {current}"
@@ -119,6 +138,8 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
             raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used")
         return
     if current == "queued":
+        if task["dispatchedAt"] is not None:
+            raise TransitionRefused(f"{refusal}: attempt {attempts}'s workflow is started; Temporal owns it")
         if attempts >= policy.max_attempts:
             raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used")
         if (task["startedAt"] or 0) < now - policy.stuck_timeout_seconds:
@@ -177,6 +198,8 @@ def _apply(conn, entity, namespace, task_id, report, policy, now) -> Outcome:
         return Outcome(task["status"], task["attempts"], duplicate=True)
     _update(conn, entity, task, changes, now)
     attempt = changes.get("attempts", task["attempts"])
+    if "status" not in changes:  # a dispatch confirmation: no transition, no event
+        return Outcome(task["status"], attempt)
     _append_event(conn, namespace, task_id, changes["status"], attempt, now,
                   external_id=changes.get("externalId"), data=changes.get("result"),
                   error=changes.get("error"))
@@ -216,7 +239,8 @@ def expire_stuck(
     cutoff = now - policy.stuck_timeout_seconds
     candidates = [row[0] for row in conn.execute(
         f"SELECT {_q(c('id'))} FROM {_q(entity.table)} WHERE {_q(c('status'))} = 'queued' "
-        f"AND {_q(c('attempts'))} >= ? AND +{_q(c('startedAt'))} < ? LIMIT ?",  # + : use the attempts index
+        f"AND {_q(c('attempts'))} >= ? AND +{_q(c('startedAt'))} < ? "  # + : use the attempts index
+        f"AND {_q(c('dispatchedAt'))} IS NULL LIMIT ?",
         (policy.max_attempts, cutoff, EXPIRE_BATCH),
     )]
     expired = []
@@ -224,7 +248,7 @@ def expire_stuck(
         with immediate(conn):
             task = _select(conn, entity, task_id)
             if not (task and task["status"] == "queued" and (task["startedAt"] or 0) < cutoff
-                    and task["attempts"] >= policy.max_attempts):
+                    and task["attempts"] >= policy.max_attempts and task["dispatchedAt"] is None):
                 continue
             error = (f"Attempt {task['attempts']} of {policy.max_attempts} made no progress within "
                      f"{policy.stuck_timeout_seconds}s of its claim; no attempts left")
@@ -239,6 +263,9 @@ def fetch_claimable(
     now: float | None = None,
 ) -> list[dict]:
     """Claimable tasks, oldest createdAt first: pending, retry due, stuck queued (DESIGN §3).
+
+    A queued claim is stuck only if its workflow start was never confirmed
+    (dispatchedAt is NULL): a started workflow waiting for a worker is Temporal's.
 
     Each kind is read in its index's order and cut by its own LIMIT, so the cost
     follows `limit`, not the table size. Stuck claims are picked oldest claim
@@ -258,8 +285,9 @@ def fetch_claimable(
         SELECT * FROM ({select} WHERE {c('status')} = 'failed' AND {c('retryable')} = 1
                        AND +{c('attempts')} < :max ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
-        SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('startedAt')} < :cutoff
-                       AND +{c('attempts')} < :max ORDER BY {c('startedAt')} LIMIT :limit))
+        SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NULL
+                       AND {c('startedAt')} < :cutoff AND +{c('attempts')} < :max
+                       ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """
     params = {"limit": limit, "max": policy.max_attempts, "cutoff": now - policy.stuck_timeout_seconds}
@@ -304,7 +332,7 @@ def _update(conn: sqlite3.Connection, entity: EntityMapping, task: dict, changes
         [*changes.values(), task["id"], task["status"], task["attempts"]],
     )
     if cursor.rowcount != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than guess
-        raise TransitionRefused(f"Cannot transition to {changes['status']} from {task['status']}")
+        raise TransitionRefused(f"Cannot transition to {changes.get('status', task['status'])} from {task['status']}")
 
 
 def _append_event(conn, namespace, task_id, status, attempt, now, external_id=None, data=None, error=None):

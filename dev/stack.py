@@ -167,3 +167,107 @@ def fake_provider(module: str, log_path: Path, api_key: str, step_seconds: float
     with python_process(["-m", f"fakes.{module}", "--port", str(port)], log_path, settings,
                         ready_url=f"{url}/_fake/health"):
         yield url
+
+
+class Stack:
+    """Every process of the system, each started, killed and restarted on its own ports.
+
+    Temporal keeps its state in a file, so a restart resumes it; the web
+    process reuses its port, so the others find it again.
+    """
+
+    def __init__(self, folder: Path, token: str = "stack-token", **settings):
+        self.folder = Path(folder)
+        self.ports = {name: free_port() for name in ("web", "temporal", "ark", "banana")}
+        self.web_url = f"http://127.0.0.1:{self.ports['web']}"
+        self.temporal_address = f"127.0.0.1:{self.ports['temporal']}"
+        self.db_path = str(self.folder / "app.db")
+        key = "stack-provider-key"
+        self.env = {
+            "INTERNAL_API_TOKEN": token, "DATABASE_PATH": self.db_path, "MAIN_ENDPOINT": self.web_url,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "FANGZHOU_BASE_URL": f"http://127.0.0.1:{self.ports['ark']}/api/v3",
+            "NANOBANANA_BASE_URL": f"http://127.0.0.1:{self.ports['banana']}",
+            "FANGZHOU_API_KEY": key, "NANOBANANA_API_KEY": key, "FAKE_API_KEY": key,
+            "FAKE_STEP_SECONDS": "0.5", "POLL_INTERVAL_MS": "200",
+            "FANGZHOU_POLL_INTERVAL_SECONDS": "1", "NANOBANANA_POLL_INTERVAL_SECONDS": "1",
+            **{k: str(v) for k, v in settings.items()},
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, command: list[str], ready_url: str | None = None) -> subprocess.Popen:
+        with open(self.folder / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env},
+                                       stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = process
+        if ready_url:
+            wait_for_http(ready_url, timeout=30, process=process)
+        return process
+
+    def start_temporal(self) -> None:
+        self._spawn("temporal", [
+            str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+            "--port", str(self.ports["temporal"]), "--http-port", str(free_port()),
+            "--metrics-port", str(free_port()), "--db-filename", str(self.folder / "temporal.db"),
+            "--log-level", "error"])
+        wait_for_temporal(self.temporal_address, self.processes["temporal"])
+
+    def start_fakes(self) -> None:
+        for name, module in (("ark", "ark"), ("banana", "nanobanana")):
+            port = self.ports[name]
+            self._spawn(name, [sys.executable, "-m", f"fakes.{module}", "--port", str(port)],
+                        ready_url=f"http://127.0.0.1:{port}/_fake/health")
+
+    def start_web(self, workers: int = 2) -> None:
+        self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{self.ports['web']}",
+                            "--graceful-timeout", "5", "--no-control-socket", "--preload", "app:create_app()"],
+                    ready_url=f"{self.web_url}/healthz")
+
+    def start_worker(self) -> None:
+        self._spawn("worker", [sys.executable, "workflows.py"])
+
+    def start_processor(self, name: str = "processor", **env) -> None:
+        saved = dict(self.env)
+        self.env.update({"HOSTNAME": name, **{k: str(v) for k, v in env.items()}})
+        try:
+            self._spawn(name, [sys.executable, "processor.py"])
+        finally:
+            self.env = saved
+
+    def start_all(self) -> "Stack":
+        self.start_temporal()
+        self.start_fakes()
+        self.start_web()
+        self.start_worker()
+        self.start_processor()
+        return self
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> int | None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return None if process is None else process.returncode
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.kill(name, signal.SIGTERM)
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+    # -- talking to it --
+    def create(self, kind: str, prompt: str) -> str:
+        response = requests.post(f"{self.web_url}/api/{kind}/generate", json={"prompt": prompt}, timeout=10)
+        response.raise_for_status()
+        return response.json()["taskId"]
+
+    def task(self, task_id: str) -> dict:
+        return requests.get(f"{self.web_url}/api/tasks/{task_id}", timeout=10).json()

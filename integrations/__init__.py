@@ -19,7 +19,7 @@ from settings import Config
 FETCH_PENDING_TASKS_API_NAME = "fetchPendingTasks"
 FIELDS = (
     "id", "status", "attempts", "startedAt", "requestParams", "createdAt",
-    "updatedAt", "externalId", "result", "error", "retryable",
+    "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt",
 )
 
 

@@ -44,10 +44,10 @@ class Tasks:
         return response.json["taskId"]
 
     def put(self, namespace=VIDEO, *, status="pending", attempts=0, started_at=None,
-            retryable=True, created_at=None):
+            retryable=True, created_at=None, dispatched_at=None):
         task_id = self.create(namespace)
         fields = {"status": status, "attempts": attempts, "started_at": started_at,
-                  "retryable": int(retryable)}
+                  "retryable": int(retryable), "dispatched_at": dispatched_at}
         if created_at is not None:
             fields["created_at"] = created_at
         with sqlite3.connect(self.db_path) as conn:

@@ -45,6 +45,17 @@ def test_returns_stuck_queued_tasks_only_after_the_timeout(tasks):
     assert ids(tasks.fetch()) == [stuck]
 
 
+def test_skips_stuck_claims_whose_workflow_is_started(tasks):
+    tasks.put(status="queued", attempts=1, started_at=int(time.time()) - 4000, dispatched_at=time.time() - 3999)
+    assert ids(tasks.fetch()) == []
+
+
+def test_does_not_expire_an_exhausted_claim_whose_workflow_is_started(tasks):
+    task_id = tasks.put(status="queued", attempts=5, started_at=int(time.time()) - 400, dispatched_at=1.0)
+    assert ids(tasks.fetch()) == []
+    assert tasks.row(task_id)["status"] == "queued"
+
+
 def test_a_fresh_claim_becomes_stuck_when_time_passes(tasks):
     with freeze_time("2026-11-27 12:00:00") as clock:
         task_id = tasks.create()

@@ -75,9 +75,21 @@ CASES = {
     "stale attempt refused": (
         dict(status="processing", attempts=2, started=FRESH), dict(status="completed", attempt=1),
         409, "Stale report: attempt 1 is not the current attempt 2", ("processing", 2), False),
-    "stale duplicate refused": (
+    "stale dispatch confirmation refused": (
         dict(status="queued", attempts=2, started=FRESH), dict(status="queued", attempt=1),
-        409, "Cannot transition to queued from queued", ("queued", 2), False),
+        409, "Stale report: attempt 1 is not the current attempt 2", ("queued", 2), False),
+    "dispatch confirmed (no transition, no event)": (
+        dict(status="queued", attempts=1, started=FRESH), dict(status="queued", attempt=1),
+        200, None, ("queued", 1), False),
+    "dispatch confirmed twice": (
+        dict(status="queued", attempts=1, started=FRESH, dispatched_at=1.0), dict(status="queued", attempt=1),
+        200, None, ("queued", 1), False),
+    "dispatch confirmed after the workflow moved on": (
+        dict(status="processing", attempts=1, started=FRESH), dict(status="queued", attempt=1),
+        200, None, ("processing", 1), False),
+    "queued -> queued refused for a dispatched claim, however old": (
+        dict(status="queued", attempts=1, started=OLD, dispatched_at=1.0), dict(status="queued"),
+        409, "workflow is started; Temporal owns it", ("queued", 1), False),
 }
 
 
@@ -96,10 +108,23 @@ def test_transition_table(tasks, given, report, code, message, after, new_event)
     row = tasks.row(task_id)
     assert (row["status"], row["attempts"]) == after
     assert len(tasks.events(task_id)) == events_before + (1 if new_event else 0)
-    if code == 200 and report["status"] == "queued":
+    if code == 200 and report["status"] == "queued" and "attempt" not in report:
         assert response.json["attempt"] == after[1]
         assert row["started_at"] == pytest.approx(time.time(), abs=2)
         assert tasks.events(task_id)[-1]["attempt"] == after[1]
+
+
+def test_dispatch_confirmation_protects_a_claim_from_rescue(tasks):
+    with freeze_time("2026-11-27 12:00:00") as clock:
+        task_id = tasks.create()
+        assert tasks.report(task_id, "queued").json["attempt"] == 1
+        assert tasks.report(task_id, "queued", attempt=1).json["success"] is True
+        assert tasks.row(task_id)["dispatched_at"] == time.time()
+        clock.tick(3600)
+        assert tasks.report(task_id, "queued").status_code == 409
+        assert tasks.fetch().json["tasks"] == []
+        assert tasks.report(task_id, "processing", attempt=1).status_code == 200
+    assert [e["status"] for e in tasks.events(task_id)] == ["pending", "queued", "processing"]
 
 
 def test_claim_is_accepted_from_pending(tasks):

@@ -1,0 +1,125 @@
+"""The invariant checker: reads the database and Temporal after a run and counts violations (DESIGN §4).
+
+    python -m dev.invariants DATABASE_PATH TEMPORAL_ADDRESS [--max-attempts 5]
+
+Each task must be settled: completed, or failed for good (attempts exhausted,
+or rejected as not retryable). Every attempt has exactly one `queued` event.
+A task's workflow runs never overlap (each run closed before the next
+started) and none is open at the end. A completed task completed once: one
+`completed` event, one completed run, and no run started after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+TABLES = {"video_tasks": "fangzhouVideoGeneration", "image_tasks": "nanobanana2ImageGeneration"}
+
+
+@dataclass
+class Findings:
+    tasks: int = 0
+    completed: int = 0
+    failed_for_good: int = 0
+    runs: int = 0
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def summary(self) -> str:
+        lines = [f"tasks {self.tasks}: completed {self.completed}, failed for good {self.failed_for_good}; "
+                 f"workflow runs {self.runs}"]
+        for name in ("lost", "queued events per attempt", "overlapping runs", "open runs",
+                     "completed more than once"):
+            found = self.violations.get(name, [])
+            lines.append(f"  {name}: {len(found)}" + (f"  e.g. {found[:3]}" if found else ""))
+        return "\n".join(lines)
+
+
+def read_database(db_path: str) -> tuple[dict, dict]:
+    with sqlite3.connect(db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        tasks = {}
+        for table, namespace in TABLES.items():
+            for row in conn.execute(f"SELECT * FROM {table}"):
+                tasks[row["id"]] = {**dict(row), "namespace": namespace}
+        events = defaultdict(list)
+        for row in conn.execute("SELECT * FROM task_events ORDER BY id"):
+            events[row["task_id"]].append(dict(row))
+    return tasks, events
+
+
+async def read_runs(address: str, workflow_ids: set[str]) -> dict[str, list]:
+    from temporalio.client import Client
+
+    client = await Client.connect(address)
+    runs = defaultdict(list)
+    async for execution in client.list_workflows():
+        if execution.id in workflow_ids:
+            runs[execution.id].append(execution)
+    return runs
+
+
+def check(db_path: str, address: str, max_attempts: int = 5, settle_seconds: float = 15.0) -> Findings:
+    """Count violations; Temporal's visibility lags a little, so open runs are re-read for a while."""
+    tasks, events = read_database(db_path)
+    workflow_ids = {f"{t['namespace']}:{task_id}" for task_id, t in tasks.items()}
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        runs = asyncio.run(read_runs(address, workflow_ids))
+        settled = all(r.close_time is not None for group in runs.values() for r in group)
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    found = Findings(tasks=len(tasks), runs=sum(len(r) for r in runs.values()))
+    for task_id, task in tasks.items():
+        status, attempts = task["status"], task["attempts"]
+        if status == "completed":
+            found.completed += 1
+        elif status == "failed" and (attempts >= max_attempts or not task["retryable"]):
+            found.failed_for_good += 1
+        else:
+            found.violations["lost"].append(f"{task_id} {status} attempts={attempts}")
+
+        queued = Counter(e["attempt"] for e in events[task_id] if e["status"] == "queued")
+        if queued != Counter(range(1, attempts + 1)):
+            found.violations["queued events per attempt"].append(f"{task_id} {dict(queued)} attempts={attempts}")
+
+        task_runs = sorted(runs.get(f"{task['namespace']}:{task_id}", []), key=lambda r: r.start_time)
+        for earlier, later in zip(task_runs, task_runs[1:]):
+            if earlier.close_time is None or earlier.close_time > later.start_time:
+                found.violations["overlapping runs"].append(f"{task_id} {earlier.run_id} / {later.run_id}")
+        open_runs = [r for r in task_runs if r.close_time is None]
+        if open_runs:
+            found.violations["open runs"].append(f"{task_id} {len(open_runs)} open")
+
+        if status == "completed":
+            completions = [e for e in events[task_id] if e["status"] == "completed"]
+            completed_runs = [r for r in task_runs if r.status.name == "COMPLETED"]
+            later_runs = [r for r in task_runs if completed_runs and r.start_time > completed_runs[0].start_time]
+            if len(completions) != 1 or len(completed_runs) != 1 or later_runs:
+                found.violations["completed more than once"].append(
+                    f"{task_id} events={len(completions)} runs={len(completed_runs)} later={len(later_runs)}")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("database")
+    parser.add_argument("temporal")
+    parser.add_argument("--max-attempts", type=int, default=5)
+    args = parser.parse_args()
+    findings = check(args.database, args.temporal, args.max_attempts)
+    print(findings.summary())
+    return 0 if findings.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
