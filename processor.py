@@ -39,6 +39,7 @@ from settings import Config, ConfigError, load_config
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
 START_TIMEOUT = timedelta(seconds=10)
 MAX_BACKOFF_SECONDS = 10.0
+HEALTHY_FOR_SECONDS = 0.25
 REPORT_RETRIES = 4
 
 log = logging.getLogger("processor")
@@ -82,6 +83,7 @@ class TemporalBridge:
         self.address, self.namespace = address, namespace
         self._connect = connect
         self.client = None
+        self.last_success = float("-inf")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="temporal-loop", daemon=True)
         self.thread.start()
@@ -93,11 +95,22 @@ class TemporalBridge:
         return self.submit(coro).result(timeout)
 
     def ensure_healthy(self) -> None:
-        """Connect if needed and ask the frontend for its health; raise TemporalUnavailable if not."""
+        """Connect if needed and ask the frontend for its health; raise TemporalUnavailable if not.
+
+        A start that succeeded within HEALTHY_FOR_SECONDS is proof enough: under load
+        the health round trip is skipped (it is on every task's latency path).
+        """
+        if time.monotonic() - self.last_success < HEALTHY_FOR_SECONDS:
+            return
         try:
             self.call(self._ensure_healthy(), timeout=10)
         except Exception as exc:  # any failure here means: do not claim now
             raise TemporalUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self.last_success = time.monotonic()
+
+    def succeeded(self) -> None:
+        """Record an RPC that reached Temporal."""
+        self.last_success = time.monotonic()
 
     async def _ensure_healthy(self) -> None:
         from temporalio.client import Client
@@ -177,8 +190,8 @@ class TaskProcessor:
         self.idle.set()
         # Started workflows to confirm to the main app, which then never rescues their claims.
         self.confirmations: collections.deque[tuple[PullModeConfig, str, int]] = collections.deque()
-        self.thread: threading.Thread | None = None
-        self.failures = 0
+        self.threads: list[threading.Thread] = []
+        self.failures = 0  # failed polls so far (all integrations)
         self.stats = {"claimed": 0, "started": 0, "lost": 0, "start_failed": 0}
 
     # -- lifecycle --
@@ -187,64 +200,78 @@ class TaskProcessor:
         self.pull_configs = [p for p in pull_configs if p.enabled]
 
     def start(self, pull_configs: list[PullModeConfig]) -> None:
+        """One poll loop per integration, so a quiet one never delays a busy one."""
         self.load(pull_configs)
         self.log("starting", integrations=",".join(p.namespace for p in self.pull_configs),
                  temporal=self.settings.temporal_address, batch=self.settings.batch_size,
-                 poll_ms=self.settings.poll_interval_ms)
-        self.thread = threading.Thread(target=self.run, name="poll-loop", daemon=True)
-        self.thread.start()
+                 wait_ms=self.settings.poll_interval_ms)
+        self.threads = [threading.Thread(target=self.run, args=(pull,), name=f"poll-{pull.namespace}", daemon=True)
+                        for pull in self.pull_configs]
+        for thread in self.threads:
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, finish starting what was claimed, close the Temporal connection."""
         self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        for thread in self.threads:
+            thread.join(timeout)
         self.idle.wait(timeout)
         self.confirm_dispatches()
         self.reporters.shutdown(wait=True)
         self.bridge.close()
         self.log("stopped", **self.stats)
 
-    def run(self) -> None:
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def run(self, pull: PullModeConfig) -> None:
+        """Poll one integration until stopped; back off (capped) while polls fail."""
+        failures = 0
+        busy = False
         while not self.stopping.is_set():
             try:
-                busy = self.run_once()
-                self.failures = 0
+                busy = self.poll(pull, wait_ms=0 if busy else self.settings.poll_interval_ms)
+                failures = 0
+                continue
             except TemporalUnavailable as exc:
-                self.failures += 1
                 self.log("temporal unavailable; claiming nothing", level=logging.WARNING, error=str(exc)[:200])
-                busy = False
             except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-                self.failures += 1
-                self.log("poll failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
-                busy = False
-            if not busy:
-                self.stopping.wait(self.idle_delay())
+                self.log("poll failed", level=logging.WARNING, integration=pull.namespace,
+                         error=f"{type(exc).__name__}: {exc}"[:300])
+            failures += 1
+            self.failures += 1
+            busy = False
+            self.stopping.wait(self.backoff(failures))
 
-    def idle_delay(self) -> float:
-        base = self.settings.poll_interval_ms / 1000
-        if not self.failures:
-            return base
-        return min(MAX_BACKOFF_SECONDS, base * 2 ** min(self.failures, 10))
+    def backoff(self, failures: int) -> float:
+        base = max(self.settings.poll_interval_ms / 1000, 0.1)
+        return min(MAX_BACKOFF_SECONDS, base * 2 ** min(failures - 1, 10))
 
     # -- one poll --
     def run_once(self) -> bool:
-        """Poll every integration once; True if any returned a full batch (more work waiting)."""
-        busy = False
-        self.confirm_dispatches()
-        for pull in self.pull_configs:
-            if self.stopping.is_set():
-                break
-            tasks = self.fetch_pending_tasks(pull)
-            if tasks:
-                self.bridge.ensure_healthy()  # never claim while Temporal is down
-                self.dispatch(pull, tasks)
-            busy = busy or len(tasks) >= self.settings.batch_size
-        return busy
+        """Poll every integration once without waiting; True if any returned a full batch."""
+        return any([self.poll(pull, wait_ms=0) for pull in self.pull_configs])
 
-    def fetch_pending_tasks(self, pull: PullModeConfig) -> list[dict]:
-        response = self.session().get(pull.internal_apis.fetch_pending_tasks,
-                                      params={"limit": self.settings.batch_size}, timeout=HTTP_TIMEOUT)
+    def poll(self, pull: PullModeConfig, wait_ms: int) -> bool:
+        """Fetch (waiting up to `wait_ms` on the server for work), claim, start; True if the batch was full."""
+        self.confirm_dispatches()
+        started = time.monotonic()
+        tasks = self.fetch_pending_tasks(pull, wait_ms)
+        if tasks:
+            self.bridge.ensure_healthy()  # never claim while Temporal is down
+            self.dispatch(pull, tasks)
+        elif wait_ms and time.monotonic() - started < wait_ms / 2000:
+            # The server did not wait (an older main app?): do not spin.
+            self.stopping.wait(wait_ms / 1000)
+        return len(tasks) >= self.settings.batch_size
+
+    def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0) -> list[dict]:
+        params = {"limit": self.settings.batch_size}
+        if wait_ms:
+            params["waitMs"] = wait_ms
+        timeout = (HTTP_TIMEOUT[0], HTTP_TIMEOUT[1] + wait_ms / 1000)
+        response = self.session().get(pull.internal_apis.fetch_pending_tasks, params=params, timeout=timeout)
         if response.status_code != 200:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
         return response.json().get("tasks") or []
@@ -266,6 +293,7 @@ class TaskProcessor:
         """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
         try:
             outcome = await start_workflow(self.bridge.client, pull, task, attempt)
+            self.bridge.succeeded()
             self.confirmations.append((pull, task["id"], attempt))
             self.stats["started"] += 1
             self.log("workflow started", task=task["id"], attempt=attempt,
@@ -392,7 +420,7 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop_requested.set())  # handlers only set a flag
     processor.start([i.get_pull_mode_config() for i in load_integrations(config)])
     while not stop_requested.wait(0.2):
-        if processor.thread is not None and not processor.thread.is_alive():
+        if not processor.running:
             break
     processor.log("shutting down")
     processor.stop(timeout=8)

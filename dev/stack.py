@@ -61,7 +61,8 @@ def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = 
     environ = {**os.environ, "DATABASE_PATH": db_path, "PORT": str(port), **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+            [str(BIN / "gunicorn"), "--workers", str(workers), "--worker-class", "gthread", "--threads", "8",
+             "--bind", f"127.0.0.1:{port}",
              "--graceful-timeout", "5", "--no-control-socket", "--preload", *extra_args, "app:create_app()"],
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -219,7 +220,8 @@ class Stack:
                         ready_url=f"http://127.0.0.1:{port}/_fake/health")
 
     def start_web(self, workers: int = 2) -> None:
-        self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{self.ports['web']}",
+        self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--worker-class", "gthread",
+                            "--threads", "8", "--bind", f"127.0.0.1:{self.ports['web']}",
                             "--graceful-timeout", "5", "--no-control-socket", "--preload", "app:create_app()"],
                     ready_url=f"{self.web_url}/healthz")
 

@@ -52,6 +52,8 @@ CASES = {
     "empty batch": ("POST", REPORT_URL, [], {}, 400, "A batch holds 1 to 100 reports"),
     "batch of 101": ("POST", REPORT_URL, [{"apiCallId": "TASK", "status": "processing", "attempt": 1}] * 101,
                      {}, 400, "A batch holds"),
+    "waitMs too long": ("GET", FETCH_URL + "?waitMs=30001", None, {}, 400, "waitMs must be an integer"),
+    "waitMs not a number": ("GET", FETCH_URL + "?waitMs=soon", None, {}, 400, "waitMs"),
     "wrong method": ("GET", REPORT_URL, None, {}, 405, ""),
     "no token": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "queued"}, {"Authorization": ""}, 401, "token"),
     "prompt missing": ("POST", "/api/video/generate", {}, {}, 400, "'prompt' is required"),

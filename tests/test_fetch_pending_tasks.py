@@ -127,3 +127,30 @@ def test_rejects_requests_without_the_token(tasks, headers):
 
 def test_accepts_the_token(tasks):
     assert tasks.fetch().status_code == 200
+
+
+def test_a_long_poll_answers_as_soon_as_work_appears(app, tasks):
+    import threading
+
+    def create_later():
+        time.sleep(0.3)
+        with app.test_client() as other:
+            other.post("/api/video/generate", json={"prompt": "late"})
+
+    creator = threading.Thread(target=create_later)
+    started = time.monotonic()
+    creator.start()
+    response = tasks.client.get("/api/fangzhouVideoGeneration/fetchPendingTasks?waitMs=5000",
+                                headers={"Authorization": "Bearer test-token"})
+    elapsed = time.monotonic() - started
+    creator.join()
+    assert [t["requestParams"]["prompt"] for t in response.json["tasks"]] == ["late"]
+    assert 0.3 <= elapsed < 4  # woke on the commit, not at the 5 s timeout
+
+
+def test_a_long_poll_with_no_work_returns_empty_at_its_timeout(tasks):
+    started = time.monotonic()
+    response = tasks.client.get("/api/fangzhouVideoGeneration/fetchPendingTasks?waitMs=300",
+                                headers={"Authorization": "Bearer test-token"})
+    assert response.json == {"tasks": []}
+    assert time.monotonic() - started >= 0.3

@@ -68,7 +68,7 @@ def test_failed_fetches_are_survived(web, temporal):
     closed = processor_for(f"http://127.0.0.1:{free_port()}", temporal)
     closed.start(closed.pull_configs)
     wait_until(lambda: closed.failures >= 2, message="two failed polls (connection refused)")
-    assert closed.thread.is_alive()
+    assert closed.running
     closed.stop()
 
     app = web()

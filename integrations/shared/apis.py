@@ -7,6 +7,7 @@ task_store, the single writer. Only the web process imports this module.
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Any
 
 from flask import abort, current_app, jsonify, request
@@ -17,6 +18,8 @@ from db import get_db
 from integrations import FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
 
 MAX_LIMIT = 100
+MAX_WAIT_MS = 30_000
+WAIT_STEP_SECONDS = 0.002  # how often a long poll checks for commits (a ~5 µs pragma)
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
 REPORT_FIELDS = ("apiCallId", "status", "attempt", "taskId", "data", "error", "retryable")
@@ -38,6 +41,19 @@ def parse_limit(raw: str | None, default: int) -> int:
     return int(raw)
 
 
+def parse_wait(raw: str | None) -> int:
+    if raw is None:
+        return 0
+    if not raw.isdigit() or int(raw) > MAX_WAIT_MS:
+        abort(400, f"waitMs must be an integer from 0 to {MAX_WAIT_MS}, got {raw[:50]!r}")
+    return int(raw)
+
+
+def data_version(conn) -> int:
+    """Changes whenever another connection commits (cheap: no disk read)."""
+    return conn.execute("PRAGMA data_version").fetchone()[0]
+
+
 def create_fetch_pending_tasks_api(
     namespace: str,
     entity: EntityMapping,
@@ -49,11 +65,22 @@ def create_fetch_pending_tasks_api(
     policy = task_store.Policy(max_attempts, stuck_timeout_seconds)
 
     def fetch_pending_tasks():
+        """With `waitMs`, an empty answer waits (long poll) until a commit makes work appear."""
         require_internal_token()
         limit = parse_limit(request.args.get("limit"), default_limit)
+        wait_ms = parse_wait(request.args.get("waitMs"))
         conn = get_db()
         task_store.expire_stuck(conn, entity, namespace, policy)
-        return jsonify({"tasks": task_store.fetch_claimable(conn, entity, policy, limit)})
+        version = data_version(conn)
+        tasks = task_store.fetch_claimable(conn, entity, policy, limit)
+        deadline = time.monotonic() + wait_ms / 1000
+        while not tasks and time.monotonic() < deadline:
+            time.sleep(WAIT_STEP_SECONDS)
+            latest = data_version(conn)
+            if latest != version:  # another connection committed: look again
+                version = latest
+                tasks = task_store.fetch_claimable(conn, entity, policy, limit)
+        return jsonify({"tasks": tasks})
 
     fetch_pending_tasks.__name__ = f"{namespace}_fetch_pending_tasks"
     return Api(namespace, FETCH_PENDING_TASKS_API_NAME, ("GET",), fetch_pending_tasks)

@@ -1,0 +1,350 @@
+"""`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
+
+    .venv/bin/python bench/run.py [--tasks 1000] [--only dispatch,latency,burst,fetch]
+
+One Temporal dev server (in memory) serves every phase; each phase gets a
+fresh database and web process (gunicorn, 4 gthread workers, as the Procfile).
+Processors and the worker run as their own processes with default settings
+unless a phase says otherwise.
+
+  dispatch  raw start_workflow rate; then 1,000 pending tasks appear in one
+            commit and one (then two) processors dispatch them: rate from the
+            commit to the last workflow's start time, and its ratio to the raw rate
+  latency   tasks created over HTTP at a steady 20/s, processor + worker + fakes
+            at default settings: creation -> workflow start, p50/p99; then the
+            same through a push-mode app that starts the workflow inside the
+            create request (the plan's old design)
+  burst     1,000 creations from 16 client threads while fetchPendingTasks is
+            called every 10 ms: the fetch latency (avg, max) and the create rate
+  fetch     fetchPendingTasks queries at 10,000 / 100,000 / 1,000,000 rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests  # noqa: E402
+
+from bench import fetch_pending  # noqa: E402
+from dev.stack import BIN, ROOT, free_port, python_process, stop, temporal_server, wait_for_http  # noqa: E402
+
+TOKEN = "bench-token"
+KEY = "bench-provider-key"
+HERE = Path(__file__).resolve().parent
+VIDEO_NS = "fangzhouVideoGeneration"
+
+
+class Phase:
+    """A fresh web process (and database) on the shared Temporal server, plus any processes started."""
+
+    def __init__(self, folder: Path, temporal: str, app: str = "app:create_app()", **env):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = str(folder / "app.db")
+        self.temporal = temporal
+        self.env = {"INTERNAL_API_TOKEN": TOKEN, "DATABASE_PATH": self.db_path, "MAIN_ENDPOINT": self.url,
+                    "TEMPORAL_ADDRESS": temporal, "FANGZHOU_API_KEY": KEY, "NANOBANANA_API_KEY": KEY,
+                    "FAKE_API_KEY": KEY, "LOG_LEVEL": "WARNING", "FAKE_STEP_SECONDS": "1",
+                    **{k: str(v) for k, v in env.items()}}
+        self.stack = ExitStack()
+        self.processes: dict[str, object] = {}
+        with open(folder / "web.log", "ab") as log:
+            self.web = __import__("subprocess").Popen(
+                [str(BIN / "gunicorn"), "--workers", "4", "--worker-class", "gthread", "--threads", "8",
+                 "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--preload", app],
+                cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        wait_for_http(f"{self.url}/healthz", process=self.web)
+
+    def start(self, name: str, args: list[str], **env) -> object:
+        saved = dict(self.env)
+        self.env.update({k: str(v) for k, v in env.items()})
+        process = self.stack.enter_context(python_process(args, self.folder / f"{name}.log", dict(self.env)))
+        self.env = saved
+        self.processes[name] = process
+        return process
+
+    def close(self) -> None:
+        self.stack.close()
+        stop(self.web)
+
+
+def peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def start_times(address: str, workflow_ids: set[str], expected: int, timeout: float = 60) -> dict[str, float]:
+    """Each workflow's start time (epoch seconds), read from Temporal once all are visible."""
+    from temporalio.client import Client
+
+    client = await Client.connect(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {}
+        async for execution in client.list_workflows():
+            if execution.id in workflow_ids:
+                found[execution.id] = execution.start_time.timestamp()
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
+def insert_pending(db_path: str, count: int) -> tuple[list[str], float]:
+    """`count` pending video tasks in one commit (so dispatch starts from a full backlog at once)."""
+    now = time.time()
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        conn.executemany(
+            "INSERT INTO video_tasks (id, status, attempts, request_params, created_at, updated_at) "
+            "VALUES (?, 'pending', 0, ?, ?, ?)",
+            [(task_id, json.dumps({"prompt": f"bench {n}"}), now + n * 1e-6, now) for n, task_id in enumerate(ids)])
+        conn.executemany("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
+                         "VALUES (?, ?, 'pending', 0, ?)", [(VIDEO_NS, task_id, now) for task_id in ids])
+    return ids, time.time()
+
+
+async def raw_start_rate(address: str, total: int, concurrency: int) -> float:
+    from temporalio.client import Client
+
+    client = await Client.connect(address)
+    queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    numbers = iter(range(total))
+
+    async def starter():
+        for n in numbers:
+            await client.start_workflow("BenchWorkflow", {"n": n}, id=f"{queue}-{n}", task_queue=queue)
+
+    started = time.perf_counter()
+    await asyncio.gather(*[starter() for _ in range(concurrency)])
+    return total / (time.perf_counter() - started)
+
+
+def dispatch_phase(folder: Path, temporal: str, tasks: int, processors: int) -> tuple[float, float]:
+    """(tasks/s from the backlog's commit to the last workflow start, processor peak MB)."""
+    phase = Phase(folder, temporal)
+    try:
+        procs = [phase.start(f"processor-{n}", ["processor.py"], HOSTNAME=f"bench-{n}") for n in range(processors)]
+        time.sleep(2.0)  # imports done, long polls waiting
+        ids, committed = insert_pending(phase.db_path, tasks)
+        found = asyncio.run(start_times(temporal, {f"{VIDEO_NS}:{t}" for t in ids}, tasks, timeout=120))
+        assert len(found) == tasks, f"only {len(found)} of {tasks} workflows started"
+        peak = max(peak_mb(p.pid) for p in procs)
+        return tasks / (max(found.values()) - committed), peak
+    finally:
+        phase.close()
+
+
+def latency_phase(folder: Path, temporal: str, push: bool, count: int = 200, rate: float = 20.0) -> dict:
+    """Create `count` tasks at `rate`/s; creation -> workflow start latency (ms)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        ark_port = free_port()
+        stack.enter_context(python_process(["-m", "fakes.ark", "--port", str(ark_port)], folder / "ark.log",
+                                           {"FAKE_API_KEY": KEY, "FAKE_STEP_SECONDS": "1"},
+                                           ready_url=f"http://127.0.0.1:{ark_port}/_fake/health"))
+        app = "bench.push_app:create_push_app()" if push else "app:create_app()"
+        phase = Phase(folder, temporal, app=app, FANGZHOU_BASE_URL=f"http://127.0.0.1:{ark_port}/api/v3",
+                      FANGZHOU_POLL_INTERVAL_SECONDS=1)
+        stack.callback(phase.close)
+        worker = phase.start("worker", ["workflows.py"])
+        processor = None if push else phase.start("processor", ["processor.py"])
+        time.sleep(2.0)
+        path = "/push/video/generate" if push else "/api/video/generate"
+        session = requests.Session()
+        ids = []
+        started = time.monotonic()
+        for n in range(count):
+            time.sleep(max(0.0, started + n / rate - time.monotonic()))
+            ids.append(session.post(phase.url + path, json={"prompt": f"latency {n}"}, timeout=30).json()["taskId"])
+        found = asyncio.run(start_times(temporal, {f"{VIDEO_NS}:{t}" for t in ids}, count))
+        with sqlite3.connect(phase.db_path) as conn:
+            created = dict(conn.execute("SELECT id, created_at FROM video_tasks"))
+        latencies = sorted((found[f"{VIDEO_NS}:{t}"] - created[t]) * 1000 for t in ids if f"{VIDEO_NS}:{t}" in found)
+        # let the workflows run to the end so the worker's peak memory covers whole runs
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with sqlite3.connect(phase.db_path) as conn:
+                if not conn.execute("SELECT COUNT(*) FROM video_tasks WHERE status NOT IN "
+                                    "('completed', 'failed')").fetchone()[0]:
+                    break
+            time.sleep(0.5)
+        return {"latencies": latencies, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                "worker_mb": peak_mb(worker.pid), "processor_mb": peak_mb(processor.pid) if processor else None}
+
+
+def _create_burst(url: str, count: int, threads: int) -> float:
+    """Run in a child process (its own GIL): `count` creations from `threads` threads; returns seconds."""
+    sessions = threading.local()
+
+    def create(n):
+        if not hasattr(sessions, "s"):
+            sessions.s = requests.Session()
+        sessions.s.post(f"{url}/api/video/generate", json={"prompt": f"burst {n}"}, timeout=30).raise_for_status()
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, range(count)))
+    return time.perf_counter() - began
+
+
+def burst_phase(folder: Path, temporal: str, count: int = 1000) -> dict:
+    """Creations come from another process, so the fetch timings here do not wait on the client's GIL."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    phase = Phase(folder, temporal)
+    try:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        fetch_ms: list[float] = []
+        with ProcessPoolExecutor(1) as creators:
+            burst = creators.submit(_create_burst, phase.url, count, 16)
+            while not burst.done():
+                began = time.perf_counter()
+                session.get(f"{phase.url}/api/{VIDEO_NS}/fetchPendingTasks?limit=10", timeout=10).raise_for_status()
+                fetch_ms.append((time.perf_counter() - began) * 1000)
+                time.sleep(0.01)
+            elapsed = burst.result()
+        return {"create_rate": count / elapsed, "poll_avg": statistics.mean(fetch_ms), "poll_max": max(fetch_ms),
+                "polls": len(fetch_ms)}
+    finally:
+        phase.close()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
+
+
+def fetch_phase(folder: Path) -> dict[int, float]:
+    p99 = {}
+    for rows in (10_000, 100_000, 1_000_000):
+        path = str(folder / f"fetch-{rows}.db")
+        fetch_pending.build(path, rows)
+        p99[rows] = fetch_pending.measure(path)["p99_ms"]
+        os.remove(path)
+    return p99
+
+
+def chart(results: dict, latencies: dict[str, list[float]], fetch_p99: dict[int, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, values in latencies.items():
+        if values:
+            left.plot(sorted(values), [i / len(values) for i in range(1, len(values) + 1)], label=label)
+    left.set_xscale("log")
+    left.set_xlabel("creation -> workflow started (ms)")
+    left.set_ylabel("share of tasks")
+    left.set_title("Dispatch latency (CDF)")
+    left.legend()
+    rows = sorted(fetch_p99)
+    right.plot(rows, [fetch_p99[r] for r in rows], marker="o")
+    right.set_xscale("log")
+    right.set_ylim(bottom=0)
+    right.set_xlabel("task rows")
+    right.set_ylabel("fetchPendingTasks p99 (ms)")
+    right.set_title("Fetch latency against table size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+GOALS = [  # key, what it is, goal text, check
+    ("temporal_start_rate", "raw start_workflow rate (starts/s)", "reference", None),
+    ("dispatch_rate_1", "dispatch rate, 1 processor (tasks/s)", "", None),
+    ("dispatch_ratio_1", "  ratio to raw", ">= 0.8", lambda v: v >= 0.8),
+    ("dispatch_rate_2", "dispatch rate, 2 processors (tasks/s)", "", None),
+    ("dispatch_ratio_2", "  ratio to raw", ">= 0.9", lambda v: v >= 0.9),
+    ("latency_p50_ms", "creation -> started p50 (ms)", "<= 100", lambda v: v <= 100),
+    ("latency_p99_ms", "creation -> started p99 (ms)", "<= 300", lambda v: v <= 300),
+    ("push_latency_p50_ms", "push baseline p50 (ms)", "pull p50 <= 3x this", None),
+    ("poll_latency_avg_ms", "fetch during 1,000-create burst, avg (ms)", "<= 10", lambda v: v <= 10),
+    ("poll_latency_max_ms", "fetch during burst, max (ms)", "<= 100", lambda v: v <= 100),
+    ("fetch_p99_ms_10k", "fetch query p99 at 10k rows (ms)", "", None),
+    ("fetch_p99_ms_1m", "fetch query p99 at 1M rows (ms)", "<= 5", lambda v: v <= 5),
+    ("create_rate", "task creation over HTTP (tasks/s)", "", None),
+    ("processor_peak_mb", "processor peak RSS (MB)", "<= 100", lambda v: v <= 100),
+    ("worker_peak_mb", "worker peak RSS (MB)", "", None),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--only", default="dispatch,latency,burst,fetch")
+    args = parser.parse_args()
+    phases = set(args.only.split(","))
+    results: dict[str, float] = {}
+    latencies: dict[str, list[float]] = {}
+    fetch_p99: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with temporal_server(None, tmp / "temporal.log") as temporal:
+            if "dispatch" in phases:
+                raw = max(asyncio.run(raw_start_rate(temporal, args.tasks, c)) for c in (10, 50))
+                results["temporal_start_rate"] = raw
+                rate1, peak1 = dispatch_phase(tmp / "d1", temporal, args.tasks, 1)
+                rate2, peak2 = dispatch_phase(tmp / "d2", temporal, args.tasks, 2)
+                results.update(dispatch_rate_1=rate1, dispatch_ratio_1=rate1 / raw,
+                               dispatch_rate_2=rate2, dispatch_ratio_2=rate2 / raw,
+                               processor_peak_mb=max(peak1, peak2))
+            if "latency" in phases:
+                pull = latency_phase(tmp / "pull", temporal, push=False)
+                push = latency_phase(tmp / "push", temporal, push=True)
+                latencies = {"pull (processor, defaults)": pull["latencies"], "push baseline": push["latencies"]}
+                results.update(latency_p50_ms=pull["p50"], latency_p99_ms=pull["p99"],
+                               push_latency_p50_ms=push["p50"], push_latency_p99_ms=push["p99"],
+                               worker_peak_mb=pull["worker_mb"],
+                               processor_peak_mb=max(results.get("processor_peak_mb", 0), pull["processor_mb"]))
+            if "burst" in phases:
+                burst = burst_phase(tmp / "burst", temporal)
+                results.update(poll_latency_avg_ms=burst["poll_avg"], poll_latency_max_ms=burst["poll_max"],
+                               create_rate=burst["create_rate"])
+        if "fetch" in phases:
+            fetch_p99 = fetch_phase(tmp)
+            results.update(fetch_p99_ms_10k=fetch_p99[10_000], fetch_p99_ms_100k=fetch_p99[100_000],
+                           fetch_p99_ms_1m=fetch_p99[1_000_000])
+    report(results)
+    (HERE / "results.json").write_text(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2) + "\n")
+    if latencies or fetch_p99:
+        chart(results, latencies, fetch_p99, HERE / "results.png")
+    print(f"\nwrote {HERE / 'results.json'}" + (f" and {HERE / 'results.png'}" if latencies or fetch_p99 else ""))
+
+
+def report(results: dict[str, float]) -> None:
+    print(f"\n{'figure':<44} {'value':>10}  {'goal':<22} met")
+    for key, label, goal, check in GOALS:
+        if key not in results:
+            continue
+        value = results[key]
+        met = "" if check is None else ("yes" if check(value) else "NO")
+        if key == "push_latency_p50_ms" and "latency_p50_ms" in results:
+            met = "yes" if results["latency_p50_ms"] <= 3 * value else "NO"
+        print(f"{label:<44} {value:>10.2f}  {goal:<22} {met}")
+
+
+if __name__ == "__main__":
+    main()
