@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test install demo bench-fetch bench-dispatch clean
+.PHONY: test install demo bench bench-fetch bench-dispatch clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
@@ -20,11 +25,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	DEMO_EXIT=$(DEMO_EXIT) $(BIN)/python dev/demo.py
 
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py
+
 bench-fetch: $(STAMP)
 	$(BIN)/python bench/fetch_pending.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-bench-dispatch: $(STAMP)
-	$(BIN)/python bench/dispatch.py
+bench-dispatch: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --only dispatch

@@ -40,6 +40,7 @@ HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web p
 START_TIMEOUT = timedelta(seconds=10)
 MAX_BACKOFF_SECONDS = 10.0
 HEALTHY_FOR_SECONDS = 0.25
+MAX_BATCH = 100  # the main app's limit per fetch and per batch report
 REPORT_RETRIES = 4
 
 log = logging.getLogger("processor")
@@ -82,6 +83,8 @@ class TemporalBridge:
     def __init__(self, address: str, namespace: str, connect: Callable | None = None):
         self.address, self.namespace = address, namespace
         self._connect = connect
+        import temporalio.client  # noqa: F401 - import now, not on the first task's latency path
+
         self.client = None
         self.last_success = float("-inf")
         self.loop = asyncio.new_event_loop()
@@ -188,8 +191,9 @@ class TaskProcessor:
         self.in_flight_lock = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
-        # Started workflows to confirm to the main app, which then never rescues their claims.
-        self.confirmations: collections.deque[tuple[PullModeConfig, str, int]] = collections.deque()
+        # Started workflows to confirm to the main app (which then never rescues their claims),
+        # per integration; they ride along with the next claim request, or go alone when idle.
+        self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
         self.failures = 0  # failed polls so far (all integrations)
         self.stats = {"claimed": 0, "started": 0, "lost": 0, "start_failed": 0}
@@ -216,7 +220,8 @@ class TaskProcessor:
         for thread in self.threads:
             thread.join(timeout)
         self.idle.wait(timeout)
-        self.confirm_dispatches()
+        for pull in self.pull_configs:
+            self.confirm_dispatches(pull)
         self.reporters.shutdown(wait=True)
         self.bridge.close()
         self.log("stopped", **self.stats)
@@ -228,10 +233,14 @@ class TaskProcessor:
     def run(self, pull: PullModeConfig) -> None:
         """Poll one integration until stopped; back off (capped) while polls fail."""
         failures = 0
-        busy = False
+        limit = self.settings.batch_size
         while not self.stopping.is_set():
             try:
-                busy = self.poll(pull, wait_ms=0 if busy else self.settings.poll_interval_ms)
+                busy = self.poll(pull, wait_ms=0 if limit > self.settings.batch_size else self.settings.poll_interval_ms,
+                                 limit=limit)
+                # A backlog: double the batch (up to MAX_BATCH) so each request and claim
+                # transaction carries more; back to the configured size once it drains.
+                limit = min(MAX_BATCH, limit * 2) if busy else self.settings.batch_size
                 failures = 0
                 continue
             except TemporalUnavailable as exc:
@@ -241,7 +250,7 @@ class TaskProcessor:
                          error=f"{type(exc).__name__}: {exc}"[:300])
             failures += 1
             self.failures += 1
-            busy = False
+            limit = self.settings.batch_size
             self.stopping.wait(self.backoff(failures))
 
     def backoff(self, failures: int) -> float:
@@ -253,21 +262,23 @@ class TaskProcessor:
         """Poll every integration once without waiting; True if any returned a full batch."""
         return any([self.poll(pull, wait_ms=0) for pull in self.pull_configs])
 
-    def poll(self, pull: PullModeConfig, wait_ms: int) -> bool:
+    def poll(self, pull: PullModeConfig, wait_ms: int, limit: int | None = None) -> bool:
         """Fetch (waiting up to `wait_ms` on the server for work), claim, start; True if the batch was full."""
-        self.confirm_dispatches()
+        if wait_ms and self.confirmations[pull.namespace]:
+            self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
         started = time.monotonic()
-        tasks = self.fetch_pending_tasks(pull, wait_ms)
+        limit = limit or self.settings.batch_size
+        tasks = self.fetch_pending_tasks(pull, wait_ms, limit)
         if tasks:
             self.bridge.ensure_healthy()  # never claim while Temporal is down
             self.dispatch(pull, tasks)
         elif wait_ms and time.monotonic() - started < wait_ms / 2000:
             # The server did not wait (an older main app?): do not spin.
             self.stopping.wait(wait_ms / 1000)
-        return len(tasks) >= self.settings.batch_size
+        return len(tasks) >= limit
 
-    def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0) -> list[dict]:
-        params = {"limit": self.settings.batch_size}
+    def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
+        params = {"limit": limit or self.settings.batch_size}
         if wait_ms:
             params["waitMs"] = wait_ms
         timeout = (HTTP_TIMEOUT[0], HTTP_TIMEOUT[1] + wait_ms / 1000)
@@ -294,7 +305,7 @@ class TaskProcessor:
         try:
             outcome = await start_workflow(self.bridge.client, pull, task, attempt)
             self.bridge.succeeded()
-            self.confirmations.append((pull, task["id"], attempt))
+            self.confirmations[pull.namespace].append((task["id"], attempt))
             self.stats["started"] += 1
             self.log("workflow started", task=task["id"], attempt=attempt,
                      workflow=pull.build_workflow_id(task), outcome=outcome)
@@ -316,21 +327,25 @@ class TaskProcessor:
 
         Each item is `{"apiCallId", "status": "queued"}` and is judged on its own:
         only `"success": true` with an attempt is a won claim; a 409 is a lost race.
+        Pending dispatch confirmations ride in the same request, ahead of the claims.
         """
-        body = [{"apiCallId": task["id"], "status": "queued"} for task in tasks]
+        confirmations = self.take_confirmations(pull, limit=MAX_BATCH - len(tasks))
+        body = [*confirmations, *({"apiCallId": task["id"], "status": "queued"} for task in tasks)]
         try:
             response = self.session().post(pull.internal_apis.report_task_event, json=body, timeout=HTTP_TIMEOUT)
         except requests.RequestException as exc:
             # If the claims landed, the tasks wait in `queued` for the stuck rescue.
+            self.give_back_confirmations(pull, confirmations)
             self.log("claim failed", level=logging.WARNING, tasks=len(tasks), error=str(exc)[:200])
             return []
         results = _json(response).get("results")
-        if not (200 <= response.status_code < 300 and isinstance(results, list) and len(results) == len(tasks)):
+        if not (200 <= response.status_code < 300 and isinstance(results, list) and len(results) == len(body)):
+            self.give_back_confirmations(pull, confirmations)
             self.log("claim refused", level=logging.WARNING, status=response.status_code,
                      error=_json(response).get("error"))
             return []
         won = []
-        for task, result in zip(tasks, results):
+        for task, result in zip(tasks, results[len(confirmations):]):
             if result.get("success") is True and result.get("apiCallId") == task["id"]:
                 self.stats["claimed"] += 1
                 won.append((task, int(result["attempt"])))
@@ -341,28 +356,37 @@ class TaskProcessor:
                 self.log("claim refused", level=logging.WARNING, task=task["id"], error=result.get("error"))
         return won
 
-    def confirm_dispatches(self) -> None:
-        """Tell the main app which claims' workflows are started (one request per integration).
+    def take_confirmations(self, pull: PullModeConfig, limit: int = 100) -> list[dict]:
+        queue = self.confirmations[pull.namespace]
+        taken = []
+        while queue and len(taken) < limit:
+            task_id, attempt = queue.popleft()
+            taken.append({"apiCallId": task_id, "status": "queued", "attempt": attempt})
+        return taken
 
-        A confirmation that cannot be delivered is kept for the next poll; if the
+    def give_back_confirmations(self, pull: PullModeConfig, items: list[dict]) -> None:
+        self.confirmations[pull.namespace].extend((item["apiCallId"], item["attempt"]) for item in items)
+
+    def confirm_dispatches(self, pull: PullModeConfig) -> None:
+        """Tell the main app which claims' workflows are started (when no claim request is going out).
+
+        A confirmation that cannot be delivered is kept for the next try; if the
         processor dies first, the claim is rescued after the stuck timeout and
         the rescue's start replaces the run (DESIGN §4 points 3-5).
         """
-        pending: dict[str, list] = {}
-        while self.confirmations:
-            pull, task_id, attempt = self.confirmations.popleft()
-            pending.setdefault(pull.namespace, []).append((pull, task_id, attempt))
-        for items in pending.values():
-            pull = items[0][0]
-            body = [{"apiCallId": task_id, "status": "queued", "attempt": attempt} for _, task_id, attempt in items]
+        while self.confirmations[pull.namespace]:
+            items = self.take_confirmations(pull)
             try:
-                response = self.session().post(pull.internal_apis.report_task_event, json=body, timeout=HTTP_TIMEOUT)
+                response = self.session().post(pull.internal_apis.report_task_event, json=items,
+                                               timeout=HTTP_TIMEOUT)
                 delivered = response.status_code < 500
             except requests.RequestException:
                 delivered = False
             if not delivered:
-                self.confirmations.extend(items)
-                self.log("dispatch confirmations not delivered; will retry", level=logging.WARNING, count=len(items))
+                self.give_back_confirmations(pull, items)
+                self.log("dispatch confirmations not delivered; will retry", level=logging.WARNING,
+                         count=len(items))
+                return
 
     def report_failed(self, pull: PullModeConfig, task: dict, attempt: int, error: str) -> bool:
         """Report a start failure, with backoff; if it never lands the stuck rescue takes over."""

@@ -7,9 +7,10 @@ fresh database and web process (gunicorn, 4 gthread workers, as the Procfile).
 Processors and the worker run as their own processes with default settings
 unless a phase says otherwise.
 
-  dispatch  raw start_workflow rate; then 1,000 pending tasks appear in one
-            commit and one (then two) processors dispatch them: rate from the
-            commit to the last workflow's start time, and its ratio to the raw rate
+  dispatch  raw start_workflow rate (best of 10 and 50 concurrent callers);
+            then 1,000 pending tasks appear in one commit and one processor
+            dispatches them: rate from the commit to the last workflow's start
+            time, and its ratio to the raw rate; then the same with two processors
   latency   tasks created over HTTP at a steady 20/s, processor + worker + fakes
             at default settings: creation -> workflow start, p50/p99; then the
             same through a push-mode app that starts the workflow inside the
@@ -276,6 +277,7 @@ GOALS = [  # key, what it is, goal text, check
     ("temporal_start_rate", "raw start_workflow rate (starts/s)", "reference", None),
     ("dispatch_rate_1", "dispatch rate, 1 processor (tasks/s)", "", None),
     ("dispatch_ratio_1", "  ratio to raw", ">= 0.8", lambda v: v >= 0.8),
+    ("temporal_start_rate_2", "raw start_workflow rate, again (starts/s)", "reference", None),
     ("dispatch_rate_2", "dispatch rate, 2 processors (tasks/s)", "", None),
     ("dispatch_ratio_2", "  ratio to raw", ">= 0.9", lambda v: v >= 0.9),
     ("latency_p50_ms", "creation -> started p50 (ms)", "<= 100", lambda v: v <= 100),
@@ -304,12 +306,15 @@ def main() -> None:
         tmp = Path(tmp)
         with temporal_server(None, tmp / "temporal.log") as temporal:
             if "dispatch" in phases:
-                raw = max(asyncio.run(raw_start_rate(temporal, args.tasks, c)) for c in (10, 50))
-                results["temporal_start_rate"] = raw
+                # The server slows a little as it fills up, so each dispatch phase is compared with
+                # a raw measurement taken just before it, on the same server in the same state.
+                raw1 = max(asyncio.run(raw_start_rate(temporal, args.tasks, c)) for c in (10, 50))
                 rate1, peak1 = dispatch_phase(tmp / "d1", temporal, args.tasks, 1)
+                raw2 = max(asyncio.run(raw_start_rate(temporal, args.tasks, c)) for c in (10, 50))
                 rate2, peak2 = dispatch_phase(tmp / "d2", temporal, args.tasks, 2)
-                results.update(dispatch_rate_1=rate1, dispatch_ratio_1=rate1 / raw,
-                               dispatch_rate_2=rate2, dispatch_ratio_2=rate2 / raw,
+                results.update(temporal_start_rate=raw1, temporal_start_rate_2=raw2,
+                               dispatch_rate_1=rate1, dispatch_ratio_1=rate1 / raw1,
+                               dispatch_rate_2=rate2, dispatch_ratio_2=rate2 / raw2,
                                processor_peak_mb=max(peak1, peak2))
             if "latency" in phases:
                 pull = latency_phase(tmp / "pull", temporal, push=False)

@@ -97,6 +97,7 @@ def test_fifty_tasks_each_get_one_workflow_carrying_the_attempt(web, temporal):
         processor.stop()
     for ns, task_id in created:
         assert app.task(task_id)["status"] == "queued"
+        assert app.rows(ns)[task_id]["dispatched_at"] is not None  # the start was confirmed
     runs = workflow_runs(temporal, [wf_id(ns, t) for ns, t in created])
     for ns, task_id in created:
         [run] = runs[wf_id(ns, task_id)]
