@@ -17,6 +17,7 @@ from flask import Flask, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import db
+import logs
 import task_store
 from integrations import Integration, build_api_path, load_integrations
 from integrations.shared.validation import RequestInvalid
@@ -37,6 +38,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    if test_config is None:
+        logs.setup("web")
     app = Flask(__name__)
     app.config.update(
         DATABASE_PATH=config.get("components.main.databasePath", "data/app.db"),
@@ -117,6 +120,7 @@ def _create_view(integration: Integration):
         except RequestInvalid as exc:
             abort(400, str(exc))
         task = task_store.create_task(db.get_db(), integration.entity, integration.namespace, params)
+        logs.event(log, "task created", task=task["id"], attempt=0, namespace=integration.namespace)
         return jsonify({"taskId": task["id"], "status": task["status"]}), 201
 
     create_task.__name__ = f"{integration.namespace}_create_task"

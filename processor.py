@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import requests
 
+import logs
 from integrations import PullModeConfig, load_integrations
 from settings import Config, ConfigError, load_config
 
@@ -351,9 +352,10 @@ class TaskProcessor:
                 won.append((task, int(result["attempt"])))
             elif result.get("code") == 409:
                 self.stats["lost"] += 1
-                self.log("claim lost", level=logging.DEBUG, task=task["id"])
+                self.log("claim lost", level=logging.DEBUG, task=task["id"], attempt=task.get("attempts", 0) + 1)
             else:
-                self.log("claim refused", level=logging.WARNING, task=task["id"], error=result.get("error"))
+                self.log("claim refused", level=logging.WARNING, task=task["id"], attempt=task.get("attempts", 0) + 1,
+                         error=result.get("error"))
         return won
 
     def take_confirmations(self, pull: PullModeConfig, limit: int = 100) -> list[dict]:
@@ -415,9 +417,7 @@ class TaskProcessor:
         return self.http.session
 
     def log(self, message: str, level: int = logging.INFO, **fields: Any) -> None:
-        if log.isEnabledFor(level):
-            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-            log.log(level, "[%s] %s %s", self.settings.instance_id, message, extra)
+        logs.event(log, message, level, instance=self.settings.instance_id, **fields)
 
 
 def _json(response: requests.Response) -> dict:
@@ -429,8 +429,7 @@ def _json(response: requests.Response) -> dict:
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup("processor")
     try:
         config = load_config()
         settings = ProcessorSettings.from_config(config)

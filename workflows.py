@@ -64,6 +64,7 @@ class PollingRun:
             prefix = "Provider rejected the request" if rejected else "Provider task could not be created"
             await self.fail(f"{prefix}: {_message(err)}", retryable=not rejected)
 
+        self.log("provider job created", external_id=external_id)
         await self.report("processing", external_id=external_id)
         poll_retry = RetryPolicy(initial_interval=self.interval, backoff_coefficient=1.0,
                                  maximum_interval=self.interval, non_retryable_error_types=[REJECTED])
@@ -83,7 +84,13 @@ class PollingRun:
         if not outcome.succeeded:
             await self.fail(outcome.error or "Provider job failed", external_id=external_id)
         await self.report("completed", external_id=external_id, data=outcome.result)
+        self.log("task completed", external_id=external_id)
         return outcome.result or {}
+
+    def log(self, message: str, **fields: Any) -> None:
+        """A workflow log line (not repeated on replay) with the task and attempt on it."""
+        fields = {"task": self.api_call_id, "attempt": self.attempt, **fields}
+        workflow.logger.info(message, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
     async def report(self, status: str, **fields: Any) -> None:
         await workflow.execute_activity(
@@ -93,6 +100,7 @@ class PollingRun:
     async def fail(self, error: str, retryable: bool = True, external_id: str | None = None) -> None:
         """Report `failed`, then end this workflow in failure."""
         await self.report("failed", error=error, retryable=retryable, external_id=external_id)
+        self.log("task failed", error=error, retryable=retryable)
         raise ApplicationError(error, type=TASK_FAILED, non_retryable=True)
 
 
@@ -164,6 +172,7 @@ async def serve(config, stop, connect=None) -> None:
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import AsyncExitStack
 
+    from temporalio.activity import logger as activity_logger
     from temporalio.client import Client
     from temporalio.worker import Worker
 
@@ -194,21 +203,22 @@ async def serve(config, stop, connect=None) -> None:
                 await stack.enter_async_context(worker)
                 log.info("serving %s on task queue %s (%s)", namespace_name, queue,
                          workflow_class.__temporal_workflow_definition.name)
+            workflow.logger.workflow_info_on_message = False  # the logfmt formatter reads it from extra
+            activity_logger.activity_info_on_message = False
             await stop.wait()
             log.info("shutting down")
 
 
 def main() -> int:
     import asyncio
-    import logging
-    import os
     import signal
     import sys
 
     from settings import ConfigError, load_config
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    import logs
+
+    logs.setup("worker")
     try:
         config = load_config()
         check_registry(config)

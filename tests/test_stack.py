@@ -36,6 +36,11 @@ def test_video_and_image_go_from_pending_to_completed(tmp_path):
             events = [e["status"] for e in stack_events(stack, task_id)]
             assert events == ["pending", "queued", "processing", "completed"]
         assert check(stack.db_path, stack.temporal_address).ok
+    for name in ("web", "processor", "worker"):  # structured one-line logs: task and attempt on each task line
+        lines = [line for line in (tmp_path / f"{name}.log").read_text().splitlines() if video in line or image in line]
+        assert lines, name
+        for line in lines:
+            assert line.startswith("ts=") and f"process={name}" in line and " attempt=" in line, line
 
 
 def stack_events(stack, task_id):

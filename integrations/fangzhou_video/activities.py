@@ -20,7 +20,7 @@ def _client() -> tuple[ArkClient, dict]:
 def create_video_task(task: CreateInput) -> str:
     """Create the Ark generation task; return its id."""
     client, settings = _client()
-    with provider_errors():
+    with provider_errors(task):
         return client.create_task(build_create_body(settings["model"], task.request_params))
 
 
@@ -28,7 +28,7 @@ def create_video_task(task: CreateInput) -> str:
 def poll_video_task(poll: PollInput) -> PollOutcome:
     """One look at the Ark task. Not final yet: raise, and the retry policy polls again later."""
     client, _ = _client()
-    with provider_errors():
+    with provider_errors(poll):
         task = client.get_task(poll.external_id)
     status = task.get("status")
     if status not in FINAL_STATUSES:

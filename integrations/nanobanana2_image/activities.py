@@ -20,7 +20,7 @@ def _client() -> tuple[NanoBananaClient, dict]:
 def create_image_task(task: CreateInput) -> str:
     """Create the image job; return its taskId."""
     client, settings = _client()
-    with provider_errors():
+    with provider_errors(task):
         return client.create_task(build_create_body(settings["model"], task.request_params))
 
 
@@ -28,7 +28,7 @@ def create_image_task(task: CreateInput) -> str:
 def poll_image_task(poll: PollInput) -> PollOutcome:
     """One look at the job. Not final yet: raise, and the retry policy polls again later."""
     client, _ = _client()
-    with provider_errors():
+    with provider_errors(poll):
         record = client.record_info(poll.external_id)
     state = record.get("state")
     if state not in FINAL_STATES:

@@ -65,20 +65,25 @@ class ReportInput:
 
 
 @contextmanager
-def provider_errors():
+def provider_errors(about: CreateInput | PollInput):
     """Provider failures as activity errors: rejected ones final, transient ones retried.
 
-    They are expected, so they are logged here in one line and marked benign
-    (the SDK then logs no traceback for them).
+    They are expected, so they are logged here in one line (with the task and
+    attempt) and marked benign (the SDK then logs no traceback for them).
     """
     try:
         yield
     except ProviderRejected as exc:
-        activity.logger.warning("provider rejected the request: %s", exc)
+        _warn("provider rejected the request", exc, about)
         raise ApplicationError(str(exc), type=REJECTED, non_retryable=True, category=BENIGN) from exc
     except ProviderTransient as exc:
-        activity.logger.warning("provider call failed, will retry: %s", exc)
+        _warn("provider call failed; will retry", exc, about)
         raise ApplicationError(str(exc), type=TRANSIENT, category=BENIGN) from exc
+
+
+def _warn(message: str, exc: Exception, about: CreateInput | PollInput) -> None:
+    fields = {"task": about.api_call_id, "attempt": about.attempt, "error": str(exc)}
+    activity.logger.warning(message, extra={"fields": fields})
 
 
 def not_done(message: str) -> ApplicationError:

@@ -7,12 +7,14 @@ task_store, the single writer. Only the web process imports this module.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import Any
 
 from flask import abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+import logs
 import task_store
 from db import get_db
 from integrations import FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
@@ -22,6 +24,7 @@ MAX_WAIT_MS = 30_000
 WAIT_STEP_SECONDS = 0.002  # how often a long poll checks for commits (a ~5 µs pragma)
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
+log = logging.getLogger("web.tasks")
 REPORT_FIELDS = ("apiCallId", "status", "attempt", "taskId", "data", "error", "retryable")
 
 
@@ -107,7 +110,9 @@ def create_report_api(
         except task_store.TaskNotFound:
             abort(404, "Task not found")
         except task_store.TransitionRefused as exc:
+            log_outcome(namespace, task_id, report, exc)
             abort(409, str(exc))
+        log_outcome(namespace, task_id, report, outcome)
         return jsonify({"success": True, "status": outcome.status, "attempt": outcome.attempt,
                         "duplicate": outcome.duplicate})
 
@@ -122,11 +127,25 @@ def create_report_api(
             except HTTPException as exc:
                 abort(400, f"Report {index}: {exc.description}")
         outcomes = task_store.transition_many(get_db(), entity, namespace, reports, policy)
+        for (task_id, report), outcome in zip(reports, outcomes):
+            log_outcome(namespace, task_id, report, outcome)
         return jsonify({"success": True, "results": [
             _batch_result(task_id, outcome) for (task_id, _), outcome in zip(reports, outcomes)]})
 
     report_task_event.__name__ = f"{namespace}_{name}"
     return Api(namespace, name, ("POST",), report_task_event)
+
+
+def log_outcome(namespace: str, task_id: str, report: task_store.Report, outcome) -> None:
+    """One line per report: accepted transitions at INFO, refusals at DEBUG (lost races are routine)."""
+    if isinstance(outcome, task_store.Outcome):
+        message = ("dispatch confirmed" if report.status == "queued" and report.attempt is not None
+                   else "duplicate report" if outcome.duplicate else f"task {outcome.status}")
+        logs.event(log, message, task=task_id, attempt=outcome.attempt, namespace=namespace,
+                   external_id=report.external_id, error=report.error if report.status == "failed" else None)
+    else:
+        logs.event(log, "report refused", logging.DEBUG, task=task_id, attempt=report.attempt, namespace=namespace,
+                   status=report.status, reason=str(outcome))
 
 
 def _batch_result(task_id: str, outcome) -> dict:
