@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 import db
 import logs
+from cli import tasks_cli
 import task_store
 from integrations import Integration, build_api_path, load_integrations
 from integrations.shared.validation import RequestInvalid
@@ -51,6 +52,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["integrations"] = integrations = load_integrations(config)
 
     db.init_app(app)
+    app.cli.add_command(tasks_cli)
     db.init_db(app.config["DATABASE_PATH"])
     _register_errors(app)
     _register_integrations(app, integrations)

@@ -43,6 +43,7 @@ SETTINGS = [
     Setting("MAIN_ENDPOINT", "components.main.endpoint", str, "base URL the processor and worker use to reach the web process"),
     Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str, "Bearer token of the internal endpoints"),
     Setting("TEMPORAL_ADDRESS", "components.asyncTask.temporal.address", str, "Temporal frontend host:port"),
+    Setting("TEMPORAL_UI_URL", "components.asyncTask.temporal.uiUrl", str, "Temporal Web UI, linked from the dashboard"),
     Setting("TEMPORAL_NAMESPACE", "components.asyncTask.temporal.namespace", str, "Temporal namespace"),
     Setting("POLL_INTERVAL_MS", "components.asyncTask.pullMode.pollIntervalMs", int, "processor's idle poll interval"),
     Setting("BATCH_SIZE", "components.asyncTask.pullMode.batchSize", int, "tasks fetched per poll (1..100)"),

@@ -81,6 +81,10 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
 def decide(task: dict, report: Report, policy: Policy, now: float) -> dict | None:
     """The field changes of an accepted report, None for a duplicate; raises TransitionRefused."""
     current, attempts = task["status"], task["attempts"]
+    if report.status == "pending":  # an operator's retry (the CLI); not reachable over HTTP
+        if current != "failed":
+            raise TransitionRefused(f"Cannot retry a {current} task: only a failed task can be retried")
+        return {"status": "pending", "retryable": 1, "error": None, "_event_error": "retried by an operator"}
     if report.status == "queued" and report.attempt is not None:
         return _confirm_dispatch(task, report, now)
     if report.status == "queued":
@@ -196,13 +200,14 @@ def _apply(conn, entity, namespace, task_id, report, policy, now) -> Outcome:
     changes = decide(task, report, policy, now)
     if changes is None:
         return Outcome(task["status"], task["attempts"], duplicate=True)
+    event_error = changes.pop("_event_error", None)
     _update(conn, entity, task, changes, now)
     attempt = changes.get("attempts", task["attempts"])
     if "status" not in changes:  # a dispatch confirmation: no transition, no event
         return Outcome(task["status"], attempt)
     _append_event(conn, namespace, task_id, changes["status"], attempt, now,
                   external_id=changes.get("externalId"), data=changes.get("result"),
-                  error=changes.get("error"))
+                  error=changes.get("error") or event_error)
     return Outcome(changes["status"], attempt)
 
 
@@ -307,6 +312,34 @@ def list_events(conn: sqlite3.Connection, task_id: str) -> list[dict]:
         "FROM task_events WHERE task_id = ? ORDER BY id", (task_id,),
     )
     return [{**dict(row), "data": _load(row["data"])} for row in rows]
+
+
+def list_tasks(conn: sqlite3.Connection, entity: EntityMapping, status: str | None = None,
+               limit: int = 50) -> list[dict]:
+    """The newest tasks (optionally of one status), each status read through its (status, createdAt) index."""
+    statuses = [status] if status else list(STATUSES)
+    c = lambda name: _q(entity.column(name))  # noqa: E731
+    columns = ", ".join(f"{_q(col)} AS {_q(field)}" for field, col in entity.columns.items())
+    parts = [f"SELECT * FROM (SELECT {columns} FROM {_q(entity.table)} WHERE {c('status')} = ? "
+             f"ORDER BY {c('createdAt')} DESC LIMIT ?)" for _ in statuses]
+    sql = " UNION ALL ".join(parts) + " ORDER BY createdAt DESC LIMIT ?"
+    params = [value for s in statuses for value in (s, limit)] + [limit]
+    return [_decode(dict(row)) for row in conn.execute(sql, params)]
+
+
+def count_by_status(conn: sqlite3.Connection, entity: EntityMapping) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    rows = conn.execute(f"SELECT {_q(entity.column('status'))}, COUNT(*) FROM {_q(entity.table)} "
+                        f"GROUP BY {_q(entity.column('status'))}")
+    counts.update(dict(rows.fetchall()))
+    return counts
+
+
+def oldest_pending_created_at(conn: sqlite3.Connection, entity: EntityMapping) -> float | None:
+    c = entity.column
+    row = conn.execute(f"SELECT MIN({_q(c('createdAt'))}) FROM {_q(entity.table)} "
+                       f"WHERE {_q(c('status'))} = 'pending'").fetchone()
+    return row[0]
 
 
 # -- helpers --

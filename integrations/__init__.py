@@ -77,6 +77,7 @@ class Integration:
     """Base class: subclasses set the class attributes and `validate_request`."""
 
     namespace: str = ""
+    short_name: str = ""  # what people call it: "video", "image"
     report_api_name: str = ""
     user_path: str = ""  # POST endpoint that creates a task, e.g. /api/video/generate
     default_workflow_name: str = ""

@@ -22,6 +22,7 @@ REQUEST = {
 
 class FangzhouVideoGeneration(Integration):
     namespace = NAMESPACE
+    short_name = "video"
     report_api_name = "reportFangzhouVideoResult"
     user_path = "/api/video/generate"
     default_workflow_name = "VideoPollingWorkflow"

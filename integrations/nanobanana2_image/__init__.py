@@ -20,6 +20,7 @@ REQUEST = {
 
 class Nanobanana2ImageGeneration(Integration):
     namespace = NAMESPACE
+    short_name = "image"
     report_api_name = "reportNanobanana2ImageResult"
     user_path = "/api/image/generate"
     default_workflow_name = "ImagePollingWorkflow"

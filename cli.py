@@ -1,0 +1,120 @@
+"""Operator commands: `flask --app app tasks list|show|retry|stats`.
+
+They read the database directly (they run beside the web process) and write
+only through task_store, like everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+import db
+import task_store
+
+tasks_cli = AppGroup("tasks", help="Inspect tasks and retry failed ones.")
+
+
+def integrations() -> list:
+    return current_app.extensions["integrations"]
+
+
+def integration_names() -> list[str]:
+    """Accepted --integration values: the short names and the namespaces."""
+    return ["video", "image", "fangzhouVideoGeneration", "nanobanana2ImageGeneration"]
+
+
+def pick(name: str | None) -> list:
+    return [i for i in integrations() if name in (None, i.short_name, i.namespace)]
+
+
+def find(task_id: str):
+    for integration in integrations():
+        task = task_store.get_task(db.get_db(), integration.entity, task_id)
+        if task is not None:
+            return integration, task
+    raise click.ClickException(f"No task with id {task_id!r}")
+
+
+def age(seconds_since_epoch: float | None, now: float | None = None) -> str:
+    """A short human age: 42s, 7m, 3h, 2d."""
+    if seconds_since_epoch is None:
+        return "-"
+    seconds = max(0, int((now or time.time()) - seconds_since_epoch))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(headers: list[str], rows: list[list]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@tasks_cli.command("list")
+@click.option("--status", type=click.Choice(task_store.STATUSES), help="Only tasks in this status.")
+@click.option("--integration", type=click.Choice(integration_names()), help="Only this integration's tasks.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+def list_command(status: str | None, integration: str | None, limit: int) -> None:
+    """The newest tasks, newest first."""
+    found = [(i, t) for i in pick(integration) for t in task_store.list_tasks(db.get_db(), i.entity, status, limit)]
+    found.sort(key=lambda pair: pair[1]["createdAt"], reverse=True)
+    rows = [[t["id"], i.short_name, t["status"], t["attempts"], age(t["createdAt"]), (t["error"] or "")[:60]]
+            for i, t in found[:limit]]
+    if not rows:
+        click.echo("No tasks match.")
+        return
+    table(["ID", "INTEGRATION", "STATUS", "ATTEMPTS", "AGE", "LAST ERROR"], rows)
+
+
+@tasks_cli.command("show")
+@click.argument("task_id")
+def show_command(task_id: str) -> None:
+    """One task and its timeline of events."""
+    integration, task = find(task_id)
+    for key in ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt", "externalId", "error"):
+        click.echo(f"{key + ':':<15}{task.get(key) if task.get(key) is not None else '-'}")
+    click.echo(f"{'integration:':<15}{integration.namespace}")
+    click.echo(f"{'request:':<15}{json.dumps(task['requestParams'])}")
+    click.echo(f"{'result:':<15}{json.dumps(task['result']) if task['result'] is not None else '-'}")
+    click.echo("")
+    events = task_store.list_events(db.get_db(), task_id)
+    table(["WHEN", "STATUS", "ATTEMPT", "DETAIL"],
+          [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["createdAt"])), e["status"], e["attempt"],
+            (e["error"] or e["externalId"] or "")[:70]] for e in events])
+
+
+@tasks_cli.command("retry")
+@click.argument("task_id")
+def retry_command(task_id: str) -> None:
+    """Make a failed task claimable again (one more attempt), recorded as an event."""
+    integration, task = find(task_id)
+    policy = task_store.Policy(integration.max_attempts, integration.stuck_timeout_seconds)
+    try:
+        outcome = task_store.transition(db.get_db(), integration.entity, integration.namespace, task_id,
+                                        task_store.Report("pending"), policy)
+    except task_store.TransitionRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Task {task_id} is {outcome.status} again (attempts so far: {outcome.attempt}); "
+               f"a processor will claim it.")
+
+
+@tasks_cli.command("stats")
+def stats_command() -> None:
+    """Counts by status per integration, and the age of the oldest pending task."""
+    now = time.time()
+    rows = []
+    for integration in integrations():
+        counts = task_store.count_by_status(db.get_db(), integration.entity)
+        oldest = task_store.oldest_pending_created_at(db.get_db(), integration.entity)
+        rows.append([integration.short_name, *(counts[s] for s in task_store.STATUSES), sum(counts.values()),
+                     age(oldest, now)])
+    table(["INTEGRATION", *(s.upper() for s in task_store.STATUSES), "TOTAL", "OLDEST PENDING"], rows)
