@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+import dashboard
 import db
 import logs
 from cli import tasks_cli
@@ -57,6 +58,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_errors(app)
     _register_integrations(app, integrations)
     _register_user_api(app, integrations)
+    app.register_blueprint(dashboard.bp)
     for integration in integrations:
         integration.setup(app)
     return app

@@ -1,0 +1,76 @@
+"""The read-only dashboard: counts by status, recent tasks, and each task's timeline.
+
+Server-rendered (Flask templates, no build step); it changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+from flask import Blueprint, abort, current_app, render_template, request
+
+import db
+import task_store
+
+bp = Blueprint("dashboard", __name__)
+RECENT = 50
+REFRESH_SECONDS = 5
+
+
+def integrations() -> list:
+    return current_app.extensions["integrations"]
+
+
+@bp.get("/")
+def index():
+    status = request.args.get("status") or None
+    chosen = request.args.get("integration") or None
+    if status is not None and status not in task_store.STATUSES:
+        abort(400, f"status must be one of {', '.join(task_store.STATUSES)}")
+    names = {i.short_name for i in integrations()}
+    if chosen is not None and chosen not in names:
+        abort(400, f"integration must be one of {', '.join(sorted(names))}")
+    conn = db.get_db()
+    counts = {i.short_name: task_store.count_by_status(conn, i.entity) for i in integrations()}
+    recent = [(i, t) for i in integrations() if chosen in (None, i.short_name)
+              for t in task_store.list_tasks(conn, i.entity, status, RECENT)]
+    recent.sort(key=lambda pair: pair[1]["createdAt"], reverse=True)
+    return render_template("dashboard.html", counts=counts, statuses=task_store.STATUSES,
+                           recent=recent[:RECENT], status=status, chosen=chosen, names=sorted(names),
+                           now=time.time(), refresh=REFRESH_SECONDS)
+
+
+@bp.get("/tasks/<task_id>")
+def task_page(task_id: str):
+    conn = db.get_db()
+    for integration in integrations():
+        task = task_store.get_task(conn, integration.entity, task_id)
+        if task is not None:
+            break
+    else:
+        abort(404, "Task not found")
+    config = current_app.extensions["settings"]
+    ui = str(config.get("components.asyncTask.temporal.uiUrl", "http://127.0.0.1:8233")).rstrip("/")
+    namespace = config.get("components.asyncTask.temporal.namespace", "default")
+    workflow_id = integration.get_pull_mode_config().build_workflow_id(task)
+    return render_template("task.html", task=task, integration=integration,
+                           events=task_store.list_events(conn, task_id), now=time.time(),
+                           temporal_url=f"{ui}/namespaces/{quote(namespace)}/workflows/{quote(workflow_id, safe='')}",
+                           workflow_id=workflow_id, refresh=REFRESH_SECONDS)
+
+
+@bp.app_template_filter("age")
+def age_filter(created: float | None, now: float | None = None) -> str:
+    if created is None:
+        return "-"
+    seconds = max(0, int((now or time.time()) - created))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@bp.app_template_filter("when")
+def when_filter(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
