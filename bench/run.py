@@ -141,7 +141,9 @@ async def raw_start_rate(address: str, total: int, concurrency: int) -> float:
 
 def dispatch_phase(folder: Path, temporal: str, tasks: int, processors: int) -> tuple[float, float]:
     """(tasks/s from the backlog's commit to the last workflow start, processor peak MB)."""
-    phase = Phase(folder, temporal)
+    # A task queue no worker serves: these workflows only need to be started, and must not
+    # become work for the later phases' worker.
+    phase = Phase(folder, temporal, FANGZHOU_TASK_QUEUE=f"bench-dispatch-{uuid.uuid4().hex[:8]}")
     try:
         procs = [phase.start(f"processor-{n}", ["processor.py"], HOSTNAME=f"bench-{n}") for n in range(processors)]
         time.sleep(2.0)  # imports done, long polls waiting
@@ -164,7 +166,7 @@ def latency_phase(folder: Path, temporal: str, push: bool, count: int = 200, rat
                                            ready_url=f"http://127.0.0.1:{ark_port}/_fake/health"))
         app = "bench.push_app:create_push_app()" if push else "app:create_app()"
         phase = Phase(folder, temporal, app=app, FANGZHOU_BASE_URL=f"http://127.0.0.1:{ark_port}/api/v3",
-                      FANGZHOU_POLL_INTERVAL_SECONDS=1)
+                      FANGZHOU_POLL_INTERVAL_SECONDS=1, FANGZHOU_TASK_QUEUE=f"bench-latency-{uuid.uuid4().hex[:8]}")
         stack.callback(phase.close)
         worker = phase.start("worker", ["workflows.py"])
         processor = None if push else phase.start("processor", ["processor.py"])

@@ -63,6 +63,7 @@ def environment(port: dict[str, int], data: Path) -> dict[str, str]:
         "TEMPORAL_DB": str(data / "temporal.db"),
         "MAIN_ENDPOINT": f"http://127.0.0.1:{port['WEB_PORT']}",
         "TEMPORAL_ADDRESS": f"127.0.0.1:{port['TEMPORAL_PORT']}",
+        "TEMPORAL_UI_URL": f"http://127.0.0.1:{port['TEMPORAL_UI_PORT']}",
         "FANGZHOU_BASE_URL": f"http://127.0.0.1:{port['FAKE_ARK_PORT']}/api/v3",
         "NANOBANANA_BASE_URL": f"http://127.0.0.1:{port['FAKE_NANOBANANA_PORT']}",
         "FANGZHOU_API_KEY": key, "NANOBANANA_API_KEY": key, "FAKE_API_KEY": key,
@@ -130,7 +131,8 @@ def summary(tasks: list[dict], port: dict[str, int]) -> bool:
         shown = result.get("videoUrl") or (result.get("imageUrls") or [None])[0] or task.get("error") or ""
         print(f"  {t['n']}  {t['kind']:<6} {task.get('status', '?'):<10} {task.get('attempts', '?'):<9} "
               f"{'yes' if good else 'NO':<12} {shown[:60]}")
-    print(f"\n  app:         http://127.0.0.1:{port['WEB_PORT']}/api/tasks/{tasks[0]['id']}")
+    print(f"\n  dashboard:   http://127.0.0.1:{port['WEB_PORT']}/")
+    print(f"  a task:      http://127.0.0.1:{port['WEB_PORT']}/api/tasks/{tasks[0]['id']}")
     print(f"  Temporal UI: http://127.0.0.1:{port['TEMPORAL_UI_PORT']}/namespaces/default/workflows")
     print("  logs:        data/demo.log")
     return ok

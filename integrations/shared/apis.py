@@ -21,7 +21,7 @@ from integrations import FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
 
 MAX_LIMIT = 100
 MAX_WAIT_MS = 30_000
-WAIT_STEP_SECONDS = 0.002  # how often a long poll checks for commits (a ~5 µs pragma)
+WAIT_STEP_SECONDS = 0.001  # how often a long poll checks for commits (a ~5 µs pragma)
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
 log = logging.getLogger("web.tasks")
