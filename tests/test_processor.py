@@ -127,7 +127,7 @@ def test_two_processors_one_claim_and_one_workflow_per_task(web, temporal):
     assert sorted(claims.values()) == [1] * 100
     runs = workflow_runs(temporal, [wf_id(*c) for c in created])
     assert all(len(r) == 1 and r[0]["attempt"] == 1 for r in runs.values())
-    assert "[processor-p1] starting" in logs[0] and "[processor-p2] starting" in logs[1]
+    assert "msg=starting instance=processor-p1" in logs[0] and "msg=starting instance=processor-p2" in logs[1]
 
 
 def test_already_started_run_of_an_earlier_attempt_is_replaced(web, temporal):
