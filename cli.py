@@ -15,6 +15,7 @@ from flask.cli import AppGroup
 
 import db
 import task_store
+from dashboard import age
 
 tasks_cli = AppGroup("tasks", help="Inspect tasks and retry failed ones.")
 
@@ -38,17 +39,6 @@ def find(task_id: str):
         if task is not None:
             return integration, task
     raise click.ClickException(f"No task with id {task_id!r}")
-
-
-def age(seconds_since_epoch: float | None, now: float | None = None) -> str:
-    """A short human age: 42s, 7m, 3h, 2d."""
-    if seconds_since_epoch is None:
-        return "-"
-    seconds = max(0, int((now or time.time()) - seconds_since_epoch))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def table(headers: list[str], rows: list[list]) -> None:

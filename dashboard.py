@@ -61,7 +61,8 @@ def task_page(task_id: str):
 
 
 @bp.app_template_filter("age")
-def age_filter(created: float | None, now: float | None = None) -> str:
+def age(created: float | None, now: float | None = None) -> str:
+    """A short human age: 42s, 7m, 3h, 2d."""
     if created is None:
         return "-"
     seconds = max(0, int((now or time.time()) - created))

@@ -141,11 +141,12 @@ async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int)
     """Start the task's workflow idempotently for `attempt` (DESIGN §4 points 3-5)."""
     from temporalio.common import WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
+    from temporalio.service import RPCError, RPCStatusCode
 
     workflow_id = pull.build_workflow_id(task)
     params = pull.build_workflow_params({**task, "attempt": attempt})
     replaced = False
-    for _ in range(3):
+    for _ in range(5):
         try:
             await client.start_workflow(
                 pull.workflow_name, params, id=workflow_id, task_queue=pull.task_queue,
@@ -155,14 +156,20 @@ async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int)
         except WorkflowAlreadyStartedError:
             handle = client.get_workflow_handle(workflow_id)
             description = await handle.describe()
-            running_attempt = await _started_attempt(handle)
-            if description.status is not None and description.status.name != "RUNNING":
-                # A closed run that the reuse policy keeps: only a completed workflow does that.
-                raise RuntimeError(f"workflow {workflow_id} already {description.status.name.lower()}; "
-                                   f"it cannot run again") from None
-            if running_attempt >= attempt:
+            status = description.status.name if description.status is not None else "RUNNING"
+            if status == "COMPLETED":  # the reuse policy keeps only a completed run from running again
+                raise RuntimeError(f"workflow {workflow_id} already completed; it cannot run again") from None
+            if status != "RUNNING":
+                # The earlier run closed (failed) between our start and this look: a task's workflow
+                # reports `failed` just before it ends, and the retry's claim can be that quick.
+                continue
+            if await _started_attempt(handle) >= attempt:
                 return StartResult.ALREADY_RUNNING
-            await handle.terminate(reason=f"superseded by attempt {attempt}")
+            try:
+                await handle.terminate(reason=f"superseded by attempt {attempt}")
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it closed on its own meanwhile
+                    raise
             replaced = True
     raise RuntimeError(f"workflow {workflow_id} kept being started by someone else")
 

@@ -72,6 +72,8 @@ CASES = {
     "pending -> processing refused (no claim yet)": (
         dict(status="pending"), dict(status="processing", attempt=1),
         409, "Stale report", ("pending", 0), False),
+    "queued (stuck, attempts exhausted) -> failed by the main app, not left in queued": (
+        dict(status="queued", attempts=5, started=OLD), None, 200, None, ("failed", 5), True),
     "stale attempt refused": (
         dict(status="processing", attempts=2, started=FRESH), dict(status="completed", attempt=1),
         409, "Stale report: attempt 1 is not the current attempt 2", ("processing", 2), False),
@@ -99,16 +101,20 @@ def test_transition_table(tasks, given, report, code, message, after, new_event)
     task_id = tasks.put(**given, started_at=None if started is None else int(time.time()) + started)
     events_before = len(tasks.events(task_id))
 
-    response = tasks.report(task_id, **report)
-
-    assert response.status_code == code, response.json
-    assert response.json["success"] is (code == 200)
+    if report is None:  # the main app's own move: any fetchPendingTasks sweeps exhausted stuck claims
+        response = tasks.fetch()
+        assert response.status_code == code and response.json == {"tasks": []}
+        assert "no attempts left" in tasks.row(task_id)["error"]
+    else:
+        response = tasks.report(task_id, **report)
+        assert response.status_code == code, response.json
+        assert response.json["success"] is (code == 200)
     if message:
         assert message in response.json["error"]
     row = tasks.row(task_id)
     assert (row["status"], row["attempts"]) == after
     assert len(tasks.events(task_id)) == events_before + (1 if new_event else 0)
-    if code == 200 and report["status"] == "queued" and "attempt" not in report:
+    if report and code == 200 and report["status"] == "queued" and "attempt" not in report:
         assert response.json["attempt"] == after[1]
         assert row["started_at"] == pytest.approx(time.time(), abs=2)
         assert tasks.events(task_id)[-1]["attempt"] == after[1]
