@@ -94,11 +94,10 @@ def _register_user_api(app: Flask, integrations: list[Integration]) -> None:
                          view_func=_create_view(integration), methods=["POST"])
 
     def find(task_id: str) -> tuple[Integration, dict]:
-        for integration in integrations:
-            task = task_store.get_task(db.get_db(), integration.entity, task_id)
-            if task is not None:
-                return integration, task
-        abort(404, "Task not found")
+        integration, task = task_store.find_task(db.get_db(), integrations, task_id)
+        if task is None:
+            abort(404, "Task not found")
+        return integration, task
 
     @app.get("/api/tasks/<task_id>")
     def show_task(task_id: str):

@@ -34,11 +34,10 @@ def pick(name: str | None) -> list:
 
 
 def find(task_id: str):
-    for integration in integrations():
-        task = task_store.get_task(db.get_db(), integration.entity, task_id)
-        if task is not None:
-            return integration, task
-    raise click.ClickException(f"No task with id {task_id!r}")
+    integration, task = task_store.find_task(db.get_db(), integrations(), task_id)
+    if task is None:
+        raise click.ClickException(f"No task with id {task_id!r}")
+    return integration, task
 
 
 def table(headers: list[str], rows: list[list]) -> None:

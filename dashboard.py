@@ -44,11 +44,8 @@ def index():
 @bp.get("/tasks/<task_id>")
 def task_page(task_id: str):
     conn = db.get_db()
-    for integration in integrations():
-        task = task_store.get_task(conn, integration.entity, task_id)
-        if task is not None:
-            break
-    else:
+    integration, task = task_store.find_task(conn, integrations(), task_id)
+    if task is None:
         abort(404, "Task not found")
     config = current_app.extensions["settings"]
     ui = str(config.get("components.asyncTask.temporal.uiUrl", "http://127.0.0.1:8233")).rstrip("/")

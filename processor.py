@@ -35,6 +35,7 @@ import requests
 
 import logs
 from integrations import PullModeConfig, load_integrations
+from integrations.shared.providers import json_body
 from settings import Config, ConfigError, load_config
 
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
@@ -346,11 +347,11 @@ class TaskProcessor:
             self.give_back_confirmations(pull, confirmations)
             self.log("claim failed", level=logging.WARNING, tasks=len(tasks), error=str(exc)[:200])
             return []
-        results = _json(response).get("results")
+        results = json_body(response).get("results")
         if not (200 <= response.status_code < 300 and isinstance(results, list) and len(results) == len(body)):
             self.give_back_confirmations(pull, confirmations)
             self.log("claim refused", level=logging.WARNING, status=response.status_code,
-                     error=_json(response).get("error"))
+                     error=json_body(response).get("error"))
             return []
         won = []
         for task, result in zip(tasks, results[len(confirmations):]):
@@ -425,14 +426,6 @@ class TaskProcessor:
 
     def log(self, message: str, level: int = logging.INFO, **fields: Any) -> None:
         logs.event(log, message, level, instance=self.settings.instance_id, **fields)
-
-
-def _json(response: requests.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def main() -> int:

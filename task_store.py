@@ -305,6 +305,15 @@ def get_task(conn: sqlite3.Connection, entity: EntityMapping, task_id: str) -> d
     return _decode(task) if task else None
 
 
+def find_task(conn: sqlite3.Connection, integrations: list, task_id: str) -> tuple[Any, dict | None]:
+    """The integration whose table holds `task_id` and the task, or (None, None)."""
+    for integration in integrations:
+        task = get_task(conn, integration.entity, task_id)
+        if task is not None:
+            return integration, task
+    return None, None
+
+
 def list_events(conn: sqlite3.Connection, task_id: str) -> list[dict]:
     """A task's events, oldest first."""
     rows = conn.execute(
@@ -319,8 +328,7 @@ def list_tasks(conn: sqlite3.Connection, entity: EntityMapping, status: str | No
     """The newest tasks (optionally of one status), each status read through its (status, createdAt) index."""
     statuses = [status] if status else list(STATUSES)
     c = lambda name: _q(entity.column(name))  # noqa: E731
-    columns = ", ".join(f"{_q(col)} AS {_q(field)}" for field, col in entity.columns.items())
-    parts = [f"SELECT * FROM (SELECT {columns} FROM {_q(entity.table)} WHERE {c('status')} = ? "
+    parts = [f"SELECT * FROM (SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {c('status')} = ? "
              f"ORDER BY {c('createdAt')} DESC LIMIT ?)" for _ in statuses]
     sql = " UNION ALL ".join(parts) + " ORDER BY createdAt DESC LIMIT ?"
     params = [value for s in statuses for value in (s, limit)] + [limit]
@@ -348,10 +356,14 @@ def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def _all_columns(entity: EntityMapping) -> str:
+    """Every mapped column, aliased to its field name."""
+    return ", ".join(f"{_q(col)} AS {_q(field)}" for field, col in entity.columns.items())
+
+
 def _select(conn: sqlite3.Connection, entity: EntityMapping, task_id: str) -> dict | None:
-    columns = ", ".join(f"{_q(col)} AS {_q(field)}" for field, col in entity.columns.items())
     row = conn.execute(
-        f"SELECT {columns} FROM {_q(entity.table)} WHERE {_q(entity.column('id'))} = ?", (task_id,)
+        f"SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {_q(entity.column('id'))} = ?", (task_id,)
     ).fetchone()
     return dict(row) if row else None
 

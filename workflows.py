@@ -165,7 +165,7 @@ def check_registry(config) -> list[tuple[str, str, type, list]]:
     return served
 
 
-async def serve(config, stop, connect=None) -> None:
+async def serve(config, stop, served=None, connect=None) -> None:
     """Connect to Temporal (waiting while it is down) and run one Worker per task queue until `stop` is set."""
     import asyncio
     import logging
@@ -177,7 +177,7 @@ async def serve(config, stop, connect=None) -> None:
     from temporalio.worker import Worker
 
     log = logging.getLogger("worker")
-    served = check_registry(config)
+    served = served if served is not None else check_registry(config)
     address = config.require("components.asyncTask.temporal.address")
     namespace = config.get("components.asyncTask.temporal.namespace", "default")
     delay = 0.5
@@ -221,7 +221,7 @@ def main() -> int:
     logs.setup("worker")
     try:
         config = load_config()
-        check_registry(config)
+        served = check_registry(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -231,7 +231,7 @@ def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        await serve(config, stop, served)
 
     asyncio.run(run())
     return 0

@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import requests  # noqa: E402
 
 from bench import fetch_pending  # noqa: E402
-from dev.stack import BIN, ROOT, free_port, python_process, stop, temporal_server, wait_for_http  # noqa: E402
+from dev.stack import (  # noqa: E402
+    ROOT, free_port, gunicorn_command, python_process, stop, temporal_server, wait_for_http,
+)
 
 TOKEN = "bench-token"
 KEY = "bench-provider-key"
@@ -67,10 +70,8 @@ class Phase:
         self.stack = ExitStack()
         self.processes: dict[str, object] = {}
         with open(folder / "web.log", "ab") as log:
-            self.web = __import__("subprocess").Popen(
-                [str(BIN / "gunicorn"), "--workers", "4", "--worker-class", "gthread", "--threads", "8",
-                 "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--preload", app],
-                cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=log)
+            self.web = subprocess.Popen(gunicorn_command(self.port, 4, app), cwd=ROOT,
+                                        env={**os.environ, **self.env}, stdout=log, stderr=log)
         wait_for_http(f"{self.url}/healthz", process=self.web)
 
     def start(self, name: str, args: list[str], **env) -> object:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dev.stack import BIN, ROOT, wait_for_http  # noqa: E402
 DEADLINE_SECONDS = 180
 
 # (kind, prompt, what it should end as, attempts it should take)
@@ -74,17 +75,12 @@ def environment(port: dict[str, int], data: Path) -> dict[str, str]:
 
 
 def wait_for(url: str, what: str, stack: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stack.poll() is not None:
-            sys.exit(f"demo: the stack exited while waiting for {what}; see data/demo.log")
-        try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"demo: {what} did not come up within {timeout:.0f}s; see data/demo.log")
+    try:
+        wait_for_http(url, timeout=timeout, process=stack)
+    except RuntimeError:
+        sys.exit(f"demo: the stack exited while waiting for {what}; see data/demo.log")
+    except TimeoutError:
+        sys.exit(f"demo: {what} did not come up within {timeout:.0f}s; see data/demo.log")
 
 
 def submit(base: str) -> list[dict]:

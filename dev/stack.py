@@ -54,18 +54,21 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
     return process.returncode
 
 
+def gunicorn_command(port: int, workers: int = 4, app: str = "app:create_app()") -> list[str]:
+    """The web process as the Procfile runs it (run from ROOT, gunicorn.conf.py sets gthread
+    workers, threads, preload, no control socket), on loopback, with a short graceful stop."""
+    return [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+            "--graceful-timeout", "5", app]
+
+
 @contextmanager
-def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = None, extra_args: tuple = ()):
+def gunicorn(db_path: str, log_path: Path, workers: int = 4, env: dict | None = None):
     """The web process under gunicorn; yields its base URL."""
     port = free_port()
     environ = {**os.environ, "DATABASE_PATH": db_path, "PORT": str(port), **(env or {})}
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--workers", str(workers), "--worker-class", "gthread", "--threads", "8",
-             "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "5", "--no-control-socket", "--preload", *extra_args, "app:create_app()"],
-            cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(gunicorn_command(port, workers), cwd=ROOT, env=environ,
+                                   stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/healthz", process=process)
@@ -220,10 +223,7 @@ class Stack:
                         ready_url=f"http://127.0.0.1:{port}/_fake/health")
 
     def start_web(self, workers: int = 2) -> None:
-        self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--worker-class", "gthread",
-                            "--threads", "8", "--bind", f"127.0.0.1:{self.ports['web']}",
-                            "--graceful-timeout", "5", "--no-control-socket", "--preload", "app:create_app()"],
-                    ready_url=f"{self.web_url}/healthz")
+        self._spawn("web", gunicorn_command(self.ports["web"], workers), ready_url=f"{self.web_url}/healthz")
 
     def start_worker(self) -> None:
         self._spawn("worker", [sys.executable, "workflows.py"])

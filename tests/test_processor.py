@@ -249,7 +249,8 @@ def test_abandoned_claim_is_rescued_with_one_workflow(web, temporal):
 
 def test_sigterm_mid_batch_exits_zero_and_leaves_no_claim_without_a_workflow(web, temporal):
     app = web()
-    created = [(VIDEO, app.create(VIDEO)) for _ in range(150)]
+    for _ in range(150):
+        app.create(VIDEO)
     process = subprocess.Popen([sys.executable, "processor.py"], cwd=ROOT,
                                env=process_env(app.url, temporal, BATCH_SIZE=20, HOSTNAME="sig"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -36,19 +36,13 @@ def require_internal_token() -> None:
         abort(401, "Missing or wrong internal API token")
 
 
-def parse_limit(raw: str | None, default: int) -> int:
+def query_int(name: str, low: int, high: int, default: int) -> int:
+    """An integer query parameter in low..high (400 otherwise), or `default` when absent."""
+    raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        abort(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:50]!r}")
-    return int(raw)
-
-
-def parse_wait(raw: str | None) -> int:
-    if raw is None:
-        return 0
-    if not raw.isdigit() or int(raw) > MAX_WAIT_MS:
-        abort(400, f"waitMs must be an integer from 0 to {MAX_WAIT_MS}, got {raw[:50]!r}")
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        abort(400, f"{name} must be an integer from {low} to {high}, got {raw[:50]!r}")
     return int(raw)
 
 
@@ -70,8 +64,8 @@ def create_fetch_pending_tasks_api(
     def fetch_pending_tasks():
         """With `waitMs`, an empty answer waits (long poll) until a commit makes work appear."""
         require_internal_token()
-        limit = parse_limit(request.args.get("limit"), default_limit)
-        wait_ms = parse_wait(request.args.get("waitMs"))
+        limit = query_int("limit", 1, MAX_LIMIT, default_limit)
+        wait_ms = query_int("waitMs", 0, MAX_WAIT_MS, 0)
         conn = get_db()
         task_store.expire_stuck(conn, entity, namespace, policy)
         version = data_version(conn)
