@@ -3,11 +3,14 @@
     python processor.py            (the Procfile's `processor` line)
 
 It speaks HTTP to the web process and gRPC to Temporal, nothing else: no
-database module is imported here (DESIGN §1). Per poll it fetches claimable
-tasks, claims each by reporting `queued` (only a 2xx with `"success": true`
-wins), and starts the workflow `{namespace}:{taskId}` with the attempt the
-claim returned. The temporalio client lives on its own asyncio loop in a
-background thread; the poll thread reaches it with run_coroutine_threadsafe.
+database module is imported here (DESIGN §1). It waits for work with a
+long-polled `fetchPendingTasks` (which claims nothing), checks that Temporal is
+healthy, claims a batch with `claimPendingTasks` (the main app picks and claims
+the oldest claimable tasks in one transaction, so processors never collide) and
+starts each workflow `{namespace}:{taskId}` with the attempt its claim returned.
+While a backlog lasts it claims again at once, doubling the batch up to 100.
+The temporalio client lives on its own asyncio loop in a background thread; the
+poll thread reaches it with run_coroutine_threadsafe.
 
 Safety (DESIGN §4): nothing is claimed while Temporal is unreachable (no
 attempt is burned by an outage); an "already started" run of an earlier
@@ -205,7 +208,7 @@ class TaskProcessor:
         self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
         self.failures = 0  # failed polls so far (all integrations)
-        self.stats = {"claimed": 0, "started": 0, "lost": 0, "start_failed": 0}
+        self.stats = {"claimed": 0, "started": 0, "start_failed": 0}
 
     # -- lifecycle --
     def load(self, pull_configs: list[PullModeConfig]) -> None:
@@ -272,19 +275,25 @@ class TaskProcessor:
         return any([self.poll(pull, wait_ms=0) for pull in self.pull_configs])
 
     def poll(self, pull: PullModeConfig, wait_ms: int, limit: int | None = None) -> bool:
-        """Fetch (waiting up to `wait_ms` on the server for work), claim, start; True if the batch was full."""
-        if wait_ms and self.confirmations[pull.namespace]:
-            self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
-        started = time.monotonic()
+        """Wait (up to `wait_ms`, on the server) for work, then claim a batch and start it; True if it was full.
+
+        The wait is a long-polled fetch, which claims nothing: the health check of
+        Temporal must come after the wait and before the claim (DESIGN §4 point 8).
+        With `wait_ms` 0 (a backlog) the claim goes out at once.
+        """
         limit = limit or self.settings.batch_size
-        tasks = self.fetch_pending_tasks(pull, wait_ms, limit)
-        if tasks:
-            self.bridge.ensure_healthy()  # never claim while Temporal is down
-            self.dispatch(pull, tasks)
-        elif wait_ms and time.monotonic() - started < wait_ms / 2000:
-            # The server did not wait (an older main app?): do not spin.
-            self.stopping.wait(wait_ms / 1000)
-        return len(tasks) >= limit
+        if wait_ms:
+            if self.confirmations[pull.namespace]:
+                self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
+            started = time.monotonic()
+            if not self.fetch_pending_tasks(pull, wait_ms, limit=1):
+                if time.monotonic() - started < wait_ms / 2000:
+                    self.stopping.wait(wait_ms / 1000)  # the server did not wait (an older main app?): no spin
+                return False
+        self.bridge.ensure_healthy()  # never claim while Temporal is down
+        claimed = self.claim(pull, limit)
+        self.dispatch(pull, claimed)
+        return len(claimed) >= limit
 
     def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
         params = {"limit": limit or self.settings.batch_size}
@@ -296,13 +305,13 @@ class TaskProcessor:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
         return response.json().get("tasks") or []
 
-    def dispatch(self, pull: PullModeConfig, tasks: list[dict]) -> None:
-        """Claim the batch in one request; hand each won claim's start to the Temporal loop.
+    def dispatch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
+        """Hand each claimed task's start to the Temporal loop.
 
-        The poll thread does not wait for the starts: it fetches and claims the
-        next batch while they run, up to `max_in_flight` at once.
+        The poll thread does not wait for the starts: it claims the next batch
+        while they run, up to `max_in_flight` at once.
         """
-        for task, attempt in self.claim(pull, tasks):
+        for task, attempt in claimed:
             self.slots.acquire()
             with self.in_flight_lock:
                 self.in_flight += 1
@@ -331,47 +340,35 @@ class TaskProcessor:
                 if self.in_flight == 0:
                     self.idle.set()
 
-    def claim(self, pull: PullModeConfig, tasks: list[dict]) -> list[tuple[dict, int]]:
-        """Report `queued` for each task (one POST holding the batch); the claims this processor won.
+    def claim(self, pull: PullModeConfig, limit: int) -> list[tuple[dict, int]]:
+        """Claim up to `limit` of the oldest claimable tasks in one request; (task, attempt) for each.
 
-        Each item is `{"apiCallId", "status": "queued"}` and is judged on its own:
-        only `"success": true` with an attempt is a won claim; a 409 is a lost race.
-        Pending dispatch confirmations ride in the same request, ahead of the claims.
+        The main app chooses and claims under one write lock (claimPendingTasks),
+        so processors sharing a backlog never collide on a task. Pending dispatch
+        confirmations ride in the same request.
         """
-        confirmations = self.take_confirmations(pull, limit=MAX_BATCH - len(tasks))
-        body = [*confirmations, *({"apiCallId": task["id"], "status": "queued"} for task in tasks)]
+        confirmations = self.take_confirmations(pull)
+        body = {"limit": limit, "dispatched": confirmations}
         try:
-            response = self.session().post(pull.internal_apis.report_task_event, json=body, timeout=HTTP_TIMEOUT)
+            response = self.session().post(pull.internal_apis.claim_pending_tasks, json=body, timeout=HTTP_TIMEOUT)
         except requests.RequestException as exc:
             # If the claims landed, the tasks wait in `queued` for the stuck rescue.
             self.give_back_confirmations(pull, confirmations)
-            self.log("claim failed", level=logging.WARNING, tasks=len(tasks), error=str(exc)[:200])
-            return []
-        results = json_body(response).get("results")
-        if not (200 <= response.status_code < 300 and isinstance(results, list) and len(results) == len(body)):
+            raise RuntimeError(f"claimPendingTasks failed: {exc}") from exc
+        answer = json_body(response)
+        tasks = answer.get("tasks")
+        if not (response.status_code == 200 and answer.get("success") is True and isinstance(tasks, list)):
             self.give_back_confirmations(pull, confirmations)
-            self.log("claim refused", level=logging.WARNING, status=response.status_code,
-                     error=json_body(response).get("error"))
-            return []
-        won = []
-        for task, result in zip(tasks, results[len(confirmations):]):
-            if result.get("success") is True and result.get("apiCallId") == task["id"]:
-                self.stats["claimed"] += 1
-                won.append((task, int(result["attempt"])))
-            elif result.get("code") == 409:
-                self.stats["lost"] += 1
-                self.log("claim lost", level=logging.DEBUG, task=task["id"], attempt=task.get("attempts", 0) + 1)
-            else:
-                self.log("claim refused", level=logging.WARNING, task=task["id"], attempt=task.get("attempts", 0) + 1,
-                         error=result.get("error"))
-        return won
+            raise RuntimeError(f"claimPendingTasks answered {response.status_code}: {answer.get('error')}")
+        self.stats["claimed"] += len(tasks)
+        return [(task, int(task["attempt"])) for task in tasks]
 
-    def take_confirmations(self, pull: PullModeConfig, limit: int = 100) -> list[dict]:
+    def take_confirmations(self, pull: PullModeConfig, limit: int = MAX_BATCH) -> list[dict]:
         queue = self.confirmations[pull.namespace]
         taken = []
         while queue and len(taken) < limit:
             task_id, attempt = queue.popleft()
-            taken.append({"apiCallId": task_id, "status": "queued", "attempt": attempt})
+            taken.append({"apiCallId": task_id, "attempt": attempt})
         return taken
 
     def give_back_confirmations(self, pull: PullModeConfig, items: list[dict]) -> None:
@@ -385,7 +382,7 @@ class TaskProcessor:
         the rescue's start replaces the run (DESIGN §4 points 3-5).
         """
         while self.confirmations[pull.namespace]:
-            items = self.take_confirmations(pull)
+            items = [{**item, "status": "queued"} for item in self.take_confirmations(pull)]
             try:
                 response = self.session().post(pull.internal_apis.report_task_event, json=items,
                                                timeout=HTTP_TIMEOUT)

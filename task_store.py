@@ -193,6 +193,43 @@ def transition_many(
     return results
 
 
+def claim_next(
+    conn: sqlite3.Connection,
+    entity: EntityMapping,
+    namespace: str,
+    policy: Policy,
+    limit: int,
+    confirmations: list[tuple[str, int]] = (),
+    now: float | None = None,
+) -> tuple[list[dict], list[Outcome | TaskNotFound | TransitionRefused]]:
+    """Claim the `limit` oldest claimable tasks in one write transaction; (claimed tasks, confirmation outcomes).
+
+    Choosing and claiming under one write lock is what lets any number of
+    processors pull from the same backlog without ever picking the same task:
+    no claim is lost to a race, so no request is wasted on one. Each claim still
+    goes through `decide()` and writes its `queued` event. `confirmations`
+    (taskId, attempt) of started workflows are applied first, in the same commit.
+    Each claimed task carries `attempt`, the number its workflow must be started with.
+    """
+    now = time.time() if now is None else now
+    confirmed: list[Outcome | TaskNotFound | TransitionRefused] = []
+    claimed = []
+    with immediate(conn):
+        for task_id, attempt in confirmations:
+            try:
+                confirmed.append(_apply(conn, entity, namespace, task_id, Report("queued", attempt), policy, now))
+            except (TaskNotFound, TransitionRefused) as exc:
+                confirmed.append(exc)
+        for task in fetch_claimable(conn, entity, policy, limit, now):
+            try:
+                outcome = _apply(conn, entity, namespace, task["id"], Report("queued"), policy, now)
+            except TransitionRefused:  # cannot happen under the lock; if it did, claim the others
+                continue
+            claimed.append({**task, "status": outcome.status, "attempts": outcome.attempt,
+                            "startedAt": int(now), "attempt": outcome.attempt})
+    return claimed, confirmed
+
+
 def _apply(conn, entity, namespace, task_id, report, policy, now) -> Outcome:
     task = _select(conn, entity, task_id)
     if task is None:

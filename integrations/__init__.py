@@ -17,6 +17,7 @@ from typing import Any, Callable
 from settings import Config
 
 FETCH_PENDING_TASKS_API_NAME = "fetchPendingTasks"
+CLAIM_PENDING_TASKS_API_NAME = "claimPendingTasks"
 FIELDS = (
     "id", "status", "attempts", "startedAt", "requestParams", "createdAt",
     "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt",
@@ -32,6 +33,7 @@ def build_api_path(namespace: str, api_name: str) -> str:
 class InternalApis:
     fetch_pending_tasks: str
     report_task_event: str
+    claim_pending_tasks: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,22 +145,25 @@ class Integration:
             internal_apis=InternalApis(
                 fetch_pending_tasks=self.endpoint_url(FETCH_PENDING_TASKS_API_NAME),
                 report_task_event=report_url,
+                claim_pending_tasks=self.endpoint_url(CLAIM_PENDING_TASKS_API_NAME),
             ),
             namespace=namespace,
         )
 
     def create_apis(self) -> list[Api]:
-        """fetchPendingTasks (the shared factory) and this integration's report endpoint."""
-        from integrations.shared.apis import create_fetch_pending_tasks_api, create_report_api
+        """fetchPendingTasks and claimPendingTasks (shared factories) and this integration's report endpoint."""
+        from integrations.shared.apis import (
+            create_claim_pending_tasks_api, create_fetch_pending_tasks_api, create_report_api,
+        )
 
         return [
-            create_fetch_pending_tasks_api(
+            *(factory(
                 self.namespace,
                 self.entity,
                 max_attempts=self.max_attempts,
                 stuck_timeout_seconds=self.stuck_timeout_seconds,
                 default_limit=int(self.pull.get("batchSize", 10)),
-            ),
+            ) for factory in (create_fetch_pending_tasks_api, create_claim_pending_tasks_api)),
             create_report_api(
                 self.namespace,
                 self.report_api_name,

@@ -8,6 +8,7 @@ from tests.conftest import AUTH, snapshot
 
 REPORT_URL = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
 FETCH_URL = "/api/fangzhouVideoGeneration/fetchPendingTasks"
+CLAIM_URL = "/api/fangzhouVideoGeneration/claimPendingTasks"
 SQL_ID = "x'; DROP TABLE video_tasks; --\" OR 1=1"
 
 # name -> (method, url, raw body or JSON, headers, expected status, message fragment)
@@ -54,6 +55,23 @@ CASES = {
                      {}, 400, "A batch holds"),
     "waitMs too long": ("GET", FETCH_URL + "?waitMs=30001", None, {}, 400, "waitMs must be an integer"),
     "waitMs not a number": ("GET", FETCH_URL + "?waitMs=soon", None, {}, 400, "waitMs"),
+    "claim body not JSON": ("POST", CLAIM_URL, b"limit=3", {}, 400, "JSON object"),
+    "claim body a list": ("POST", CLAIM_URL, [{"limit": 1}], {}, 400, "JSON object"),
+    "claim limit 0": ("POST", CLAIM_URL, {"limit": 0}, {}, 400, "limit must be an integer from 1 to 100"),
+    "claim limit 101": ("POST", CLAIM_URL, {"limit": 101}, {}, 400, "limit"),
+    "claim limit a string": ("POST", CLAIM_URL, {"limit": "5"}, {}, 400, "limit"),
+    "claim limit a bool": ("POST", CLAIM_URL, {"limit": True}, {}, 400, "limit"),
+    "claim unknown field": ("POST", CLAIM_URL, {"limit": 1, "ids": ["TASK"]}, {}, 400, "Unknown field(s): ids"),
+    "claim dispatched not a list": ("POST", CLAIM_URL, {"dispatched": {"apiCallId": "TASK"}}, {}, 400,
+                                    "dispatched must be a list"),
+    "claim dispatched without attempt": ("POST", CLAIM_URL, {"dispatched": [{"apiCallId": "TASK"}]}, {}, 400,
+                                         "dispatched[0] must be an object with exactly apiCallId and attempt"),
+    "claim dispatched attempt zero": ("POST", CLAIM_URL, {"dispatched": [{"apiCallId": "TASK", "attempt": 0}]},
+                                      {}, 400, "dispatched[0]: attempt must be a positive integer"),
+    "claim dispatched of 101": ("POST", CLAIM_URL, {"dispatched": [{"apiCallId": "TASK", "attempt": 1}] * 101},
+                                {}, 400, "at most 100"),
+    "claim without token": ("POST", CLAIM_URL, {"limit": 1}, {"Authorization": "Bearer nope"}, 401, "token"),
+    "claim by GET": ("GET", CLAIM_URL, None, {}, 405, ""),
     "wrong method": ("GET", REPORT_URL, None, {}, 405, ""),
     "no token": ("POST", REPORT_URL, {"apiCallId": "TASK", "status": "queued"}, {"Authorization": ""}, 401, "token"),
     "prompt missing": ("POST", "/api/video/generate", {}, {}, 400, "'prompt' is required"),
@@ -73,6 +91,7 @@ CASES = {
 def test_bad_input_is_refused_and_changes_nothing(tasks, db_path, method, url, body, headers, code, message):
     task_id = tasks.create()
     tasks.report(task_id, "queued")
+    tasks.create()  # pending: a claim that slipped through would take it
     if isinstance(body, (dict, list)):
         body = json.dumps(body).replace('"TASK"', json.dumps(task_id)).encode()
     before = snapshot(db_path)

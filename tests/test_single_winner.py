@@ -82,3 +82,38 @@ def test_single_winner_across_concurrent_batch_claims(tmp_path):
         counts = conn.execute("SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' "
                               "GROUP BY task_id").fetchall()
     assert sorted(n for _, n in counts) == [1] * TASKS
+
+
+@pytest.mark.slow
+def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path):
+    """32 clients call claimPendingTasks at once over 4 gunicorn workers: every task goes to exactly one.
+
+    This is what lets processors share a backlog without a single lost claim.
+    """
+    db_path = str(tmp_path / "app.db")
+    tasks = 300
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
+        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, timeout=10)
+                    .json()["taskId"] for i in range(tasks)]
+
+        def claim_until_empty(_):
+            session = requests.Session()
+            got = []
+            while True:
+                response = session.post(f"{url}/api/fangzhouVideoGeneration/claimPendingTasks", json={"limit": 7},
+                                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+                assert response.status_code == 200, response.text
+                batch = response.json()["tasks"]
+                if not batch:
+                    return got
+                got.extend((t["id"], t["attempt"]) for t in batch)
+
+        with ThreadPoolExecutor(max_workers=CLAIMS_PER_TASK) as pool:
+            claimed = [c for got in pool.map(claim_until_empty, range(CLAIMS_PER_TASK)) for c in got]
+    assert sorted(task_id for task_id, _ in claimed) == sorted(task_ids)  # each once, none missing
+    assert {attempt for _, attempt in claimed} == {1}
+    with sqlite3.connect(db_path) as conn:
+        counts = dict(conn.execute("SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' "
+                                   "GROUP BY task_id").fetchall())
+        statuses = {s for (s,) in conn.execute("SELECT status FROM video_tasks")}
+    assert counts == dict.fromkeys(task_ids, 1) and statuses == {"queued"}

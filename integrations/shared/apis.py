@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 import logs
 import task_store
 from db import get_db
-from integrations import FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
+from integrations import CLAIM_PENDING_TASKS_API_NAME, FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
 
 MAX_LIMIT = 100
 MAX_WAIT_MS = 30_000
@@ -81,6 +81,65 @@ def create_fetch_pending_tasks_api(
 
     fetch_pending_tasks.__name__ = f"{namespace}_fetch_pending_tasks"
     return Api(namespace, FETCH_PENDING_TASKS_API_NAME, ("GET",), fetch_pending_tasks)
+
+
+def create_claim_pending_tasks_api(
+    namespace: str,
+    entity: EntityMapping,
+    max_attempts: int = 5,
+    stuck_timeout_seconds: int = 300,
+    default_limit: int = 10,
+) -> Api:
+    """POST /api/{namespace}/claimPendingTasks: claim the oldest claimable tasks, all in one transaction.
+
+    Body (all optional): `{"limit": N, "dispatched": [{"apiCallId", "attempt"}, ...]}`.
+    Answers `{"success": true, "tasks": [... each with "attempt"], "dispatched": [a result per item]}`.
+    The server picks the tasks under the write lock, so concurrent processors never
+    collide; `dispatched` confirms started workflows (as `queued` + `attempt` reports do).
+    """
+    policy = task_store.Policy(max_attempts, stuck_timeout_seconds)
+
+    def claim_pending_tasks():
+        require_internal_token()
+        body = request.get_json(force=True, silent=True) if request.get_data() else {}
+        if not isinstance(body, dict):
+            abort(400, "Body must be a JSON object")
+        unknown = sorted(set(body) - {"limit", "dispatched"})
+        if unknown:
+            abort(400, f"Unknown field(s): {', '.join(unknown)}")
+        limit = body.get("limit", default_limit)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+            abort(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
+        confirmations = parse_dispatched(body.get("dispatched", []))
+        conn = get_db()
+        task_store.expire_stuck(conn, entity, namespace, policy)
+        tasks, confirmed = task_store.claim_next(conn, entity, namespace, policy, limit, confirmations)
+        claim = task_store.Report("queued")
+        for task in tasks:
+            log_outcome(namespace, task["id"], claim, task_store.Outcome("queued", task["attempt"]))
+        for (task_id, attempt), outcome in zip(confirmations, confirmed):
+            log_outcome(namespace, task_id, task_store.Report("queued", attempt), outcome)
+        return jsonify({"success": True, "tasks": tasks, "dispatched": [
+            _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed)]})
+
+    claim_pending_tasks.__name__ = f"{namespace}_claim_pending_tasks"
+    return Api(namespace, CLAIM_PENDING_TASKS_API_NAME, ("POST",), claim_pending_tasks)
+
+
+def parse_dispatched(items: Any) -> list[tuple[str, int]]:
+    """`[{"apiCallId", "attempt"}]`, the claims whose workflows are started; 400 with the first problem."""
+    if not isinstance(items, list) or len(items) > MAX_LIMIT:
+        abort(400, f"dispatched must be a list of at most {MAX_LIMIT} items")
+    confirmations = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"apiCallId", "attempt"}:
+            abort(400, f"dispatched[{index}] must be an object with exactly apiCallId and attempt")
+        try:
+            task_id, report = parse_report({**item, "status": "queued"})
+        except HTTPException as exc:
+            abort(400, f"dispatched[{index}]: {exc.description}")
+        confirmations.append((task_id, report.attempt))
+    return confirmations
 
 
 def create_report_api(
