@@ -3,24 +3,29 @@
     python processor.py            (the Procfile's `processor` line)
 
 It speaks HTTP to the web process and gRPC to Temporal, nothing else: no
-database module is imported here (DESIGN §1). It waits for work with a
-long-polled `fetchPendingTasks` (which claims nothing), checks that Temporal is
-healthy, claims a batch with `claimPendingTasks` (the main app picks and claims
-the oldest claimable tasks in one transaction, so processors never collide) and
-starts each workflow `{namespace}:{taskId}` with the attempt its claim returned.
+database module is imported here (DESIGN §1). It claims batches with
+`claimPendingTasks` (the main app picks and claims the oldest claimable tasks
+in one transaction, so processors never collide) and starts each workflow
+`{namespace}:{taskId}` with the attempt its claim returned. Only while Temporal
+was seen up within the last 250 ms does it let the claim itself wait for work
+(one round trip from commit to claim); otherwise it waits with a long-polled
+`fetchPendingTasks`, which claims nothing, then checks Temporal, then claims.
 While a backlog lasts it claims again at once, doubling the batch up to 100.
 The temporalio client lives on its own asyncio loop in a background thread; the
 poll thread reaches it with run_coroutine_threadsafe.
 
-Safety (DESIGN §4): nothing is claimed while Temporal is unreachable (no
+Safety (DESIGN §4): nothing is claimed while Temporal is unreachable, and a
+claim that lands just as it goes down is held and started when it is back (no
 attempt is burned by an outage); an "already started" run of an earlier
-attempt is terminated and replaced; a start failure is reported as `failed`.
+attempt is terminated and replaced; any other start failure is reported as
+`failed`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import os
@@ -44,7 +49,9 @@ from settings import Config, ConfigError, load_config
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
 START_TIMEOUT = timedelta(seconds=10)
 MAX_BACKOFF_SECONDS = 10.0
-HEALTHY_FOR_SECONDS = 0.25
+HEALTHY_FOR_SECONDS = 0.25  # how long a start or health check proves Temporal is up, for claiming
+CLAIM_WAIT_MARGIN_MS = 10  # of that proof, kept back for the claim request's own transit
+MIN_CLAIM_WAIT_MS = 20  # a shorter proof is not worth a long-polled claim: wait with a fetch instead
 MAX_BATCH = 100  # the main app's limit per fetch and per batch report
 REPORT_RETRIES = 4
 
@@ -116,9 +123,17 @@ class TemporalBridge:
             raise TemporalUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self.last_success = time.monotonic()
 
+    def fresh_for(self) -> float:
+        """Seconds left of the last proof that Temporal is up (negative once it is stale)."""
+        return max(-1.0, HEALTHY_FOR_SECONDS - (time.monotonic() - self.last_success))
+
     def succeeded(self) -> None:
         """Record an RPC that reached Temporal."""
         self.last_success = time.monotonic()
+
+    def unreachable(self) -> None:
+        """Temporal did not answer: the next claim must wait for a fresh health check."""
+        self.last_success = float("-inf")
 
     async def _ensure_healthy(self) -> None:
         from temporalio.client import Client
@@ -208,7 +223,7 @@ class TaskProcessor:
         self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
         self.failures = 0  # failed polls so far (all integrations)
-        self.stats = {"claimed": 0, "started": 0, "start_failed": 0}
+        self.stats = {"claimed": 0, "started": 0, "start_failed": 0, "held": 0}
 
     # -- lifecycle --
     def load(self, pull_configs: list[PullModeConfig]) -> None:
@@ -275,14 +290,23 @@ class TaskProcessor:
         return any([self.poll(pull, wait_ms=0) for pull in self.pull_configs])
 
     def poll(self, pull: PullModeConfig, wait_ms: int, limit: int | None = None) -> bool:
-        """Wait (up to `wait_ms`, on the server) for work, then claim a batch and start it; True if it was full.
+        """Wait (up to `wait_ms`, on the server) for work, claim a batch and start it; True if it was full.
 
-        The wait is a long-polled fetch, which claims nothing: the health check of
-        Temporal must come after the wait and before the claim (DESIGN §4 point 8).
-        With `wait_ms` 0 (a backlog) the claim goes out at once.
+        No claim may land unless Temporal was seen healthy within HEALTHY_FOR_SECONDS
+        (DESIGN §4 point 8). So while that proof is fresh (a start or health check
+        moments ago) the wait happens inside the claim, bounded by what is left of
+        the proof: a task arriving then is claimed in the same request. Otherwise the
+        wait is a long-polled fetch, which claims nothing, and the health check
+        comes between the wait and the claim. With `wait_ms` 0 (a backlog) the
+        claim goes out at once.
         """
         limit = limit or self.settings.batch_size
         if wait_ms:
+            fresh_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
+            if fresh_ms >= MIN_CLAIM_WAIT_MS:
+                claimed = self.claim(pull, limit, wait_ms=min(wait_ms, fresh_ms))
+                self.dispatch(pull, claimed)
+                return len(claimed) >= limit
             if self.confirmations[pull.namespace]:
                 self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
             started = time.monotonic()
@@ -321,7 +345,9 @@ class TaskProcessor:
     async def start_and_finish(self, pull: PullModeConfig, task: dict, attempt: int) -> None:
         """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
         try:
-            outcome = await start_workflow(self.bridge.client, pull, task, attempt)
+            outcome = await self.start_while_reachable(pull, task, attempt)
+            if outcome is None:
+                return
             self.bridge.succeeded()
             self.confirmations[pull.namespace].append((task["id"], attempt))
             self.stats["started"] += 1
@@ -340,17 +366,55 @@ class TaskProcessor:
                 if self.in_flight == 0:
                     self.idle.set()
 
-    def claim(self, pull: PullModeConfig, limit: int) -> list[tuple[dict, int]]:
+    async def start_while_reachable(self, pull: PullModeConfig, task: dict, attempt: int) -> str | None:
+        """Start the workflow; while Temporal is unreachable, keep the claim and try again.
+
+        A claim can land just as Temporal goes down (the health check is up to
+        HEALTHY_FOR_SECONDS old). Reporting that as `failed` would burn the attempt
+        for an outage (DESIGN §4 point 8), so the start is retried until Temporal
+        answers; meanwhile no new claim is made. None if the processor stops
+        first: the claim then stays unconfirmed, for the stuck rescue.
+        """
+        from temporalio.service import RPCError, RPCStatusCode
+
+        for retry in itertools.count():
+            try:
+                return await start_workflow(self.bridge.client, pull, task, attempt)
+            except RPCError as err:
+                if err.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                    raise
+                self.bridge.unreachable()
+                if retry == 0:
+                    self.stats["held"] += 1
+                    self.log("temporal unreachable; holding the claim and retrying its start", level=logging.WARNING,
+                             task=task["id"], attempt=attempt, error=str(err)[:200])
+            if await self.pause(min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** retry)):
+                self.log("stopping while Temporal is unreachable; the claim is left for the stuck rescue",
+                         level=logging.WARNING, task=task["id"], attempt=attempt)
+                return None
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep on the loop for `seconds`, or less if the processor is stopping; True if it is."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, seconds))
+        return self.stopping.is_set()
+
+    def claim(self, pull: PullModeConfig, limit: int, wait_ms: int = 0) -> list[tuple[dict, int]]:
         """Claim up to `limit` of the oldest claimable tasks in one request; (task, attempt) for each.
 
         The main app chooses and claims under one write lock (claimPendingTasks),
         so processors sharing a backlog never collide on a task. Pending dispatch
-        confirmations ride in the same request.
+        confirmations ride in the same request. With `wait_ms` the main app holds
+        an empty claim open until work arrives (see `poll` for when that is safe).
         """
         confirmations = self.take_confirmations(pull)
         body = {"limit": limit, "dispatched": confirmations}
+        if wait_ms:
+            body["waitMs"] = wait_ms
+        timeout = (HTTP_TIMEOUT[0], HTTP_TIMEOUT[1] + wait_ms / 1000)
         try:
-            response = self.session().post(pull.internal_apis.claim_pending_tasks, json=body, timeout=HTTP_TIMEOUT)
+            response = self.session().post(pull.internal_apis.claim_pending_tasks, json=body, timeout=timeout)
         except requests.RequestException as exc:
             # If the claims landed, the tasks wait in `queued` for the stuck rescue.
             self.give_back_confirmations(pull, confirmations)

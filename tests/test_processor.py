@@ -217,6 +217,9 @@ def test_temporal_outage_burns_no_attempt(web, tmp_path):
 
         with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
             wait_until(lambda: app.task(first)["status"] == "queued", timeout=30, message="dispatch after start")
+        # A start proves Temporal up for HEALTHY_FOR_SECONDS; a claim inside that window is
+        # held, not burned (next test). Past it, the processor claims nothing.
+        wait_until(lambda: processor.bridge.fresh_for() < 0, message="the last proof of health is stale")
         failures_before = processor.failures
         second = app.create()
         wait_until(lambda: processor.failures > failures_before + 1, timeout=30, message="outage noticed")
@@ -230,6 +233,32 @@ def test_temporal_outage_burns_no_attempt(web, tmp_path):
         processor.stop()
     assert [len(r) for r in runs.values()] == [1, 1]
     assert (app.task(first)["attempts"], app.task(second)["attempts"]) == (1, 1)
+
+
+def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tmp_path):
+    """The health check is up to 250 ms old when a claim lands: a start that then finds Temporal
+    gone must not report the attempt failed, but start it with the same attempt once Temporal is back."""
+    app = web()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    processor = processor_for(app.url, address)
+    try:
+        with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
+            processor.bridge.ensure_healthy()  # Temporal proven up (connects the client)
+        task_id = app.create()
+        processor.dispatch(processor.pull_configs[0], processor.claim(processor.pull_configs[0], 10))
+        wait_until(lambda: processor.stats["held"] == 1, timeout=30, message="the start held, not failed")
+        assert processor.bridge.fresh_for() < 0  # no more claims until a health check passes
+        assert (app.task(task_id)["status"], app.task(task_id)["attempts"]) == ("queued", 1)
+        with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
+            wait_until(lambda: processor.stats["started"] == 1, timeout=60, message="held start done")
+            [run] = workflow_runs(address, [wf_id(VIDEO, task_id)])[wf_id(VIDEO, task_id)]
+    finally:
+        processor.stop()
+    assert run["attempt"] == 1 and processor.stats["start_failed"] == 0
+    assert [(e["status"], e["attempt"]) for e in app.events() if e["task_id"] == task_id] == [
+        ("pending", 0), ("queued", 1)]
+    assert app.rows()[task_id]["dispatched_at"] is not None  # confirmed when the processor stopped
 
 
 def test_abandoned_claim_is_rescued_with_one_workflow(web, temporal):

@@ -92,10 +92,12 @@ def create_claim_pending_tasks_api(
 ) -> Api:
     """POST /api/{namespace}/claimPendingTasks: claim the oldest claimable tasks, all in one transaction.
 
-    Body (all optional): `{"limit": N, "dispatched": [{"apiCallId", "attempt"}, ...]}`.
+    Body (all optional): `{"limit": N, "waitMs": W, "dispatched": [{"apiCallId", "attempt"}, ...]}`.
     Answers `{"success": true, "tasks": [... each with "attempt"], "dispatched": [a result per item]}`.
     The server picks the tasks under the write lock, so concurrent processors never
     collide; `dispatched` confirms started workflows (as `queued` + `attempt` reports do).
+    With `waitMs`, an empty claim waits (long poll) for a commit that brings work, and
+    claims it at once: the caller must only ask to wait as long as it knows Temporal is up.
     """
     policy = task_store.Policy(max_attempts, stuck_timeout_seconds)
 
@@ -104,16 +106,24 @@ def create_claim_pending_tasks_api(
         body = request.get_json(force=True, silent=True) if request.get_data() else {}
         if not isinstance(body, dict):
             abort(400, "Body must be a JSON object")
-        unknown = sorted(set(body) - {"limit", "dispatched"})
+        unknown = sorted(set(body) - {"limit", "waitMs", "dispatched"})
         if unknown:
             abort(400, f"Unknown field(s): {', '.join(unknown)}")
-        limit = body.get("limit", default_limit)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
-            abort(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
+        limit = body_int(body, "limit", 1, MAX_LIMIT, default_limit)
+        wait_ms = body_int(body, "waitMs", 0, MAX_WAIT_MS, 0)
         confirmations = parse_dispatched(body.get("dispatched", []))
         conn = get_db()
         task_store.expire_stuck(conn, entity, namespace, policy)
+        version = data_version(conn)
         tasks, confirmed = task_store.claim_next(conn, entity, namespace, policy, limit, confirmations)
+        deadline = time.monotonic() + wait_ms / 1000
+        while not tasks and time.monotonic() < deadline:
+            time.sleep(WAIT_STEP_SECONDS)
+            latest = data_version(conn)
+            if latest != version:  # another connection committed: claim if it brought work
+                version = latest
+                if task_store.fetch_claimable(conn, entity, policy, 1):
+                    tasks, _ = task_store.claim_next(conn, entity, namespace, policy, limit)
         claim = task_store.Report("queued")
         for task in tasks:
             log_outcome(namespace, task["id"], claim, task_store.Outcome("queued", task["attempt"]))
@@ -124,6 +134,14 @@ def create_claim_pending_tasks_api(
 
     claim_pending_tasks.__name__ = f"{namespace}_claim_pending_tasks"
     return Api(namespace, CLAIM_PENDING_TASKS_API_NAME, ("POST",), claim_pending_tasks)
+
+
+def body_int(body: dict, name: str, low: int, high: int, default: int) -> int:
+    """An integer field of a JSON body in low..high (400 otherwise), or `default` when absent."""
+    value = body.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        abort(400, f"{name} must be an integer from {low} to {high}")
+    return value
 
 
 def parse_dispatched(items: Any) -> list[tuple[str, int]]:
