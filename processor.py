@@ -78,6 +78,7 @@ class ProcessorSettings:
             temporal_namespace=config.get("components.asyncTask.temporal.namespace", "default"),
             poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 1000)),
             batch_size=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
+            max_in_flight=int(config.get("components.asyncTask.pullMode.maxInFlight", 50)),
         )
 
 

@@ -1,8 +1,9 @@
 """`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
 
-    .venv/bin/python bench/run.py [--tasks 1000] [--only dispatch,latency,burst,fetch]
+    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--only dispatch,latency,idle,burst,fetch]
 
-One Temporal dev server (in memory) serves every phase; each phase gets a
+One Temporal dev server (in memory) serves the latency, idle and burst phases;
+the dispatch phase starts a fresh one for each measurement. Each phase gets a
 fresh database and web process (gunicorn, 4 gthread workers, as the Procfile).
 Processors and the worker run as their own processes with default settings
 unless a phase says otherwise.
@@ -10,11 +11,15 @@ unless a phase says otherwise.
   dispatch  raw start_workflow rate (best of 10 and 50 concurrent callers);
             then 1,000 pending tasks appear in one commit and one processor
             dispatches them: rate from the commit to the last workflow's start
-            time, and its ratio to the raw rate; then the same with two processors
+            time, and its ratio to the raw rate; then the same with two
+            processors. Each measurement on a fresh Temporal server (it slows as
+            it fills up), --rounds times; medians are reported, and the CPU each
+            process spent per task is printed (where the time goes)
   latency   tasks created over HTTP at a steady 20/s, processor + worker + fakes
             at default settings: creation -> workflow start, p50/p99; then the
             same through a push-mode app that starts the workflow inside the
             create request (the plan's old design)
+  idle      two processors with no work for 10 s: CPU of the web process and of a processor
   burst     1,000 creations from 16 client threads while fetchPendingTasks is
             called every 10 ms: the fetch latency (avg, max) and the create rate
   fetch     fetchPendingTasks queries at 10,000 / 100,000 / 1,000,000 rows
@@ -226,6 +231,22 @@ def dispatch_phase(folder: Path, temporal: str, tasks: int, processors: int) -> 
         phase.close()
 
 
+def idle_phase(folder: Path, temporal: str, seconds: float = 10.0) -> dict[str, float]:
+    """Two processors with nothing to do: the CPU (% of one core) the web process and each processor use."""
+    phase = Phase(folder, temporal)
+    try:
+        procs = [phase.start(f"processor-{n}", ["processor.py"]) for n in range(2)]
+        time.sleep(3.0)  # imports done, long polls waiting
+        meter = CpuMeter({"web": (phase.web.pid, True), **{f"p{n}": (p.pid, False) for n, p in enumerate(procs)}})
+        meter.start()
+        time.sleep(seconds)
+        used = meter.stop()
+        return {"idle_web_cpu_pct": used["web"] / seconds * 100,
+                "idle_processor_cpu_pct": max(used["p0"], used["p1"]) / seconds * 100}
+    finally:
+        phase.close()
+
+
 def wait_for_status(db_path: str, unfinished: str, timeout: float) -> None:
     """Until no video task matches the SQL condition `unfinished` (e.g. not yet dispatched)."""
     deadline = time.monotonic() + timeout
@@ -390,6 +411,8 @@ GOALS = [  # key, what it is, goal text, check
     ("fetch_p99_ms_10k", "fetch query p99 at 10k rows (ms)", "", None),
     ("fetch_p99_ms_1m", "fetch query p99 at 1M rows (ms)", "<= 5", lambda v: v <= 5),
     ("create_rate", "task creation over HTTP (tasks/s)", "", None),
+    ("idle_web_cpu_pct", "web CPU, 2 processors idle (% of a core)", "", None),
+    ("idle_processor_cpu_pct", "one idle processor's CPU (% of a core)", "", None),
     ("processor_peak_mb", "processor peak RSS (MB)", "<= 100", lambda v: v <= 100),
     ("worker_peak_mb", "worker peak RSS (MB)", "", None),
 ]
@@ -398,7 +421,7 @@ GOALS = [  # key, what it is, goal text, check
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--only", default="dispatch,latency,burst,fetch")
+    parser.add_argument("--only", default="dispatch,latency,idle,burst,fetch")
     parser.add_argument("--rounds", type=int, default=3, help="dispatch rounds; medians are reported")
     args = parser.parse_args()
     phases = set(args.only.split(","))
@@ -418,6 +441,8 @@ def main() -> None:
                                push_latency_p50_ms=push["p50"], push_latency_p99_ms=push["p99"],
                                worker_peak_mb=pull["worker_mb"],
                                processor_peak_mb=max(results.get("processor_peak_mb", 0), pull["processor_mb"]))
+            if "idle" in phases:
+                results.update(idle_phase(tmp / "idle", temporal))
             if "burst" in phases:
                 burst = burst_phase(tmp / "burst", temporal)
                 results.update(poll_latency_avg_ms=burst["poll_avg"], poll_latency_max_ms=burst["poll_max"],

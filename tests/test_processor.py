@@ -11,12 +11,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 
 import pytest
 
 from integrations import load_integrations
-from processor import StartResult, TaskProcessor, ProcessorSettings, start_workflow
+from processor import StartResult, TaskProcessor, ProcessorSettings, TemporalUnavailable, start_workflow
 from settings import ROOT, load_config
 from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
 from dev.stack import free_port, stop, temporal_server, workflow_runs
@@ -259,6 +261,36 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tm
     assert [(e["status"], e["attempt"]) for e in app.events() if e["task_id"] == task_id] == [
         ("pending", 0), ("queued", 1)]
     assert app.rows()[task_id]["dispatched_at"] is not None  # confirmed when the processor stopped
+
+
+def test_a_claim_waits_for_work_only_while_temporal_is_proven_up(web, tmp_path):
+    """With a fresh proof the wait happens inside the claim, never longer than the proof lasts;
+    with a stale one the processor waits without claiming and checks Temporal first."""
+    app = web()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    processor = processor_for(app.url, address, POLL_INTERVAL_MS=5000)
+    video = processor.pull_configs[0]
+    try:
+        with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
+            processor.bridge.ensure_healthy()
+            threading.Timer(0.05, app.create).start()
+            began = time.monotonic()
+            processor.poll(video, wait_ms=5000)  # the claim waited, and took the task that came
+            assert processor.stats["claimed"] == 1 and time.monotonic() - began < 1
+            wait_until(lambda: processor.stats["started"] == 1, message="its workflow started")
+        wait_until(lambda: processor.bridge.fresh_for() < 0, message="the proof of health is stale")
+        late = threading.Timer(0.3, app.create)
+        late.start()
+        began = time.monotonic()
+        with pytest.raises(TemporalUnavailable):
+            processor.poll(video, wait_ms=5000)  # woke for the task, checked Temporal, claimed nothing
+        late.join()
+        assert time.monotonic() - began >= 0.3
+    finally:
+        processor.stop()
+    assert sorted(t["attempts"] for t in app.rows().values()) == [0, 1]
+    assert processor.stats["claimed"] == 1
 
 
 def test_abandoned_claim_is_rescued_with_one_workflow(web, temporal):

@@ -16,12 +16,12 @@ from werkzeug.exceptions import HTTPException
 
 import logs
 import task_store
+from commit_watch import CommitWaiter
 from db import get_db
 from integrations import CLAIM_PENDING_TASKS_API_NAME, FETCH_PENDING_TASKS_API_NAME, Api, EntityMapping
 
 MAX_LIMIT = 100
 MAX_WAIT_MS = 30_000
-WAIT_STEP_SECONDS = 0.001  # how often a long poll checks for commits (a ~5 µs pragma)
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
 log = logging.getLogger("web.tasks")
@@ -46,11 +46,6 @@ def query_int(name: str, low: int, high: int, default: int) -> int:
     return int(raw)
 
 
-def data_version(conn) -> int:
-    """Changes whenever another connection commits (cheap: no disk read)."""
-    return conn.execute("PRAGMA data_version").fetchone()[0]
-
-
 def create_fetch_pending_tasks_api(
     namespace: str,
     entity: EntityMapping,
@@ -68,15 +63,11 @@ def create_fetch_pending_tasks_api(
         wait_ms = query_int("waitMs", 0, MAX_WAIT_MS, 0)
         conn = get_db()
         task_store.expire_stuck(conn, entity, namespace, policy)
-        version = data_version(conn)
+        commits = CommitWaiter(conn, current_app.config["DATABASE_PATH"])
         tasks = task_store.fetch_claimable(conn, entity, policy, limit)
         deadline = time.monotonic() + wait_ms / 1000
-        while not tasks and time.monotonic() < deadline:
-            time.sleep(WAIT_STEP_SECONDS)
-            latest = data_version(conn)
-            if latest != version:  # another connection committed: look again
-                version = latest
-                tasks = task_store.fetch_claimable(conn, entity, policy, limit)
+        while not tasks and commits.wait(deadline):  # another connection committed: look again
+            tasks = task_store.fetch_claimable(conn, entity, policy, limit)
         return jsonify({"tasks": tasks})
 
     fetch_pending_tasks.__name__ = f"{namespace}_fetch_pending_tasks"
@@ -114,16 +105,12 @@ def create_claim_pending_tasks_api(
         confirmations = parse_dispatched(body.get("dispatched", []))
         conn = get_db()
         task_store.expire_stuck(conn, entity, namespace, policy)
-        version = data_version(conn)
+        commits = CommitWaiter(conn, current_app.config["DATABASE_PATH"])
         tasks, confirmed = task_store.claim_next(conn, entity, namespace, policy, limit, confirmations)
         deadline = time.monotonic() + wait_ms / 1000
-        while not tasks and time.monotonic() < deadline:
-            time.sleep(WAIT_STEP_SECONDS)
-            latest = data_version(conn)
-            if latest != version:  # another connection committed: claim if it brought work
-                version = latest
-                if task_store.fetch_claimable(conn, entity, policy, 1):
-                    tasks, _ = task_store.claim_next(conn, entity, namespace, policy, limit)
+        while not tasks and commits.wait(deadline):  # another connection committed: claim if it brought work
+            if task_store.fetch_claimable(conn, entity, policy, 1):
+                tasks, _ = task_store.claim_next(conn, entity, namespace, policy, limit)
         claim = task_store.Report("queued")
         for task in tasks:
             log_outcome(namespace, task["id"], claim, task_store.Outcome("queued", task["attempt"]))
