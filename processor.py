@@ -212,11 +212,12 @@ class TaskProcessor:
         self.stopping = threading.Event()
         self.http = threading.local()
         self.reporters = ThreadPoolExecutor(settings.report_concurrency, thread_name_prefix="report")
-        # Starts run on the Temporal loop while the poll thread claims the next batch;
-        # `slots` bounds how many are in flight, `idle` is set when none is.
-        self.slots = threading.BoundedSemaphore(max(1, settings.max_in_flight))
-        self.in_flight = 0
-        self.in_flight_lock = threading.Lock()
+        # Starts run on the Temporal loop while the poll threads claim the next batch. The
+        # loop runs at most `max_in_flight` at once; the poll threads claim nothing more while
+        # that many claims are outstanding (claimed, start not finished); `idle` is set when none is.
+        self.start_slots = asyncio.Semaphore(max(1, settings.max_in_flight))
+        self.outstanding = 0
+        self.room = threading.Condition()
         self.idle = threading.Event()
         self.idle.set()
         # Started workflows to confirm to the main app (which then never rescues their claims),
@@ -302,6 +303,8 @@ class TaskProcessor:
         claim goes out at once.
         """
         limit = limit or self.settings.batch_size
+        if not self.wait_for_room():
+            return False
         if wait_ms:
             fresh_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
             if fresh_ms >= MIN_CLAIM_WAIT_MS:
@@ -330,23 +333,34 @@ class TaskProcessor:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
         return response.json().get("tasks") or []
 
-    def dispatch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
-        """Hand each claimed task's start to the Temporal loop.
+    def wait_for_room(self) -> bool:
+        """Until fewer than `max_in_flight` claims are outstanding; False if the processor is stopping."""
+        with self.room:
+            while self.outstanding >= self.settings.max_in_flight and not self.stopping.is_set():
+                self.room.wait(0.1)
+        return not self.stopping.is_set()
 
-        The poll thread does not wait for the starts: it claims the next batch
-        while they run, up to `max_in_flight` at once.
+    def dispatch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
+        """Hand the batch's starts to the Temporal loop, in one call.
+
+        The poll thread does not wait for them: it claims the next batch while
+        they run (once there is room, see `wait_for_room`).
         """
-        for task, attempt in claimed:
-            self.slots.acquire()
-            with self.in_flight_lock:
-                self.in_flight += 1
-                self.idle.clear()
-            self.bridge.submit(self.start_and_finish(pull, task, attempt))
+        if not claimed:
+            return
+        with self.room:
+            self.outstanding += len(claimed)
+            self.idle.clear()
+        self.bridge.submit(self.start_batch(pull, claimed))
+
+    async def start_batch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
+        await asyncio.gather(*(self.start_and_finish(pull, task, attempt) for task, attempt in claimed))
 
     async def start_and_finish(self, pull: PullModeConfig, task: dict, attempt: int) -> None:
         """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
         try:
-            outcome = await self.start_while_reachable(pull, task, attempt)
+            async with self.start_slots:
+                outcome = await self.start_while_reachable(pull, task, attempt)
             if outcome is None:
                 return
             self.bridge.succeeded()
@@ -361,10 +375,11 @@ class TaskProcessor:
             await asyncio.get_running_loop().run_in_executor(
                 self.reporters, self.report_failed, pull, task, attempt, error)
         finally:
-            self.slots.release()
-            with self.in_flight_lock:
-                self.in_flight -= 1
-                if self.in_flight == 0:
+            with self.room:
+                self.outstanding -= 1
+                if self.outstanding == self.settings.max_in_flight - 1:
+                    self.room.notify_all()
+                if self.outstanding == 0:
                     self.idle.set()
 
     async def start_while_reachable(self, pull: PullModeConfig, task: dict, attempt: int) -> str | None:
