@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test install demo bench bench-fetch bench-dispatch clean
+.PHONY: test lint install demo bench bench-fetch bench-dispatch clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 demo: $(STAMP)
 	DEMO_EXIT=$(DEMO_EXIT) $(BIN)/python dev/demo.py

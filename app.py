@@ -19,8 +19,8 @@ from werkzeug.exceptions import HTTPException
 import dashboard
 import db
 import logs
-from cli import tasks_cli
 import task_store
+from cli import tasks_cli
 from integrations import Integration, build_api_path, load_integrations
 from integrations.shared.validation import RequestInvalid
 from settings import ConfigError, load_config

@@ -34,10 +34,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -70,7 +71,7 @@ class ProcessorSettings:
     max_in_flight: int = 50
 
     @classmethod
-    def from_config(cls, config: Config, instance_id: str | None = None) -> "ProcessorSettings":
+    def from_config(cls, config: Config, instance_id: str | None = None) -> ProcessorSettings:
         return cls(
             instance_id=instance_id or default_instance_id(),
             token=config.require("components.asyncTask.internalApiToken"),
@@ -265,8 +266,8 @@ class TaskProcessor:
         limit = self.settings.batch_size
         while not self.stopping.is_set():
             try:
-                busy = self.poll(pull, wait_ms=0 if limit > self.settings.batch_size else self.settings.poll_interval_ms,
-                                 limit=limit)
+                backlog = limit > self.settings.batch_size
+                busy = self.poll(pull, wait_ms=0 if backlog else self.settings.poll_interval_ms, limit=limit)
                 # A backlog: double the batch (up to MAX_BATCH) so each request and claim
                 # transaction carries more; back to the configured size once it drains.
                 limit = min(MAX_BATCH, limit * 2) if busy else self.settings.batch_size

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG_FILE = ROOT / "app.config.json"
@@ -40,18 +41,23 @@ IMAGE = "integrations.nanobanana2ImageGeneration"
 SETTINGS = [
     Setting("PORT", "components.main.port", int, "port the web process listens on"),
     Setting("DATABASE_PATH", "components.main.databasePath", str, "SQLite database file"),
-    Setting("MAIN_ENDPOINT", "components.main.endpoint", str, "base URL the processor and worker use to reach the web process"),
-    Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str, "Bearer token of the internal endpoints"),
+    Setting("MAIN_ENDPOINT", "components.main.endpoint", str,
+            "base URL the processor and worker use to reach the web process"),
+    Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str,
+            "Bearer token of the internal endpoints"),
     Setting("TEMPORAL_ADDRESS", "components.asyncTask.temporal.address", str, "Temporal frontend host:port"),
-    Setting("TEMPORAL_UI_URL", "components.asyncTask.temporal.uiUrl", str, "Temporal Web UI, linked from the dashboard"),
+    Setting("TEMPORAL_UI_URL", "components.asyncTask.temporal.uiUrl", str,
+            "Temporal Web UI, linked from the dashboard"),
     Setting("TEMPORAL_NAMESPACE", "components.asyncTask.temporal.namespace", str, "Temporal namespace"),
     Setting("POLL_INTERVAL_MS", "components.asyncTask.pullMode.pollIntervalMs", int,
             "how long an idle processor's long poll waits on the server for new work"),
     Setting("BATCH_SIZE", "components.asyncTask.pullMode.batchSize", int, "tasks claimed per request (1..100)"),
     Setting("MAX_IN_FLIGHT", "components.asyncTask.pullMode.maxInFlight", int,
             "workflow starts one processor keeps in flight at once"),
-    Setting("MAX_ATTEMPTS", "components.asyncTask.pullMode.maxAttempts", int, "claims a task may use before it fails for good"),
-    Setting("STUCK_TIMEOUT_SECONDS", "components.asyncTask.pullMode.stuckTimeoutSeconds", int, "age after which a queued claim may be rescued"),
+    Setting("MAX_ATTEMPTS", "components.asyncTask.pullMode.maxAttempts", int,
+            "claims a task may use before it fails for good"),
+    Setting("STUCK_TIMEOUT_SECONDS", "components.asyncTask.pullMode.stuckTimeoutSeconds", int,
+            "age after which a queued claim may be rescued"),
     Setting("FANGZHOU_BASE_URL", f"{VIDEO}.baseUrl", str, "Volcengine Ark API base URL"),
     Setting("FANGZHOU_API_KEY", f"{VIDEO}.apiKey", str, "Volcengine Ark API key"),
     Setting("FANGZHOU_MODEL", f"{VIDEO}.model", str, "Ark video model id"),
@@ -63,7 +69,8 @@ SETTINGS = [
     Setting("FANGZHOU_POLL_INTERVAL_SECONDS", f"{VIDEO}.pollIntervalSeconds", float, "video job poll interval"),
     Setting("FANGZHOU_DEADLINE_SECONDS", f"{VIDEO}.deadlineSeconds", float, "give up on a video job after this long"),
     Setting("NANOBANANA_POLL_INTERVAL_SECONDS", f"{IMAGE}.pollIntervalSeconds", float, "image job poll interval"),
-    Setting("NANOBANANA_DEADLINE_SECONDS", f"{IMAGE}.deadlineSeconds", float, "give up on an image job after this long"),
+    Setting("NANOBANANA_DEADLINE_SECONDS", f"{IMAGE}.deadlineSeconds", float,
+            "give up on an image job after this long"),
 ]
 BY_ENV = {s.env: s for s in SETTINGS}
 BY_PATH = {s.path: s for s in SETTINGS}

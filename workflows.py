@@ -24,13 +24,20 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from integrations.fangzhou_video.activities import create_video_task, poll_video_task
     from integrations.nanobanana2_image.activities import create_image_task, poll_image_task
     from integrations.shared.activities import (
-        NOT_DONE, REJECTED, REPORT_REFUSED, CreateInput, PollInput, ReportInput, report_task_event,
+        NOT_DONE,
+        REJECTED,
+        REPORT_REFUSED,
+        CreateInput,
+        PollInput,
+        ReportInput,
+        report_task_event,
     )
 
 CREATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
@@ -76,7 +83,7 @@ class PollingRun:
         except ActivityError as err:
             # Out of time: either the deadline struck mid-attempt (a timeout), or the server
             # would not schedule the next poll past it (the last "not done" answer).
-            if isinstance(err.cause, TimeoutError) or _error_type(err) == NOT_DONE:
+            if isinstance(err.cause, TemporalTimeoutError) or _error_type(err) == NOT_DONE:
                 await self.fail(f"Provider job {external_id} did not finish within the deadline of "
                                 f"{self.deadline.total_seconds():g}s", external_id=external_id)
             await self.fail(f"Polling provider job {external_id} failed: {_message(err)}", external_id=external_id)
@@ -189,7 +196,7 @@ async def serve(config, stop, served=None, connect=None) -> None:
             log.warning("temporal unavailable at %s (%s); retrying in %.1fs", address, exc, delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 2, 10.0)
     else:
@@ -214,9 +221,8 @@ def main() -> int:
     import signal
     import sys
 
-    from settings import ConfigError, load_config
-
     import logs
+    from settings import ConfigError, load_config
 
     logs.setup("worker")
     try:

@@ -31,8 +31,8 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +49,13 @@ import requests  # noqa: E402
 
 from bench import fetch_pending  # noqa: E402
 from dev.stack import (  # noqa: E402
-    ROOT, free_port, gunicorn_command, python_process, stop, temporal_server, wait_for_http,
+    ROOT,
+    free_port,
+    gunicorn_command,
+    python_process,
+    stop,
+    temporal_server,
+    wait_for_http,
 )
 
 TOKEN = "bench-token"

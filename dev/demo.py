@@ -27,6 +27,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dev.stack import BIN, ROOT, wait_for_http  # noqa: E402
+
 DEADLINE_SECONDS = 180
 
 # (kind, prompt, what it should end as, attempts it should take)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -93,7 +94,7 @@ def check(db_path: str, address: str, max_attempts: int = 5, settle_seconds: flo
             found.violations["queued events per attempt"].append(f"{task_id} {dict(queued)} attempts={attempts}")
 
         task_runs = sorted(runs.get(f"{task['namespace']}:{task_id}", []), key=lambda r: r.start_time)
-        for earlier, later in zip(task_runs, task_runs[1:]):
+        for earlier, later in itertools.pairwise(task_runs):
             if earlier.close_time is None or earlier.close_time > later.start_time:
                 found.violations["overlapping runs"].append(f"{task_id} {earlier.run_id} / {later.run_id}")
         open_runs = [r for r in task_runs if r.close_time is None]

@@ -236,7 +236,7 @@ class Stack:
         finally:
             self.env = saved
 
-    def start_all(self) -> "Stack":
+    def start_all(self) -> Stack:
         self.start_temporal()
         self.start_fakes()
         self.start_web()
@@ -259,7 +259,7 @@ class Stack:
         for name in reversed(list(self.processes)):
             self.kill(name, signal.SIGTERM)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,8 +11,9 @@ the worker load it too. Only `create_apis()` reaches the task store, lazily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from settings import Config
 
@@ -70,7 +71,7 @@ class EntityMapping:
         return self.columns.get(name, name)
 
     @classmethod
-    def from_config(cls, section: dict) -> "EntityMapping":
+    def from_config(cls, section: dict) -> EntityMapping:
         columns = {name: section.get("columns", {}).get(name, name) for name in FIELDS}
         return cls(table=section["table"], columns=columns)
 
@@ -153,7 +154,9 @@ class Integration:
     def create_apis(self) -> list[Api]:
         """fetchPendingTasks and claimPendingTasks (shared factories) and this integration's report endpoint."""
         from integrations.shared.apis import (
-            create_claim_pending_tasks_api, create_fetch_pending_tasks_api, create_report_api,
+            create_claim_pending_tasks_api,
+            create_fetch_pending_tasks_api,
+            create_report_api,
         )
 
         return [

@@ -86,7 +86,7 @@ def test_chaos(tmp_path, capsys):
         rng.shuffle(actions)
         started = time.monotonic()
         log = []
-        for moment, action in zip(moments, actions):
+        for moment, action in zip(moments, actions, strict=True):
             time.sleep(max(0.0, started + moment - time.monotonic()))
             action()
             log.append(f"{time.monotonic() - started:5.1f}s {action.__name__}")

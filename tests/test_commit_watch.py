@@ -6,7 +6,6 @@ import time
 import db
 from commit_watch import SAFETY_CHECK_SECONDS, CommitWaiter, thread_watch
 
-
 INSERT = ("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
           "VALUES ('n', 't', 'pending', 0, 0)")
 

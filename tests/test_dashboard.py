@@ -19,7 +19,7 @@ def populate(tasks):
     """Tasks in every status in both integrations, with a finished result and a failure to show."""
     spread = {VIDEO: [3, 1, 2, 4, 2], IMAGE: [1, 2, 1, 3, 1]}
     for namespace, numbers in spread.items():
-        for status, count in zip(STATUSES, numbers):
+        for status, count in zip(STATUSES, numbers, strict=True):
             for _ in range(count):
                 tasks.put(namespace, status=status, attempts=0 if status == "pending" else 1,
                           started_at=int(time.time()) - 5 if status != "pending" else None)

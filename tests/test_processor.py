@@ -17,11 +17,11 @@ from collections import Counter
 
 import pytest
 
+from dev.stack import free_port, stop, temporal_server, workflow_runs
 from integrations import load_integrations
-from processor import StartResult, TaskProcessor, ProcessorSettings, TemporalUnavailable, start_workflow
+from processor import ProcessorSettings, StartResult, TaskProcessor, TemporalUnavailable, start_workflow
 from settings import ROOT, load_config
 from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
-from dev.stack import free_port, stop, temporal_server, workflow_runs
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,13 @@ import json
 import pytest
 import requests
 
-from integrations.fangzhou_video.client import ArkClient, build_create_body as ark_body
-from integrations.nanobanana2_image.client import NanoBananaClient, build_create_body as banana_body, result_urls
+from dev.stack import fake_provider, free_port
+from integrations.fangzhou_video.client import ArkClient
+from integrations.fangzhou_video.client import build_create_body as ark_body
+from integrations.nanobanana2_image.client import NanoBananaClient, result_urls
+from integrations.nanobanana2_image.client import build_create_body as banana_body
 from integrations.shared.providers import ProviderRejected, ProviderTransient
 from tests.conftest import wait_until
-from dev.stack import fake_provider, free_port
 
 pytestmark = pytest.mark.slow
 KEY = "client-test-key"

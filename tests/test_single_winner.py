@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import TOKEN
 from dev.stack import gunicorn
+from tests.conftest import TOKEN
 
 TASKS = 20
 CLAIMS_PER_TASK = 32

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from dev.stack import fake_provider, python_process
 from integrations import load_integrations
 from processor import start_workflow
 from settings import load_config
 from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
-from dev.stack import fake_provider, python_process
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ class Providers:
             try:
                 result = await asyncio.wait_for(handle.result(), timeout)
                 outcome = ("COMPLETED", result)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise
             except Exception as exc:  # the workflow ended failed
                 outcome = ("FAILED", str(exc.cause if getattr(exc, "cause", None) else exc))

@@ -7,7 +7,12 @@ from temporalio import activity
 from integrations.fangzhou_video import NAMESPACE
 from integrations.fangzhou_video.client import FINAL_STATUSES, ArkClient, build_create_body
 from integrations.shared.activities import (
-    CreateInput, PollInput, PollOutcome, not_done, provider_errors, provider_settings,
+    CreateInput,
+    PollInput,
+    PollOutcome,
+    not_done,
+    provider_errors,
+    provider_settings,
 )
 
 

@@ -11,7 +11,8 @@ NAMESPACE = "nanobanana2ImageGeneration"
 
 REQUEST = {
     "prompt": Field(str, required=True, max_chars=MAX_PROMPT_CHARS),
-    "aspectRatio": Field(str, choices=("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto")),
+    "aspectRatio": Field(
+        str, choices=("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto")),
     "resolution": Field(str, choices=("1K", "2K", "4K")),
     "outputFormat": Field(str, choices=("png", "jpg")),
     "imageInput": Field(list, max_items=14),

@@ -7,7 +7,12 @@ from temporalio import activity
 from integrations.nanobanana2_image import NAMESPACE
 from integrations.nanobanana2_image.client import FINAL_STATES, NanoBananaClient, build_create_body, result_urls
 from integrations.shared.activities import (
-    CreateInput, PollInput, PollOutcome, not_done, provider_errors, provider_settings,
+    CreateInput,
+    PollInput,
+    PollOutcome,
+    not_done,
+    provider_errors,
+    provider_settings,
 )
 
 

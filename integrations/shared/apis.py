@@ -114,10 +114,10 @@ def create_claim_pending_tasks_api(
         claim = task_store.Report("queued")
         for task in tasks:
             log_outcome(namespace, task["id"], claim, task_store.Outcome("queued", task["attempt"]))
-        for (task_id, attempt), outcome in zip(confirmations, confirmed):
+        for (task_id, attempt), outcome in zip(confirmations, confirmed, strict=True):
             log_outcome(namespace, task_id, task_store.Report("queued", attempt), outcome)
         return jsonify({"success": True, "tasks": tasks, "dispatched": [
-            _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed)]})
+            _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)]})
 
     claim_pending_tasks.__name__ = f"{namespace}_claim_pending_tasks"
     return Api(namespace, CLAIM_PENDING_TASKS_API_NAME, ("POST",), claim_pending_tasks)
@@ -185,10 +185,10 @@ def create_report_api(
             except HTTPException as exc:
                 abort(400, f"Report {index}: {exc.description}")
         outcomes = task_store.transition_many(get_db(), entity, namespace, reports, policy)
-        for (task_id, report), outcome in zip(reports, outcomes):
+        for (task_id, report), outcome in zip(reports, outcomes, strict=True):
             log_outcome(namespace, task_id, report, outcome)
         return jsonify({"success": True, "results": [
-            _batch_result(task_id, outcome) for (task_id, _), outcome in zip(reports, outcomes)]})
+            _batch_result(task_id, outcome) for (task_id, _), outcome in zip(reports, outcomes, strict=True)]})
 
     report_task_event.__name__ = f"{namespace}_{name}"
     return Api(namespace, name, ("POST",), report_task_event)
