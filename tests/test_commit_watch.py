@@ -48,3 +48,18 @@ def test_an_idle_wait_sleeps_in_the_kernel_instead_of_polling(tmp_path):
     before = thread_watch(path).wakeups
     waiter.wait(time.monotonic() + 0.5)
     assert thread_watch(path).wakeups - before <= 0.5 / SAFETY_CHECK_SECONDS + 2
+
+
+def test_without_inotify_it_polls_and_still_wakes_for_a_commit(tmp_path, monkeypatch):
+    """A machine without inotify (not Linux, or out of instances) cannot be had here: pretend."""
+    import commit_watch
+
+    monkeypatch.setattr(commit_watch, "_libc", False)
+    monkeypatch.setattr(commit_watch, "_local", threading.local())
+    path, waiting = open_db(tmp_path)
+    waiter = CommitWaiter(waiting, path)
+    assert waiter.watch.fd is None
+    threading.Timer(0.1, commit_from_another_connection, (path,)).start()
+    began = time.monotonic()
+    assert waiter.wait(began + 5) is True
+    assert time.monotonic() - began < 2
