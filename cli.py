@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app app tasks list|show|retry|stats`.
+"""Operator commands: `flask --app app tasks list|show|retry|fail|stats`.
 
 They read the database directly (they run beside the web process) and write
 only through task_store, like everything else.
@@ -17,7 +17,7 @@ import db
 import task_store
 from dashboard import age
 
-tasks_cli = AppGroup("tasks", help="Inspect tasks and retry failed ones.")
+tasks_cli = AppGroup("tasks", help="Inspect tasks, retry failed ones, fail stranded ones.")
 
 
 def integrations() -> list:
@@ -94,6 +94,34 @@ def retry_command(task_id: str) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Task {task_id} is {outcome.status} again (attempts so far: {outcome.attempt}); "
                f"a processor will claim it.")
+
+
+@tasks_cli.command("fail")
+@click.argument("task_id")
+@click.option("--reason", default="failed by an operator", show_default=True, help="The error recorded.")
+@click.option("--retry/--no-retry", default=True, show_default=True,
+              help="Whether a processor may claim it again (while attempts are left).")
+def fail_command(task_id: str, reason: str, retry: bool) -> None:
+    """Fail a queued or processing task at its current attempt, recorded as an event.
+
+    The way out for a task whose workflow is gone (terminated in the Temporal UI,
+    or lost with a Temporal server's state): nothing else would ever report on it.
+    A run of that attempt still going is fenced: its reports get 409.
+    """
+    integration, task = find(task_id)
+    policy = task_store.Policy(integration.max_attempts, integration.stuck_timeout_seconds)
+    if task["status"] not in ("queued", "processing"):
+        raise click.ClickException(f"Cannot fail a {task['status']} task: only a queued or processing task can be "
+                                   f"failed")
+    report = task_store.Report("failed", attempt=task["attempts"], error=reason, retryable=retry)
+    try:
+        outcome = task_store.transition(db.get_db(), integration.entity, integration.namespace, task_id, report,
+                                        policy)
+    except task_store.TransitionRefused as exc:  # it moved on since we looked
+        raise click.ClickException(str(exc)) from None
+    again = task_store.get_task(db.get_db(), integration.entity, task_id)["retryable"]
+    click.echo(f"Task {task_id} is {outcome.status} at attempt {outcome.attempt}; "
+               + ("a processor will claim it again." if again else "it will not run again."))
 
 
 @tasks_cli.command("stats")

@@ -76,7 +76,7 @@ def test_show_prints_the_task_and_its_timeline(runner, tasks):
     assert timeline == [["pending", "0"], ["queued", "1"], ["processing", "1"]]
 
 
-@pytest.mark.parametrize("command", ["show", "retry"])
+@pytest.mark.parametrize("command", ["show", "retry", "fail"])
 @pytest.mark.parametrize("bad_id", ["nope", "x' OR '1'='1", ""])
 def test_unknown_ids_are_clear_errors(runner, tasks, command, bad_id):
     result = runner.invoke(args=["tasks", command, bad_id])
@@ -107,6 +107,43 @@ def test_retry_refuses_tasks_that_have_not_failed(runner, tasks, db_path, status
     result = runner.invoke(args=["tasks", "retry", task_id])
     assert result.exit_code == 1
     assert f"Cannot retry a {status} task: only a failed task can be retried" in result.output
+    assert snapshot(db_path) == before
+
+
+@pytest.mark.parametrize("status", ["queued", "processing"])
+def test_fail_frees_a_stranded_task_for_another_attempt(runner, tasks, status):
+    """Its workflow was terminated in the Temporal UI: nothing else would ever report on it."""
+    task_id = tasks.put(status=status, attempts=1, started_at=int(time.time()), dispatched_at=time.time())
+    assert tasks.fetch().json["tasks"] == []
+
+    result = runner.invoke(args=["tasks", "fail", task_id, "--reason", "workflow terminated in the UI"])
+
+    assert result.exit_code == 0, result.output
+    assert "failed at attempt 1; a processor will claim it again" in result.output
+    last = tasks.events(task_id)[-1]
+    assert (last["status"], last["attempt"], last["error"]) == ("failed", 1, "workflow terminated in the UI")
+    assert tasks.report(task_id, "processing", attempt=1).status_code == 409  # the old run is fenced
+    assert [t["id"] for t in tasks.fetch().json["tasks"]] == [task_id]
+    assert tasks.report(task_id, "queued").json["attempt"] == 2
+
+
+def test_fail_no_retry_fails_for_good(runner, tasks):
+    task_id = tasks.put(status="processing", attempts=1)
+    result = runner.invoke(args=["tasks", "fail", task_id, "--no-retry"])
+    assert result.exit_code == 0, result.output
+    assert "it will not run again" in result.output
+    assert tasks.row(task_id)["error"] == "failed by an operator"
+    assert tasks.fetch().json["tasks"] == []
+
+
+@pytest.mark.parametrize("status", ["pending", "completed", "failed"])
+def test_fail_refuses_tasks_that_are_not_running(runner, tasks, db_path, status):
+    from tests.conftest import snapshot
+    task_id = tasks.put(status=status, attempts=0 if status == "pending" else 1)
+    before = snapshot(db_path)
+    result = runner.invoke(args=["tasks", "fail", task_id])
+    assert result.exit_code == 1
+    assert f"Cannot fail a {status} task: only a queued or processing task can be failed" in result.output
     assert snapshot(db_path) == before
 
 
