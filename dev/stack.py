@@ -122,27 +122,44 @@ def wait_for_temporal(address: str, process: subprocess.Popen | None = None, tim
 
 
 def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]]:
-    """Every run of each workflow id: status, and the attempt its input carries."""
+    """Every run of each workflow id: status, and the attempt its input carries.
+
+    Temporal's list is eventually consistent, so each run's status comes from a
+    describe, and the latest run of each id is described even if the list does
+    not show it yet.
+    """
     import asyncio
     import json
 
     from temporalio.client import Client
+    from temporalio.service import RPCError, RPCStatusCode
 
     wanted = set(workflow_ids)
 
+    async def run_info(handle) -> tuple[str, dict]:
+        description = await handle.describe()
+        history = await handle.fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        params = json.loads(started.input.payloads[0].data)
+        return description.run_id, {"status": description.status.name, "attempt": params.get("attempt"),
+                                    "params": params, "type": description.workflow_type}
+
     async def collect():
         client = await Client.connect(address)
-        runs: dict[str, list[dict]] = {wid: [] for wid in workflow_ids}
+        found: dict[str, dict[str, dict]] = {wid: {} for wid in workflow_ids}
         async for execution in client.list_workflows():
-            if execution.id not in wanted:
+            if execution.id in wanted:
+                run_id, info = await run_info(client.get_workflow_handle(execution.id, run_id=execution.run_id))
+                found[execution.id][run_id] = info
+        for wid in workflow_ids:
+            try:
+                run_id, info = await run_info(client.get_workflow_handle(wid))
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
                 continue
-            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
-            history = await handle.fetch_history()
-            started = history.events[0].workflow_execution_started_event_attributes
-            params = json.loads(started.input.payloads[0].data)
-            runs[execution.id].append({"status": execution.status.name, "attempt": params.get("attempt"),
-                                       "params": params, "type": execution.workflow_type})
-        return runs
+            found[wid].setdefault(run_id, info)
+        return {wid: list(runs.values()) for wid, runs in found.items()}
 
     return asyncio.run(collect())
 

@@ -254,7 +254,8 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tm
         assert (app.task(task_id)["status"], app.task(task_id)["attempts"]) == ("queued", 1)
         with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
             wait_until(lambda: processor.stats["started"] == 1, timeout=60, message="held start done")
-            [run] = workflow_runs(address, [wf_id(VIDEO, task_id)])[wf_id(VIDEO, task_id)]
+            [run] = wait_until(lambda: workflow_runs(address, [wf_id(VIDEO, task_id)])[wf_id(VIDEO, task_id)],
+                               message="the run visible in Temporal's list (eventually consistent)")
     finally:
         processor.stop()
     assert run["attempt"] == 1 and processor.stats["start_failed"] == 0
