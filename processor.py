@@ -306,23 +306,29 @@ class TaskProcessor:
         limit = limit or self.settings.batch_size
         if not self.wait_for_room():
             return False
+        claim_wait_ms = 0
         if wait_ms:
             fresh_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
             if fresh_ms >= MIN_CLAIM_WAIT_MS:
-                claimed = self.claim(pull, limit, wait_ms=min(wait_ms, fresh_ms))
-                self.dispatch(pull, claimed)
-                return len(claimed) >= limit
-            if self.confirmations[pull.namespace]:
-                self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
-            started = time.monotonic()
-            if not self.fetch_pending_tasks(pull, wait_ms, limit=1):
-                if time.monotonic() - started < wait_ms / 2000:
-                    self.stopping.wait(wait_ms / 1000)  # the server did not wait (an older main app?): no spin
+                claim_wait_ms = min(wait_ms, fresh_ms)
+            elif not self.wait_with_fetch(pull, wait_ms):
                 return False
-        self.bridge.ensure_healthy()  # never claim while Temporal is down
-        claimed = self.claim(pull, limit)
+        if not claim_wait_ms:
+            self.bridge.ensure_healthy()  # never claim while Temporal is down
+        claimed = self.claim(pull, limit, wait_ms=claim_wait_ms)
         self.dispatch(pull, claimed)
         return len(claimed) >= limit
+
+    def wait_with_fetch(self, pull: PullModeConfig, wait_ms: int) -> bool:
+        """Wait up to `wait_ms` on the server, claiming nothing, until work appears; True if it did."""
+        if self.confirmations[pull.namespace]:
+            self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
+        started = time.monotonic()
+        if self.fetch_pending_tasks(pull, wait_ms, limit=1):
+            return True
+        if time.monotonic() - started < wait_ms / 2000:
+            self.stopping.wait(wait_ms / 1000)  # the server did not wait (an older main app?): no spin
+        return False
 
     def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
         params = {"limit": limit or self.settings.batch_size}
