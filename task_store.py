@@ -184,13 +184,18 @@ def transition_many(
     processor's batch claim cost one lock and one commit instead of N.
     """
     now = time.time() if now is None else now
-    results: list[Outcome | TaskNotFound | TransitionRefused] = []
     with immediate(conn):
-        for task_id, report in reports:
-            try:
-                results.append(_apply(conn, entity, namespace, task_id, report, policy, now))
-            except (TaskNotFound, TransitionRefused) as exc:
-                results.append(exc)
+        return _apply_each(conn, entity, namespace, reports, policy, now)
+
+
+def _apply_each(conn, entity, namespace, reports, policy, now) -> list[Outcome | TaskNotFound | TransitionRefused]:
+    """Each report on its own (inside the caller's transaction): an outcome, or the refusal in its slot."""
+    results: list[Outcome | TaskNotFound | TransitionRefused] = []
+    for task_id, report in reports:
+        try:
+            results.append(_apply(conn, entity, namespace, task_id, report, policy, now))
+        except (TaskNotFound, TransitionRefused) as exc:
+            results.append(exc)
     return results
 
 
@@ -213,14 +218,11 @@ def claim_next(
     Each claimed task carries `attempt`, the number its workflow must be started with.
     """
     now = time.time() if now is None else now
-    confirmed: list[Outcome | TaskNotFound | TransitionRefused] = []
     claimed = []
     with immediate(conn):
-        for task_id, attempt in confirmations:
-            try:
-                confirmed.append(_apply(conn, entity, namespace, task_id, Report("queued", attempt), policy, now))
-            except (TaskNotFound, TransitionRefused) as exc:
-                confirmed.append(exc)
+        confirmed = _apply_each(conn, entity, namespace,
+                                [(task_id, Report("queued", attempt)) for task_id, attempt in confirmations],
+                                policy, now)
         for task in fetch_claimable(conn, entity, policy, limit, now):
             try:
                 outcome = _apply(conn, entity, namespace, task["id"], Report("queued"), policy, now)
