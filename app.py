@@ -4,26 +4,27 @@
     flask --app app run              development server
     gunicorn 'app:create_app()'      production (see Procfile)
 
-It never starts a workflow: the processor pulls tasks from it (DESIGN §1).
+It never starts a workflow: the processor pulls tasks from it (docs/design.md §1).
+Everything only this process imports lives in web/.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Any
+from collections.abc import Iterable
 
-from flask import Flask, abort, jsonify, request
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
-import dashboard
-import db
 import logs
-import task_store
-from cli import tasks_cli
-from integrations import Integration, build_api_path, load_integrations
-from integrations.shared.validation import RequestInvalid
+from integrations import load_integrations
 from settings import ConfigError, load_config
+from web import dashboard, db, internal_api, user_api
+from web.cli import tasks_cli
+from web.task_store import TaskTable
 
 MAX_BODY_BYTES = 256 * 1024
 log = logging.getLogger("app")
@@ -46,22 +47,33 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(
         DATABASE_PATH=config.get("components.main.databasePath", "data/app.db"),
         INTERNAL_API_TOKEN=token,
+        BATCH_SIZE=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
-        JSON_SORT_KEYS=False,
     )
+    integrations = load_integrations(config)
     app.extensions["settings"] = config
-    app.extensions["integrations"] = integrations = load_integrations(config)
+    app.extensions["integrations"] = {i.namespace: i for i in integrations}
+    app.extensions["task_tables"] = {i.namespace: TaskTable.from_config(config, i.namespace) for i in integrations}
+    # Path segments that name an integration, its report endpoint or its short name match only those.
+    app.url_map.converters["integration"] = one_of(i.namespace for i in integrations)
+    app.url_map.converters["report"] = one_of(i.report_api_name for i in integrations)
+    app.url_map.converters["kind"] = one_of(i.short_name for i in integrations)
 
     db.init_app(app)
-    app.cli.add_command(tasks_cli)
     db.init_db(app.config["DATABASE_PATH"])
+    app.cli.add_command(tasks_cli)
     _register_errors(app)
-    _register_integrations(app, integrations)
-    _register_user_api(app, integrations)
-    app.register_blueprint(dashboard.bp)
+    for blueprint in (user_api.bp, internal_api.bp, dashboard.bp):
+        app.register_blueprint(blueprint)
     for integration in integrations:
         integration.setup(app)
     return app
+
+
+def one_of(names: Iterable[str]) -> type[BaseConverter]:
+    """A URL converter matching exactly one of `names`."""
+    pattern = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return type("OneOf", (BaseConverter,), {"regex": f"(?:{pattern})"})
 
 
 def _register_errors(app: Flask) -> None:
@@ -76,61 +88,3 @@ def _register_errors(app: Flask) -> None:
     def unexpected_error(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify({"success": False, "error": "Internal server error"}), 500
-
-
-def _register_integrations(app: Flask, integrations: list[Integration]) -> None:
-    for integration in integrations:
-        for api in integration.create_apis():
-            path = "/" + build_api_path(api.namespace, api.name)
-            app.add_url_rule(path, endpoint=f"{api.namespace}.{api.name}", view_func=api.view,
-                             methods=list(api.methods))
-
-
-def _register_user_api(app: Flask, integrations: list[Integration]) -> None:
-    by_namespace = {i.namespace: i for i in integrations}
-
-    for integration in integrations:
-        app.add_url_rule(integration.user_path, endpoint=f"{integration.namespace}.generate",
-                         view_func=_create_view(integration), methods=["POST"])
-
-    def find(task_id: str) -> tuple[Integration, dict]:
-        integration, task = task_store.find_task(db.get_db(), integrations, task_id)
-        if task is None:
-            abort(404, "Task not found")
-        return integration, task
-
-    @app.get("/api/tasks/<task_id>")
-    def show_task(task_id: str):
-        integration, task = find(task_id)
-        return jsonify(_public_task(integration, task))
-
-    @app.get("/api/tasks/<task_id>/events")
-    def show_events(task_id: str):
-        find(task_id)
-        return jsonify({"events": task_store.list_events(db.get_db(), task_id)})
-
-    @app.get("/healthz")
-    def healthz():
-        db.get_db().execute("SELECT 1").fetchone()
-        return jsonify({"status": "ok", "integrations": sorted(by_namespace)})
-
-
-def _create_view(integration: Integration):
-    def create_task():
-        body = request.get_json(force=True, silent=True)
-        try:
-            params = integration.validate_request(body)
-        except RequestInvalid as exc:
-            abort(400, str(exc))
-        task = task_store.create_task(db.get_db(), integration.entity, integration.namespace, params)
-        logs.event(log, "task created", task=task["id"], attempt=0, namespace=integration.namespace)
-        return jsonify({"taskId": task["id"], "status": task["status"]}), 201
-
-    create_task.__name__ = f"{integration.namespace}_create_task"
-    return create_task
-
-
-def _public_task(integration: Integration, task: dict) -> dict[str, Any]:
-    keys = ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt",
-            "requestParams", "externalId", "result", "error")
-    return {"namespace": integration.namespace, **{k: task.get(k) for k in keys}}

@@ -3,18 +3,18 @@
     python processor.py            (the Procfile's `processor` line)
 
 It speaks HTTP to the web process and gRPC to Temporal, nothing else: no
-database module is imported here (DESIGN §1). It claims batches with
-`claimPendingTasks` (the main app picks and claims the oldest claimable tasks
-in one transaction, so processors never collide) and starts each workflow
-`{namespace}:{taskId}` with the attempt its claim returned. Only while Temporal
+database module is imported here (docs/design.md §1). It claims batches with
+`claimPendingTasks` (the web process picks and claims the oldest claimable
+tasks in one transaction, so processors never collide) and starts each workflow
+`{integration}:{taskId}` with the attempt its claim returned. Only while Temporal
 was seen up within the last 250 ms does it let the claim itself wait for work
 (one round trip from commit to claim); otherwise it waits with a long-polled
 `fetchPendingTasks`, which claims nothing, then checks Temporal, then claims.
 While a backlog lasts it claims again at once, doubling the batch up to 100.
 The temporalio client lives on its own asyncio loop in a background thread; the
-poll thread reaches it with run_coroutine_threadsafe.
+poll threads (one per integration) reach it with run_coroutine_threadsafe.
 
-Safety (DESIGN §4): nothing is claimed while Temporal is unreachable, and a
+Safety (docs/design.md §4): nothing is claimed while Temporal is unreachable, and a
 claim that lands just as it goes down is held and started when it is back (no
 attempt is burned by an outage); an "already started" run of an earlier
 attempt is terminated and replaced; any other start failure is reported as
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import json
 import logging
 import os
 import signal
@@ -43,7 +42,7 @@ from typing import Any
 import requests
 
 import logs
-from integrations import PullModeConfig, load_integrations
+from integrations import PullModeConfig, WorkflowInput, load_integrations
 from integrations.shared.providers import json_body
 from settings import Config, ConfigError, load_config
 
@@ -53,7 +52,7 @@ MAX_BACKOFF_SECONDS = 10.0
 HEALTHY_FOR_SECONDS = 0.25  # how long a start or health check proves Temporal is up, for claiming
 CLAIM_WAIT_MARGIN_MS = 10  # of that proof, kept back for the claim request's own transit
 MIN_CLAIM_WAIT_MS = 20  # a shorter proof is not worth a long-polled claim: wait with a fetch instead
-MAX_BATCH = 100  # the main app's limit per fetch and per batch report
+MAX_BATCH = 100  # the web process's limit per claim and per batch report
 REPORT_RETRIES = 4
 
 log = logging.getLogger("processor")
@@ -94,10 +93,10 @@ class TemporalUnavailable(Exception):
 class TemporalBridge:
     """The temporalio client on its own asyncio loop, callable from other threads."""
 
-    def __init__(self, address: str, namespace: str, connect: Callable | None = None):
-        self.address, self.namespace = address, namespace
+    def __init__(self, address: str, temporal_namespace: str, connect: Callable | None = None):
+        self.address, self.temporal_namespace = address, temporal_namespace
         self._connect = connect
-        import temporalio.client  # noqa: F401 - import now, not on the first task's latency path
+        import temporalio.client  # noqa: F401 - imported now, not on the first task's latency path
 
         self.client = None
         self.last_success = float("-inf")
@@ -142,7 +141,7 @@ class TemporalBridge:
 
         if self.client is None:
             connect = self._connect or Client.connect
-            self.client = await connect(self.address, namespace=self.namespace)
+            self.client = await connect(self.address, namespace=self.temporal_namespace)
         if not await self.client.service_client.check_health(timeout=timedelta(seconds=3)):
             raise TemporalUnavailable("health check answered not serving")
 
@@ -159,7 +158,7 @@ class StartResult:
 
 
 async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int) -> str:
-    """Start the task's workflow idempotently for `attempt` (DESIGN §4 points 3-5)."""
+    """Start the task's workflow idempotently for `attempt` (docs/design.md §4.3-§4.5)."""
     from temporalio.common import WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
     from temporalio.service import RPCError, RPCStatusCode
@@ -184,7 +183,7 @@ async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int)
                 # The earlier run closed (failed) between our start and this look: a task's workflow
                 # reports `failed` just before it ends, and the retry's claim can be that quick.
                 continue
-            if await _started_attempt(handle) >= attempt:
+            if await _started_attempt(client, handle) >= attempt:
                 return StartResult.ALREADY_RUNNING
             try:
                 await handle.terminate(reason=f"superseded by attempt {attempt}")
@@ -195,16 +194,75 @@ async def start_workflow(client, pull: PullModeConfig, task: dict, attempt: int)
     raise RuntimeError(f"workflow {workflow_id} kept being started by someone else")
 
 
-async def _started_attempt(handle) -> int:
-    """The attempt a run was started with: its first history event carries the params."""
+async def _started_attempt(client, handle) -> int:
+    """The attempt a run was started with: its first history event carries its WorkflowInput."""
     async for event in handle.fetch_history_events():
         payloads = event.workflow_execution_started_event_attributes.input.payloads
-        return int(json.loads(payloads[0].data).get("attempt", 0)) if payloads else 0
+        if not payloads:
+            return 0
+        [started] = client.data_converter.payload_converter.from_payloads(payloads[:1], [WorkflowInput])
+        return started.attempt
     return 0
 
 
+class InFlight:
+    """Claimed tasks whose workflow start has not finished: at most `bound` of them, one count, one lock.
+
+    Why a bound: a claimed task that is not started yet is hidden from every other
+    processor until the stuck timeout, and each one is a start Temporal must serve.
+    A poll thread reserves room before it claims (so two threads never overshoot),
+    gives back what its claim did not use, and each finished start frees its slot.
+    It waits for room for half the bound (or the whole batch, if smaller), so that a
+    backlog is claimed in batches, not one task at a time.
+    """
+
+    def __init__(self, bound: int):
+        self.bound = max(1, bound)
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def reserve(self, wanted: int, stopping: threading.Event) -> int:
+        """Wait for room, then hold up to `wanted` slots; how many (0 if the processor is stopping)."""
+        enough = min(wanted, max(1, self.bound // 2))
+        with self._changed:
+            while self.bound - self._count < enough and not stopping.is_set():
+                self._changed.wait(0.1)
+            if stopping.is_set():
+                return 0
+            taken = min(wanted, self.bound - self._count)
+            self._count += taken
+            return taken
+
+    def release(self, slots: int = 1) -> None:
+        if slots:
+            with self._changed:
+                self._count -= slots
+                self._changed.notify_all()
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Until every held slot is released (True), or `timeout` seconds pass."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
+
+
+class Counters:
+    """Counts bumped from the poll threads and the Temporal loop alike, under a lock."""
+
+    def __init__(self, *names: str):
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(names, 0)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class TaskProcessor:
-    """Pull loop: fetch, claim, start; one bad task never stops the loop."""
+    """Pull loop: wait for work, claim, start; one bad task never stops the loop."""
 
     def __init__(self, settings: ProcessorSettings, bridge: TemporalBridge | None = None):
         self.settings = settings
@@ -213,20 +271,22 @@ class TaskProcessor:
         self.stopping = threading.Event()
         self.http = threading.local()
         self.reporters = ThreadPoolExecutor(settings.report_concurrency, thread_name_prefix="report")
-        # Starts run on the Temporal loop while the poll threads claim the next batch. The
-        # loop runs at most `max_in_flight` at once; the poll threads claim nothing more while
-        # that many claims are outstanding (claimed, start not finished); `idle` is set when none is.
-        self.start_slots = asyncio.Semaphore(max(1, settings.max_in_flight))
-        self.outstanding = 0
-        self.room = threading.Condition()
-        self.idle = threading.Event()
-        self.idle.set()
-        # Started workflows to confirm to the main app (which then never rescues their claims),
+        self.in_flight = InFlight(settings.max_in_flight)
+        # Started workflows to confirm to the web process (which then never rescues their claims),
         # per integration; they ride along with the next claim request, or go alone when idle.
+        # deque's append and popleft are atomic: the loop appends, the poll threads take.
         self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
-        self.failures = 0  # failed polls so far (all integrations)
-        self.stats = {"claimed": 0, "started": 0, "start_failed": 0, "held": 0}
+        self.counters = Counters("claimed", "started", "start_failed", "held", "poll_failures")
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.counters.snapshot()
+
+    @property
+    def failures(self) -> int:
+        """Failed polls so far (all integrations)."""
+        return self.counters.snapshot()["poll_failures"]
 
     # -- lifecycle --
     def load(self, pull_configs: list[PullModeConfig]) -> None:
@@ -236,11 +296,11 @@ class TaskProcessor:
     def start(self, pull_configs: list[PullModeConfig]) -> None:
         """One poll loop per integration, so a quiet one never delays a busy one."""
         self.load(pull_configs)
-        self.log("starting", integrations=",".join(p.namespace for p in self.pull_configs),
+        self.log("starting", integrations=",".join(p.integration for p in self.pull_configs),
                  temporal=self.settings.temporal_address, batch=self.settings.batch_size,
                  wait_ms=self.settings.poll_interval_ms)
-        self.threads = [threading.Thread(target=self.run, args=(pull,), name=f"poll-{pull.namespace}", daemon=True)
-                        for pull in self.pull_configs]
+        self.threads = [threading.Thread(target=self.run, args=(pull,), name=f"poll-{pull.integration}",
+                                         daemon=True) for pull in self.pull_configs]
         for thread in self.threads:
             thread.start()
 
@@ -249,7 +309,7 @@ class TaskProcessor:
         self.stopping.set()
         for thread in self.threads:
             thread.join(timeout)
-        self.idle.wait(timeout)
+        self.in_flight.wait_empty(timeout)
         for pull in self.pull_configs:
             self.confirm_dispatches(pull)
         self.reporters.shutdown(wait=True)
@@ -275,11 +335,11 @@ class TaskProcessor:
                 continue
             except TemporalUnavailable as exc:
                 self.log("temporal unavailable; claiming nothing", level=logging.WARNING, error=str(exc)[:200])
-            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-                self.log("poll failed", level=logging.WARNING, integration=pull.namespace,
+            except Exception as exc:  # the loop must survive anything
+                self.log("poll failed", level=logging.WARNING, integration=pull.integration,
                          error=f"{type(exc).__name__}: {exc}"[:300])
             failures += 1
-            self.failures += 1
+            self.counters.add("poll_failures")
             limit = self.settings.batch_size
             self.stopping.wait(self.backoff(failures))
 
@@ -293,41 +353,48 @@ class TaskProcessor:
         return any([self.poll(pull, wait_ms=0) for pull in self.pull_configs])
 
     def poll(self, pull: PullModeConfig, wait_ms: int, limit: int | None = None) -> bool:
-        """Wait (up to `wait_ms`, on the server) for work, claim a batch and start it; True if it was full.
+        """Wait (up to `wait_ms`, on the server) for work, claim a batch and start it; True if it was full."""
+        room = self.in_flight.reserve(limit or self.settings.batch_size, self.stopping)
+        if not room:
+            return False
+        claimed: list[tuple[dict, int]] = []
+        try:
+            claimed = self.claim_when_safe(pull, wait_ms, room)
+        finally:
+            self.in_flight.release(room - len(claimed))  # the claimed keep their slots until started
+        self.dispatch(pull, claimed)
+        return len(claimed) >= room
+
+    def claim_when_safe(self, pull: PullModeConfig, wait_ms: int, limit: int) -> list[tuple[dict, int]]:
+        """Claim up to `limit` tasks, waiting up to `wait_ms` for work, and never while Temporal may be down.
 
         No claim may land unless Temporal was seen healthy within HEALTHY_FOR_SECONDS
-        (DESIGN §4 point 8). So while that proof is fresh (a start or health check
-        moments ago) the wait happens inside the claim, bounded by what is left of
-        the proof: a task arriving then is claimed in the same request. Otherwise the
-        wait is a long-polled fetch, which claims nothing, and the health check
-        comes between the wait and the claim. With `wait_ms` 0 (a backlog) the
-        claim goes out at once.
+        (docs/design.md §4.8); which of three ways to wait follows from that.
         """
-        limit = limit or self.settings.batch_size
-        if not self.wait_for_room():
-            return False
-        claim_wait_ms = 0
-        if wait_ms:
-            fresh_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
-            if fresh_ms >= MIN_CLAIM_WAIT_MS:
-                claim_wait_ms = min(wait_ms, fresh_ms)
-            elif not self.wait_with_fetch(pull, wait_ms):
-                return False
-        if not claim_wait_ms:
-            self.bridge.ensure_healthy()  # never claim while Temporal is down
-        claimed = self.claim(pull, limit, wait_ms=claim_wait_ms)
-        self.dispatch(pull, claimed)
-        return len(claimed) >= limit
+        if not wait_ms:
+            # A backlog: nothing to wait for. Prove Temporal up (a start moments ago will do), claim.
+            self.bridge.ensure_healthy()
+            return self.claim(pull, limit)
+        proof_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
+        if proof_ms >= MIN_CLAIM_WAIT_MS:
+            # Temporal was proven up moments ago: wait inside the claim, for no longer than the
+            # proof lasts, so a task arriving meanwhile is claimed in the same round trip.
+            return self.claim(pull, limit, wait_ms=min(wait_ms, proof_ms))
+        # No fresh proof: wait with a fetch that claims nothing; then prove Temporal up, then claim.
+        if not self.wait_with_fetch(pull, wait_ms):
+            return []
+        self.bridge.ensure_healthy()
+        return self.claim(pull, limit)
 
     def wait_with_fetch(self, pull: PullModeConfig, wait_ms: int) -> bool:
         """Wait up to `wait_ms` on the server, claiming nothing, until work appears; True if it did."""
-        if self.confirmations[pull.namespace]:
+        if self.confirmations[pull.integration]:
             self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
         started = time.monotonic()
         if self.fetch_pending_tasks(pull, wait_ms, limit=1):
             return True
         if time.monotonic() - started < wait_ms / 2000:
-            self.stopping.wait(wait_ms / 1000)  # the server did not wait (an older main app?): no spin
+            self.stopping.wait(wait_ms / 1000)  # the server did not wait (an older web process?): no spin
         return False
 
     def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
@@ -340,25 +407,14 @@ class TaskProcessor:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
         return response.json().get("tasks") or []
 
-    def wait_for_room(self) -> bool:
-        """Until fewer than `max_in_flight` claims are outstanding; False if the processor is stopping."""
-        with self.room:
-            while self.outstanding >= self.settings.max_in_flight and not self.stopping.is_set():
-                self.room.wait(0.1)
-        return not self.stopping.is_set()
-
     def dispatch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
-        """Hand the batch's starts to the Temporal loop, in one call.
+        """Hand the batch's starts to the Temporal loop, in one call; each holds its in-flight slot.
 
         The poll thread does not wait for them: it claims the next batch while
-        they run (once there is room, see `wait_for_room`).
+        they run (once there is room, see InFlight).
         """
-        if not claimed:
-            return
-        with self.room:
-            self.outstanding += len(claimed)
-            self.idle.clear()
-        self.bridge.submit(self.start_batch(pull, claimed))
+        if claimed:
+            self.bridge.submit(self.start_batch(pull, claimed))
 
     async def start_batch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
         await asyncio.gather(*(self.start_and_finish(pull, task, attempt) for task, attempt in claimed))
@@ -366,35 +422,29 @@ class TaskProcessor:
     async def start_and_finish(self, pull: PullModeConfig, task: dict, attempt: int) -> None:
         """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
         try:
-            async with self.start_slots:
-                outcome = await self.start_while_reachable(pull, task, attempt)
+            outcome = await self.start_while_reachable(pull, task, attempt)
             if outcome is None:
                 return
             self.bridge.succeeded()
-            self.confirmations[pull.namespace].append((task["id"], attempt))
-            self.stats["started"] += 1
+            self.confirmations[pull.integration].append((task["id"], attempt))
+            self.counters.add("started")
             self.log("workflow started", task=task["id"], attempt=attempt,
                      workflow=pull.build_workflow_id(task), outcome=outcome)
-        except Exception as exc:  # noqa: BLE001 - report it and carry on
-            self.stats["start_failed"] += 1
+        except Exception as exc:  # report it and carry on
+            self.counters.add("start_failed")
             error = f"Workflow start failed: {type(exc).__name__}: {exc}"[:1000]
             self.log("workflow start failed", level=logging.ERROR, task=task["id"], attempt=attempt, error=error)
             await asyncio.get_running_loop().run_in_executor(
                 self.reporters, self.report_failed, pull, task, attempt, error)
         finally:
-            with self.room:
-                self.outstanding -= 1
-                if self.outstanding == self.settings.max_in_flight - 1:
-                    self.room.notify_all()
-                if self.outstanding == 0:
-                    self.idle.set()
+            self.in_flight.release()
 
     async def start_while_reachable(self, pull: PullModeConfig, task: dict, attempt: int) -> str | None:
         """Start the workflow; while Temporal is unreachable, keep the claim and try again.
 
         A claim can land just as Temporal goes down (the health check is up to
         HEALTHY_FOR_SECONDS old). Reporting that as `failed` would burn the attempt
-        for an outage (DESIGN §4 point 8), so the start is retried until Temporal
+        for an outage (docs/design.md §4.8), so the start is retried until Temporal
         answers; meanwhile no new claim is made. None if the processor stops
         first: the claim then stays unconfirmed, for the stuck rescue.
         """
@@ -408,7 +458,7 @@ class TaskProcessor:
                     raise
                 self.bridge.unreachable()
                 if retry == 0:
-                    self.stats["held"] += 1
+                    self.counters.add("held")
                     self.log("temporal unreachable; holding the claim and retrying its start", level=logging.WARNING,
                              task=task["id"], attempt=attempt, error=str(err)[:200])
             if await self.pause(min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** retry)):
@@ -426,10 +476,10 @@ class TaskProcessor:
     def claim(self, pull: PullModeConfig, limit: int, wait_ms: int = 0) -> list[tuple[dict, int]]:
         """Claim up to `limit` of the oldest claimable tasks in one request; (task, attempt) for each.
 
-        The main app chooses and claims under one write lock (claimPendingTasks),
+        The web process chooses and claims under one write lock (claimPendingTasks),
         so processors sharing a backlog never collide on a task. Pending dispatch
-        confirmations ride in the same request. With `wait_ms` the main app holds
-        an empty claim open until work arrives (see `poll` for when that is safe).
+        confirmations ride in the same request. With `wait_ms` the web process holds
+        an empty claim open until work arrives (see `claim_when_safe` for when that is safe).
         """
         confirmations = self.take_confirmations(pull)
         body = {"limit": limit, "dispatched": confirmations}
@@ -447,11 +497,11 @@ class TaskProcessor:
         if not (response.status_code == 200 and answer.get("success") is True and isinstance(tasks, list)):
             self.give_back_confirmations(pull, confirmations)
             raise RuntimeError(f"claimPendingTasks answered {response.status_code}: {answer.get('error')}")
-        self.stats["claimed"] += len(tasks)
+        self.counters.add("claimed", len(tasks))
         return [(task, int(task["attempt"])) for task in tasks]
 
     def take_confirmations(self, pull: PullModeConfig, limit: int = MAX_BATCH) -> list[dict]:
-        queue = self.confirmations[pull.namespace]
+        queue = self.confirmations[pull.integration]
         taken = []
         while queue and len(taken) < limit:
             task_id, attempt = queue.popleft()
@@ -459,16 +509,16 @@ class TaskProcessor:
         return taken
 
     def give_back_confirmations(self, pull: PullModeConfig, items: list[dict]) -> None:
-        self.confirmations[pull.namespace].extend((item["apiCallId"], item["attempt"]) for item in items)
+        self.confirmations[pull.integration].extend((item["apiCallId"], item["attempt"]) for item in items)
 
     def confirm_dispatches(self, pull: PullModeConfig) -> None:
-        """Tell the main app which claims' workflows are started (when no claim request is going out).
+        """Tell the web process which claims' workflows are started (when no claim request is going out).
 
         A confirmation that cannot be delivered is kept for the next try; if the
         processor dies first, the claim is rescued after the stuck timeout and
-        the rescue's start replaces the run (DESIGN §4 points 3-5).
+        the rescue's start replaces the run (docs/design.md §4.3-§4.5).
         """
-        while self.confirmations[pull.namespace]:
+        while self.confirmations[pull.integration]:
             items = [{**item, "status": "queued"} for item in self.take_confirmations(pull)]
             try:
                 response = self.session().post(pull.internal_apis.report_task_event, json=items,

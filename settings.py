@@ -1,4 +1,4 @@
-"""Configuration shared by the three processes (DESIGN §6).
+"""Configuration shared by the three processes (docs/design.md §6).
 
 `app.config.json` holds the defaults; `${VAR}` and `${VAR:-default}` in its
 strings are substituted from the environment. The environment variables in

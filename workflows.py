@@ -20,7 +20,7 @@ This module is re-imported by the workflow sandbox: nothing runs at import.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -28,7 +28,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from integrations.base import WorkflowInput
+    from integrations.fangzhou_video import activities as video_activities
     from integrations.fangzhou_video.activities import create_video_task, poll_video_task
+    from integrations.nanobanana2_image import activities as image_activities
     from integrations.nanobanana2_image.activities import create_image_task, poll_image_task
     from integrations.shared.activities import (
         NOT_DONE,
@@ -45,26 +48,25 @@ CREATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
                            non_retryable_error_types=[REJECTED])
 REPORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[REPORT_REFUSED])
-REPORT_GIVE_UP = timedelta(hours=24)  # the main app may be down for a while; then the stuck rescue takes over
+REPORT_GIVE_UP = timedelta(hours=24)  # the web process may be down for a while; then the stuck rescue takes over
 CALL_TIMEOUT = timedelta(seconds=20)  # one provider or main-app call (HTTP timeouts are 3 s + 10 s)
 TASK_FAILED = "TaskFailed"
 
 
 class PollingRun:
-    """One run of a polling workflow: its params, and how it reports."""
+    """One run of a polling workflow: its input, and how it reports."""
 
-    def __init__(self, params: dict[str, Any], create_activity, poll_activity):
+    def __init__(self, params: WorkflowInput, create_activity, poll_activity):
         self.params = params
         self.create_activity, self.poll_activity = create_activity, poll_activity
-        self.api_call_id: str = params["apiCallId"]
-        self.attempt: int = int(params["attempt"])
-        self.interval = timedelta(seconds=float(params.get("pollIntervalSeconds", 5)))
-        self.deadline = timedelta(seconds=float(params.get("deadlineSeconds", 1800)))
+        self.task_id, self.attempt = params.task_id, params.attempt
+        self.interval = timedelta(seconds=params.pollIntervalSeconds)
+        self.deadline = timedelta(seconds=params.deadlineSeconds)
 
     async def run(self) -> dict:
         try:
             external_id = await workflow.execute_activity(
-                self.create_activity, CreateInput(self.api_call_id, self.attempt, self.params["requestParams"]),
+                self.create_activity, CreateInput(self.task_id, self.attempt, self.params.requestParams),
                 start_to_close_timeout=CALL_TIMEOUT, retry_policy=CREATE_RETRY)
         except ActivityError as err:
             rejected = _error_type(err) == REJECTED
@@ -77,7 +79,7 @@ class PollingRun:
                                  maximum_interval=self.interval, non_retryable_error_types=[REJECTED])
         try:
             outcome = await workflow.execute_activity(
-                self.poll_activity, PollInput(self.api_call_id, self.attempt, external_id),
+                self.poll_activity, PollInput(self.task_id, self.attempt, external_id),
                 start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=self.deadline,
                 retry_policy=poll_retry)
         except ActivityError as err:
@@ -96,16 +98,16 @@ class PollingRun:
 
     def log(self, message: str, **fields: Any) -> None:
         """A workflow log line (not repeated on replay) with the task and attempt on it."""
-        fields = {"task": self.api_call_id, "attempt": self.attempt, **fields}
+        fields = {"task": self.task_id, "attempt": self.attempt, **fields}
         workflow.logger.info(message, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
     async def report(self, status: str, **fields: Any) -> None:
         await workflow.execute_activity(
-            report_task_event, ReportInput(self.params["reportUrl"], self.api_call_id, self.attempt, status, **fields),
+            report_task_event, ReportInput(self.params.reportUrl, self.task_id, self.attempt, status, **fields),
             start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=REPORT_GIVE_UP, retry_policy=REPORT_RETRY)
 
-    async def fail(self, error: str, retryable: bool = True, external_id: str | None = None) -> None:
-        """Report `failed`, then end this workflow in failure."""
+    async def fail(self, error: str, retryable: bool = True, external_id: str | None = None) -> NoReturn:
+        """Report `failed`, then end this workflow in failure: it never returns."""
         await self.report("failed", error=error, retryable=retryable, external_id=external_id)
         self.log("task failed", error=error, retryable=retryable)
         raise ApplicationError(error, type=TASK_FAILED, non_retryable=True)
@@ -128,7 +130,7 @@ class VideoPollingWorkflow:
     """Text-to-video through Volcengine Ark."""
 
     @workflow.run
-    async def run(self, params: dict[str, Any]) -> dict:
+    async def run(self, params: WorkflowInput) -> dict:
         return await PollingRun(params, create_video_task, poll_video_task).run()
 
 
@@ -137,21 +139,21 @@ class ImagePollingWorkflow:
     """Text-to-image through the nano-banana-2 job API."""
 
     @workflow.run
-    async def run(self, params: dict[str, Any]) -> dict:
+    async def run(self, params: WorkflowInput) -> dict:
         return await PollingRun(params, create_image_task, poll_image_task).run()
 
 
-# namespace -> (workflow class, its provider activities); reportTaskEvent serves both.
+# integration -> (workflow class, its provider activities); reportTaskEvent serves both.
 REGISTRY = {
-    "fangzhouVideoGeneration": (VideoPollingWorkflow, [create_video_task, poll_video_task]),
-    "nanobanana2ImageGeneration": (ImagePollingWorkflow, [create_image_task, poll_image_task]),
+    "fangzhouVideoGeneration": (VideoPollingWorkflow, video_activities.ACTIVITIES),
+    "nanobanana2ImageGeneration": (ImagePollingWorkflow, image_activities.ACTIVITIES),
 }
 
 
 # -- the worker process --
 
 def check_registry(config) -> list[tuple[str, str, type, list]]:
-    """(namespace, task queue, workflow, activities) per enabled integration; ConfigError if misconfigured."""
+    """(integration, task queue, workflow, activities) per enabled integration; ConfigError if misconfigured."""
     from integrations import load_integrations
     from settings import ConfigError
 
@@ -186,13 +188,13 @@ async def serve(config, stop, served=None, connect=None) -> None:
     log = logging.getLogger("worker")
     served = served if served is not None else check_registry(config)
     address = config.require("components.asyncTask.temporal.address")
-    namespace = config.get("components.asyncTask.temporal.namespace", "default")
+    temporal_namespace = config.get("components.asyncTask.temporal.namespace", "default")
     delay = 0.5
     while not stop.is_set():
         try:
-            client = await (connect or Client.connect)(address, namespace=namespace)
+            client = await (connect or Client.connect)(address, namespace=temporal_namespace)
             break
-        except Exception as exc:  # noqa: BLE001 - keep waiting for Temporal
+        except Exception as exc:  # keep waiting for Temporal, whatever the error
             log.warning("temporal unavailable at %s (%s); retrying in %.1fs", address, exc, delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
@@ -203,12 +205,12 @@ async def serve(config, stop, served=None, connect=None) -> None:
         return
     with ThreadPoolExecutor(max_workers=64, thread_name_prefix="activity") as executor:
         async with AsyncExitStack() as stack:
-            for namespace_name, queue, workflow_class, activities in served:
+            for integration, queue, workflow_class, activities in served:
                 worker = Worker(client, task_queue=queue, workflows=[workflow_class],
                                 activities=[*activities, report_task_event], activity_executor=executor,
                                 graceful_shutdown_timeout=timedelta(seconds=5))
                 await stack.enter_async_context(worker)
-                log.info("serving %s on task queue %s (%s)", namespace_name, queue,
+                log.info("serving %s on task queue %s (%s)", integration, queue,
                          workflow_class.__temporal_workflow_definition.name)
             workflow.logger.workflow_info_on_message = False  # the logfmt formatter reads it from extra
             activity_logger.activity_info_on_message = False

@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlite_utils  # noqa: E402
+import sqlite_utils
 
-import db  # noqa: E402
-import task_store  # noqa: E402
-from integrations import EntityMapping, load_integrations  # noqa: E402
-from settings import load_config  # noqa: E402
+from settings import load_config
+from web import db, task_store
+from web.task_store import TaskTable
 
 MIX = [  # (share, status, attempts, retryable, started offset seconds)
     (0.900, "completed", 1, 1, -3600),
@@ -41,9 +40,8 @@ MIX = [  # (share, status, attempts, retryable, started offset seconds)
 QUERIES = 2000
 
 
-def entity() -> EntityMapping:
-    config = load_config(environ={"INTERNAL_API_TOKEN": "bench"})
-    return next(i.entity for i in load_integrations(config) if i.namespace == "fangzhouVideoGeneration")
+def video_table() -> TaskTable:
+    return TaskTable.from_config(load_config(environ={"INTERNAL_API_TOKEN": "bench"}), "fangzhouVideoGeneration")
 
 
 def build(path: str, rows: int) -> None:
@@ -68,26 +66,26 @@ def build(path: str, rows: int) -> None:
 
 def measure(path: str) -> dict:
     conn = db.connect(path)
-    ent, policy = entity(), task_store.Policy()
+    table = video_table()
     timings = []
     for _ in range(QUERIES):
         start = time.perf_counter()
-        task_store.expire_stuck(conn, ent, "fangzhouVideoGeneration", policy)
-        tasks = task_store.fetch_claimable(conn, ent, policy, 10)
+        task_store.expire_stuck(conn, table)
+        tasks = task_store.fetch_claimable(conn, table, 10)
         timings.append((time.perf_counter() - start) * 1000)
     assert len(tasks) == 10
     timings.sort()
-    plan = query_plan(conn, ent, policy)
+    plan = query_plan(conn, table)
     conn.close()
     return {"p50_ms": statistics.median(timings), "p99_ms": timings[int(len(timings) * 0.99) - 1],
             "max_ms": timings[-1], "plan": plan}
 
 
-def query_plan(conn, ent, policy) -> list[str]:
+def query_plan(conn, table: TaskTable) -> list[str]:
     """EXPLAIN QUERY PLAN of fetch_claimable's SQL, captured through a tracing connection."""
     statements = []
     conn.set_trace_callback(statements.append)
-    task_store.fetch_claimable(conn, ent, policy, 10, now=time.time())
+    task_store.fetch_claimable(conn, table, 10, now=time.time())
     conn.set_trace_callback(None)
     sql = next(s for s in statements if "UNION ALL" in s)
     return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]

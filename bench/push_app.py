@@ -13,10 +13,10 @@ import threading
 
 from flask import jsonify, request
 
-import db
-import task_store
 from app import create_app
 from processor import TemporalBridge, start_workflow
+from web import db, task_store
+from web.task_store import Report
 
 _local = threading.local()
 
@@ -24,9 +24,9 @@ _local = threading.local()
 def create_push_app():
     app = create_app()
     config = app.extensions["settings"]
-    video = next(i for i in app.extensions["integrations"] if i.namespace == "fangzhouVideoGeneration")
+    video = app.extensions["integrations"]["fangzhouVideoGeneration"]
+    table = app.extensions["task_tables"][video.namespace]
     pull = video.get_pull_mode_config()
-    policy = task_store.Policy(video.max_attempts, video.stuck_timeout_seconds)
 
     def bridge() -> TemporalBridge:
         """One Temporal client per worker process, made after the fork."""
@@ -40,13 +40,11 @@ def create_push_app():
     def push_create():
         params = video.validate_request(request.get_json(force=True, silent=True))
         conn = db.get_db()
-        task = task_store.create_task(conn, video.entity, video.namespace, params)
-        claim = task_store.transition(conn, video.entity, video.namespace, task["id"],
-                                      task_store.Report("queued"), policy)
+        task = task_store.create_task(conn, table, params)
+        claim = task_store.transition(conn, table, task["id"], Report.claim())
         temporal = bridge()
         temporal.call(start_workflow(temporal.client, pull, task, claim.attempt))
-        task_store.transition(conn, video.entity, video.namespace, task["id"],
-                              task_store.Report("queued", attempt=claim.attempt), policy)
+        task_store.transition(conn, table, task["id"], Report.dispatched(claim.attempt))
         return jsonify({"taskId": task["id"], "status": "queued"}), 201
 
     return app

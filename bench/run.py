@@ -45,10 +45,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from bench import fetch_pending  # noqa: E402
-from dev.stack import (  # noqa: E402
+from bench import fetch_pending
+from dev.stack import (
     ROOT,
     free_port,
     gunicorn_command,

@@ -26,7 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dev.stack import BIN, ROOT, wait_for_http  # noqa: E402
+from dev.stack import BIN, ROOT, wait_for_http
 
 DEADLINE_SECONDS = 180
 

@@ -1,4 +1,4 @@
-"""The invariant checker: reads the database and Temporal after a run and counts violations (DESIGN §4).
+"""The invariant checker: reads the database and Temporal after a run and counts violations (docs/design.md §4).
 
     python -m dev.invariants DATABASE_PATH TEMPORAL_ADDRESS [--max-attempts 5]
 

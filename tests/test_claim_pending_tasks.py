@@ -1,4 +1,4 @@
-"""claimPendingTasks: the main app picks and claims the oldest claimable tasks in one transaction."""
+"""claimPendingTasks: the web process picks and claims the oldest claimable tasks in one transaction."""
 
 import time
 

@@ -3,8 +3,8 @@
 import threading
 import time
 
-import db
-from commit_watch import SAFETY_CHECK_SECONDS, CommitWaiter, thread_watch
+from web import commit_watch, db
+from web.commit_watch import SAFETY_CHECK_SECONDS, CommitWaiter, thread_watch
 
 INSERT = ("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
           "VALUES ('n', 't', 'pending', 0, 0)")
@@ -52,7 +52,6 @@ def test_an_idle_wait_sleeps_in_the_kernel_instead_of_polling(tmp_path):
 
 def test_without_inotify_it_polls_and_still_wakes_for_a_commit(tmp_path, monkeypatch):
     """A machine without inotify (not Linux, or out of instances) cannot be had here: pretend."""
-    import commit_watch
 
     monkeypatch.setattr(commit_watch, "_libc", False)
     monkeypatch.setattr(commit_watch, "_local", threading.local())

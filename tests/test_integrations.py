@@ -1,12 +1,9 @@
 """Seed plan steps 1 and 7: build_api_path, the pull configs, no side effects."""
 
-import subprocess
-import sys
-
 import pytest
 
-from integrations import build_api_path, load_integrations
-from settings import ROOT, load_config
+from integrations import WorkflowInput, build_api_path, load_integrations
+from settings import load_config
 
 SECRETS = {"INTERNAL_API_TOKEN": "internal-secret", "FANGZHOU_API_KEY": "ark-secret",
            "NANOBANANA_API_KEY": "banana-secret", "MAIN_ENDPOINT": "http://main:3000"}
@@ -42,10 +39,10 @@ def test_get_pull_mode_config(integrations, namespace, queue, workflow, report):
     assert config.build_workflow_id({"id": "task-123"}) == f"{namespace}:task-123"
 
     params = config.build_workflow_params({"id": "task-123", "attempt": 2, "requestParams": {"prompt": "test"}})
-    assert params["apiCallId"] == "task-123"
-    assert params["attempt"] == 2
-    assert params["requestParams"] == {"prompt": "test"}
-    assert params["reportUrl"].endswith(report)
+    assert isinstance(params, WorkflowInput)
+    assert (params.namespace, params.apiCallId, params.attempt) == (namespace, "task-123", 2)
+    assert params.requestParams == {"prompt": "test"}
+    assert params.reportUrl.endswith(report)
     assert not any(secret in repr(params) for secret in SECRETS.values() if "secret" in secret)
 
 
@@ -61,16 +58,13 @@ def test_create_apis_serves_fetch_claim_and_report(integrations):
     }
 
 
-def test_importing_integrations_loads_no_database_module():
-    """The processor and the worker import integrations; none may pull in the database layer."""
-    code = (
-        "import sys, integrations, settings\n"
-        "from integrations import load_integrations\n"
-        "cfgs = [i.get_pull_mode_config() for i in load_integrations(settings.load_config())]\n"
-        "bad = sorted(m for m in ('sqlite3', '_sqlite3', 'sqlite_utils', 'db', 'task_store', 'flask') "
-        "if m in sys.modules)\n"
-        "print(len(cfgs), bad)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         env={"INTERNAL_API_TOKEN": "t", "PATH": ""}, check=True).stdout
-    assert out.strip() == "2 []"
+def test_every_api_an_integration_describes_is_served(integrations):
+    from app import create_app
+
+    app = create_app({"INTERNAL_API_TOKEN": "t", "DATABASE_PATH": ":memory:"})
+    urls = app.url_map.bind("localhost")
+    for integration in integrations.values():
+        for api in integration.create_apis():
+            for method in api.methods:
+                endpoint, args = urls.match(api.path, method)
+                assert endpoint.startswith("internal_api.") and args["name"] == integration.namespace

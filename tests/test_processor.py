@@ -193,8 +193,8 @@ p = processor.TaskProcessor(processor.ProcessorSettings.from_config(config, inst
 p.load([i.get_pull_mode_config() for i in load_integrations(config)])
 p.run_once()
 p.stop()
-print(json.dumps({"modules": sorted(m for m in ("sqlite3", "_sqlite3", "sqlite_utils", "db", "task_store")
-                                    if m in sys.modules),
+print(json.dumps({"modules": sorted(m for m in sys.modules
+                                    if m.split(".")[0] in ("sqlite3", "_sqlite3", "sqlite_utils", "web", "app")),
                   "db_files": [f for f in opened if f.endswith((".db", ".db-wal", ".db-shm", ".sqlite"))],
                   "sqlite_events": connects, "claimed": p.stats["claimed"]}))
 """
@@ -248,7 +248,11 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tm
         with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
             processor.bridge.ensure_healthy()  # Temporal proven up (connects the client)
         task_id = app.create()
-        processor.dispatch(processor.pull_configs[0], processor.claim(processor.pull_configs[0], 10))
+        video = processor.pull_configs[0]  # claim past the health check, as if it had been 250 ms old
+        room = processor.in_flight.reserve(10, processor.stopping)
+        claimed = processor.claim(video, room)
+        processor.in_flight.release(room - len(claimed))
+        processor.dispatch(video, claimed)
         wait_until(lambda: processor.stats["held"] == 1, timeout=30, message="the start held, not failed")
         assert processor.bridge.fresh_for() < 0  # no more claims until a health check passes
         assert (app.task(task_id)["status"], app.task(task_id)["attempts"]) == ("queued", 1)

@@ -1,4 +1,4 @@
-"""The provider clients against the fakes alone: requests match DESIGN §7, errors are sorted right."""
+"""The provider clients against the fakes alone: requests match docs/design.md §7, errors are sorted right."""
 
 import json
 

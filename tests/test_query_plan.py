@@ -5,10 +5,9 @@ import time
 
 import pytest
 
-import db
-import task_store
-from integrations import load_integrations
 from settings import load_config
+from web import db, task_store
+from web.task_store import TaskTable
 
 
 @pytest.mark.parametrize("namespace, table", [
@@ -16,13 +15,12 @@ from settings import load_config
 def test_fetch_and_expire_queries_use_indexes(tmp_path, namespace, table):
     path = str(tmp_path / "plan.db")
     db.init_db(path)
-    entity = next(i.entity for i in load_integrations(load_config(environ={"INTERNAL_API_TOKEN": "t"}))
-                  if i.namespace == namespace)
+    tasks = TaskTable.from_config(load_config(environ={"INTERNAL_API_TOKEN": "t"}), namespace)
     conn = db.connect(path)
     statements = []
     conn.set_trace_callback(statements.append)
-    task_store.fetch_claimable(conn, entity, task_store.Policy(), 10, now=time.time())
-    task_store.expire_stuck(conn, entity, namespace, task_store.Policy(), now=time.time())
+    task_store.fetch_claimable(conn, tasks, 10, now=time.time())
+    task_store.expire_stuck(conn, tasks, now=time.time())
     conn.set_trace_callback(None)
 
     plan = []

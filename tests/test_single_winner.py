@@ -1,4 +1,4 @@
-"""DESIGN §4.1 across processes: of 32 concurrent claims per task, exactly one wins."""
+"""docs/design.md §4.1 across processes: of 32 concurrent claims per task, exactly one wins."""
 
 import random
 import sqlite3

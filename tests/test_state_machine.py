@@ -1,4 +1,4 @@
-"""Seed plan step 3 and every row of DESIGN §3, allowed and refused, over HTTP."""
+"""Seed plan step 3 and every row of docs/design.md §3, allowed and refused, over HTTP."""
 
 import time
 
@@ -72,7 +72,7 @@ CASES = {
     "pending -> processing refused (no claim yet)": (
         dict(status="pending"), dict(status="processing", attempt=1),
         409, "Stale report", ("pending", 0), False),
-    "queued (stuck, attempts exhausted) -> failed by the main app, not left in queued": (
+    "queued (stuck, attempts exhausted) -> failed by the web process, not left in queued": (
         dict(status="queued", attempts=5, started=OLD), None, 200, None, ("failed", 5), True),
     "stale attempt refused": (
         dict(status="processing", attempts=2, started=FRESH), dict(status="completed", attempt=1),
@@ -101,7 +101,7 @@ def test_transition_table(tasks, given, report, code, message, after, new_event)
     task_id = tasks.put(**given, started_at=None if started is None else int(time.time()) + started)
     events_before = len(tasks.events(task_id))
 
-    if report is None:  # the main app's own move: any fetchPendingTasks sweeps exhausted stuck claims
+    if report is None:  # the web process's own move: any fetchPendingTasks sweeps exhausted stuck claims
         response = tasks.fetch()
         assert response.status_code == code and response.json == {"tasks": []}
         assert "no attempts left" in tasks.row(task_id)["error"]

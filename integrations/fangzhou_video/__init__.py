@@ -1,11 +1,9 @@
-"""Text-to-video through Volcengine Ark (方舟) content generation tasks (DESIGN §7)."""
+"""Text-to-video through Volcengine Ark (方舟) content generation tasks (docs/design.md §7)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from integrations import Integration
-from integrations.shared.validation import MAX_PROMPT_CHARS, MAX_URL_CHARS, Field, validate_fields
+from integrations.base import Integration
+from integrations.shared.validation import MAX_PROMPT_CHARS, MAX_URL_CHARS, Field
 
 NAMESPACE = "fangzhouVideoGeneration"
 
@@ -24,9 +22,5 @@ class FangzhouVideoGeneration(Integration):
     namespace = NAMESPACE
     short_name = "video"
     report_api_name = "reportFangzhouVideoResult"
-    user_path = "/api/video/generate"
     default_workflow_name = "VideoPollingWorkflow"
-    default_task_queue = "integration-fangzhouvideogeneration-queue"
-
-    def validate_request(self, body: Any) -> dict:
-        return validate_fields(body, REQUEST)
+    request_fields = REQUEST

@@ -1,4 +1,4 @@
-"""Volcengine Ark content generation tasks API (DESIGN §7): create, query, cancel."""
+"""Volcengine Ark content generation tasks API (docs/design.md §7): create, query, cancel."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import requests
 
-from integrations.shared.providers import ProviderRejected, call, classify, json_body
+from integrations.shared.providers import JobApi, JobState, ProviderRejected, call, classify, json_body
 
 TASKS_PATH = "/contents/generations/tasks"
-FINAL_STATUSES = {"succeeded", "failed", "cancelled", "expired"}
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
 OPTIONAL_FIELDS = {"ratio": "ratio", "duration": "duration", "resolution": "resolution", "seed": "seed",
                    "watermark": "watermark"}
 
@@ -26,13 +26,12 @@ def build_create_body(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-class ArkClient:
+class ArkClient(JobApi):
     """A thin client: one method per endpoint, errors sorted into rejected or transient."""
 
-    def __init__(self, base_url: str, api_key: str, session: requests.Session | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.session = session or requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {api_key}"
+    job_label = "Ark task"
+    build_body = staticmethod(build_create_body)
+    final_statuses = FINAL_STATUSES
 
     def create_task(self, body: dict[str, Any]) -> str:
         response = call(self.session, "POST", self.base_url + TASKS_PATH, json=body)
@@ -46,6 +45,19 @@ class ArkClient:
 
     def cancel_task(self, task_id: str) -> None:
         self._checked(call(self.session, "DELETE", f"{self.base_url}{TASKS_PATH}/{task_id}"))
+
+    def get_record(self, external_id: str) -> dict[str, Any]:
+        return self.get_task(external_id)
+
+    def ended(self, external_id: str, status: str, task: dict[str, Any]) -> JobState:
+        if status == "succeeded":
+            content = task.get("content") or {}
+            return JobState(status, True, True, result={
+                "videoUrl": content.get("video_url"), "lastFrameUrl": content.get("last_frame_url"),
+                "usage": task.get("usage"), "model": task.get("model"), "externalId": external_id})
+        error = task.get("error") or {}
+        message = f"Ark task {status}: {error.get('code') or ''} {error.get('message') or ''}".strip()
+        return JobState(status, True, error=message)
 
     @staticmethod
     def _checked(response: requests.Response) -> dict[str, Any]:

@@ -1,11 +1,9 @@
-"""Text-to-image through the Nano Banana 2 asynchronous job API (DESIGN §7)."""
+"""Text-to-image through the Nano Banana 2 asynchronous job API (docs/design.md §7)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from integrations import Integration
-from integrations.shared.validation import MAX_PROMPT_CHARS, Field, validate_fields
+from integrations.base import Integration
+from integrations.shared.validation import MAX_PROMPT_CHARS, Field
 
 NAMESPACE = "nanobanana2ImageGeneration"
 
@@ -23,9 +21,5 @@ class Nanobanana2ImageGeneration(Integration):
     namespace = NAMESPACE
     short_name = "image"
     report_api_name = "reportNanobanana2ImageResult"
-    user_path = "/api/image/generate"
     default_workflow_name = "ImagePollingWorkflow"
-    default_task_queue = "integration-nanobanana2imagegeneration-queue"
-
-    def validate_request(self, body: Any) -> dict:
-        return validate_fields(body, REQUEST)
+    request_fields = REQUEST

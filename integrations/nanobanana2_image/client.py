@@ -1,4 +1,4 @@
-"""The nano-banana-2 asynchronous job API (DESIGN §7): createTask, recordInfo.
+"""The nano-banana-2 asynchronous job API (docs/design.md §7): createTask, recordInfo.
 
 This API answers HTTP 200 with its own `code` in the body; both are checked.
 """
@@ -10,11 +10,11 @@ from typing import Any
 
 import requests
 
-from integrations.shared.providers import ProviderRejected, call, classify, json_body
+from integrations.shared.providers import JobApi, JobState, ProviderRejected, call, classify, json_body
 
 CREATE_PATH = "/api/v1/jobs/createTask"
 RECORD_PATH = "/api/v1/jobs/recordInfo"
-FINAL_STATES = {"success", "fail"}
+FINAL_STATES = frozenset({"success", "fail"})
 INPUT_FIELDS = {"aspectRatio": "aspect_ratio", "resolution": "resolution", "outputFormat": "output_format",
                 "imageInput": "image_input"}
 
@@ -38,11 +38,12 @@ def result_urls(record: dict[str, Any]) -> list[str]:
     return [u for u in urls or [] if isinstance(u, str)]
 
 
-class NanoBananaClient:
-    def __init__(self, base_url: str, api_key: str, session: requests.Session | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.session = session or requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {api_key}"
+class NanoBananaClient(JobApi):
+    """createTask and recordInfo; the body's `code` is checked as well as the HTTP status."""
+
+    build_body = staticmethod(build_create_body)
+    status_field = "state"
+    final_statuses = FINAL_STATES
 
     def create_task(self, body: dict[str, Any]) -> str:
         data = self._checked(call(self.session, "POST", self.base_url + CREATE_PATH, json=body))
@@ -53,6 +54,16 @@ class NanoBananaClient:
 
     def record_info(self, task_id: str) -> dict[str, Any]:
         return self._checked(call(self.session, "GET", self.base_url + RECORD_PATH, params={"taskId": task_id}))
+
+    def get_record(self, external_id: str) -> dict[str, Any]:
+        return self.record_info(external_id)
+
+    def ended(self, external_id: str, state: str, record: dict[str, Any]) -> JobState:
+        if state == "success":
+            return JobState(state, True, True, result={"imageUrls": result_urls(record), "model": record.get("model"),
+                                                       "externalId": external_id})
+        return JobState(state, True, error=f"job failed: {record.get('failCode') or ''} "
+                                           f"{record.get('failMsg') or ''}".strip())
 
     @staticmethod
     def _checked(response: requests.Response) -> dict[str, Any]:

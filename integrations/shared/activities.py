@@ -1,13 +1,14 @@
-"""What both polling workflows share: activity inputs, the report activity, worker settings.
+"""What both polling workflows share: activity inputs, the provider job activities, the report activity.
 
 Secrets (provider keys, the internal token) are read here, in the worker, from
 its own configuration: they never travel in workflow or activity arguments
-(DESIGN §4 point 9).
+(docs/design.md §4.9).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from integrations.shared.providers import ProviderRejected, ProviderTransient
+from integrations.shared.providers import JobApi, ProviderRejected, ProviderTransient
 from settings import Config, load_config
 
 REPORT_TIMEOUT = (3.05, 10)
@@ -101,6 +102,33 @@ def provider_settings(namespace: str) -> dict:
     return worker_config().section(f"integrations.{namespace}")
 
 
+def job_activities(namespace: str, api: type[JobApi]) -> list[Callable]:
+    """An integration's two provider activities, `{namespace}.createTask` and `{namespace}.pollTask`."""
+
+    def connect() -> tuple[JobApi, str]:
+        settings = provider_settings(namespace)
+        return api(settings["baseUrl"], settings["apiKey"]), settings["model"]
+
+    @activity.defn(name=f"{namespace}.createTask")
+    def create_task(task: CreateInput) -> str:
+        """Create the provider's job; return its id (the external id)."""
+        client, model = connect()
+        with provider_errors(task):
+            return client.create_job(model, task.request_params)
+
+    @activity.defn(name=f"{namespace}.pollTask")
+    def poll_task(poll: PollInput) -> PollOutcome:
+        """One look at the job. Not final yet: raise, and the retry policy polls again later."""
+        client, _ = connect()
+        with provider_errors(poll):
+            job = client.look(poll.external_id)
+        if not job.finished:
+            raise not_done(f"{client.job_label} {poll.external_id} is {job.status}")
+        return PollOutcome(job.succeeded, result=job.result, error=job.error)
+
+    return [create_task, poll_task]
+
+
 @functools.lru_cache(maxsize=1)
 def _session() -> requests.Session:
     session = requests.Session()
@@ -111,7 +139,7 @@ def _session() -> requests.Session:
 
 @activity.defn(name="reportTaskEvent")
 def report_task_event(report: ReportInput) -> dict:
-    """POST one report to the main app. Safe to retry: a duplicate is answered 200 without a new event.
+    """POST one report to the web process. Safe to retry: a duplicate is answered 200 without a new event.
 
     404/409/400/401 are final (the task is gone, superseded or the report is
     wrong): raised as non-retryable so the workflow stops instead of looping.

@@ -10,6 +10,8 @@ requests' exceptions are translated here, at one boundary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -58,3 +60,52 @@ def json_body(response: requests.Response) -> dict:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One look at a provider's job: still running (`finished` False), or how it ended."""
+
+    status: str
+    finished: bool = False
+    succeeded: bool = False
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class JobApi:
+    """A provider's asynchronous job API: create a job, look at it. One subclass per provider."""
+
+    job_label = "job"  # how messages name one of its jobs
+    build_body: Callable[[str, dict[str, Any]], dict[str, Any]]  # (model, our requestParams) -> its request
+    status_field = "status"  # where a job's record holds its status
+    final_statuses: frozenset[str] = frozenset()
+
+    def __init__(self, base_url: str, api_key: str, session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.session = session or requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def create_job(self, model: str, params: dict[str, Any]) -> str:
+        """Create a job for our stored requestParams; return its id (the external id)."""
+        return self.create_task(self.build_body(model, params))
+
+    def create_task(self, body: dict[str, Any]) -> str:
+        """Send the provider's create request; return the job id it answers."""
+        raise NotImplementedError
+
+    def look(self, external_id: str) -> JobState:
+        """The job's state now."""
+        record = self.get_record(external_id)
+        status = record.get(self.status_field)
+        if status not in self.final_statuses:
+            return JobState(str(status))
+        return self.ended(external_id, status, record)
+
+    def get_record(self, external_id: str) -> dict[str, Any]:
+        """The provider's record of the job."""
+        raise NotImplementedError
+
+    def ended(self, external_id: str, status: str, record: dict[str, Any]) -> JobState:
+        """How a finished job ended: its result, or the provider's message."""
+        raise NotImplementedError

@@ -1,7 +1,6 @@
 """The web process's SQLite connections: WAL, a busy timeout, one long-lived connection per thread.
 
-Only the web process imports this module (the processor and the worker speak
-HTTP). Connections run in autocommit mode so that task_store can open its own
+Connections run in autocommit mode so that task_store can open its own
 `BEGIN IMMEDIATE` transactions. A connection is kept for its thread's next
 request: opening and closing one per request cost ~1 ms (closing the last
 connection of a WAL database checkpoints it), half of a task creation.
@@ -17,7 +16,7 @@ import click
 import sqlite_utils
 from flask import current_app
 
-SCHEMA = Path(__file__).with_name("schema.sql")
+SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 BUSY_TIMEOUT_SECONDS = 30.0
 
 

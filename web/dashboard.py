@@ -1,6 +1,6 @@
 """The read-only dashboard: counts by status, recent tasks, and each task's timeline.
 
-Server-rendered (Flask templates, no build step); it changes nothing.
+Server-rendered (Flask templates in web/templates, no build step); it changes nothing.
 """
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ from urllib.parse import quote
 
 from flask import Blueprint, abort, current_app, render_template, request
 
-import db
-import task_store
+from web import current, db, task_store
 
-bp = Blueprint("dashboard", __name__)
+bp = Blueprint("dashboard", __name__, template_folder="templates")
 RECENT = 50
 REFRESH_SECONDS = 5
-
-
-def integrations() -> list:
-    return current_app.extensions["integrations"]
 
 
 @bp.get("/")
@@ -28,13 +23,14 @@ def index():
     chosen = request.args.get("integration") or None
     if status is not None and status not in task_store.STATUSES:
         abort(400, f"status must be one of {', '.join(task_store.STATUSES)}")
-    names = {i.short_name for i in integrations()}
+    names = {i.short_name for i in current.integrations()}
     if chosen is not None and chosen not in names:
         abort(400, f"integration must be one of {', '.join(sorted(names))}")
     conn = db.get_db()
-    counts = {i.short_name: task_store.count_by_status(conn, i.entity) for i in integrations()}
-    recent = [(i, t) for i in integrations() if chosen in (None, i.short_name)
-              for t in task_store.list_tasks(conn, i.entity, status, RECENT)]
+    counts = {i.short_name: task_store.count_by_status(conn, current.table(i.namespace))
+              for i in current.integrations()}
+    recent = [(i, t) for i in current.integrations() if chosen in (None, i.short_name)
+              for t in task_store.list_tasks(conn, current.table(i.namespace), status, RECENT)]
     recent.sort(key=lambda pair: pair[1]["createdAt"], reverse=True)
     return render_template("dashboard.html", counts=counts, statuses=task_store.STATUSES,
                            recent=recent[:RECENT], status=status, chosen=chosen, names=sorted(names),
@@ -43,17 +39,15 @@ def index():
 
 @bp.get("/tasks/<task_id>")
 def task_page(task_id: str):
-    conn = db.get_db()
-    integration, task = task_store.find_task(conn, integrations(), task_id)
-    if task is None:
-        abort(404, "Task not found")
+    integration, task = current.find_task(task_id)
     config = current_app.extensions["settings"]
     ui = str(config.get("components.asyncTask.temporal.uiUrl", "http://127.0.0.1:8233")).rstrip("/")
-    namespace = config.get("components.asyncTask.temporal.namespace", "default")
+    temporal_namespace = config.get("components.asyncTask.temporal.namespace", "default")
     workflow_id = integration.get_pull_mode_config().build_workflow_id(task)
+    workflow_url = f"{ui}/namespaces/{quote(temporal_namespace)}/workflows/{quote(workflow_id, safe='')}"
     return render_template("task.html", task=task, integration=integration,
-                           events=task_store.list_events(conn, task_id), now=time.time(),
-                           temporal_url=f"{ui}/namespaces/{quote(namespace)}/workflows/{quote(workflow_id, safe='')}",
+                           events=task_store.list_events(db.get_db(), task_id), now=time.time(),
+                           temporal_url=workflow_url,
                            workflow_id=workflow_id, refresh=REFRESH_SECONDS)
 
 

@@ -1,7 +1,7 @@
 """Operator commands: `flask --app app tasks list|show|retry|fail|stats`.
 
 They read the database directly (they run beside the web process) and write
-only through task_store, like everything else.
+only through web/task_store.py, like everything else.
 """
 
 from __future__ import annotations
@@ -10,37 +10,29 @@ import json
 import time
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
-import db
-import task_store
-from dashboard import age
+from web import current, db, task_store
+from web.dashboard import age
+from web.task_store import Report, TransitionRefused
 
 tasks_cli = AppGroup("tasks", help="Inspect tasks, retry failed ones, fail stranded ones.")
-
-
-def integrations() -> list:
-    return current_app.extensions["integrations"]
-
-
-def integration_names() -> list[str]:
-    """Accepted --integration values: the short names and the namespaces."""
-    return ["video", "image", "fangzhouVideoGeneration", "nanobanana2ImageGeneration"]
+# Accepted --integration values: the short names and the integrations' names.
+INTEGRATION_NAMES = ["video", "image", "fangzhouVideoGeneration", "nanobanana2ImageGeneration"]
 
 
 def pick(name: str | None) -> list:
-    return [i for i in integrations() if name in (None, i.short_name, i.namespace)]
+    return [i for i in current.integrations() if name in (None, i.short_name, i.namespace)]
 
 
 def find(task_id: str):
-    integration, task = task_store.find_task(db.get_db(), integrations(), task_id)
+    integration, task = current.lookup(task_id)
     if task is None:
         raise click.ClickException(f"No task with id {task_id!r}")
     return integration, task
 
 
-def table(headers: list[str], rows: list[list]) -> None:
+def print_table(headers: list[str], rows: list[list]) -> None:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
@@ -50,18 +42,19 @@ def table(headers: list[str], rows: list[list]) -> None:
 
 @tasks_cli.command("list")
 @click.option("--status", type=click.Choice(task_store.STATUSES), help="Only tasks in this status.")
-@click.option("--integration", type=click.Choice(integration_names()), help="Only this integration's tasks.")
+@click.option("--integration", type=click.Choice(INTEGRATION_NAMES), help="Only this integration's tasks.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 def list_command(status: str | None, integration: str | None, limit: int) -> None:
     """The newest tasks, newest first."""
-    found = [(i, t) for i in pick(integration) for t in task_store.list_tasks(db.get_db(), i.entity, status, limit)]
+    found = [(i, t) for i in pick(integration)
+             for t in task_store.list_tasks(db.get_db(), current.table(i.namespace), status, limit)]
     found.sort(key=lambda pair: pair[1]["createdAt"], reverse=True)
     rows = [[t["id"], i.short_name, t["status"], t["attempts"], age(t["createdAt"]), (t["error"] or "")[:60]]
             for i, t in found[:limit]]
     if not rows:
         click.echo("No tasks match.")
         return
-    table(["ID", "INTEGRATION", "STATUS", "ATTEMPTS", "AGE", "LAST ERROR"], rows)
+    print_table(["ID", "INTEGRATION", "STATUS", "ATTEMPTS", "AGE", "LAST ERROR"], rows)
 
 
 @tasks_cli.command("show")
@@ -76,7 +69,7 @@ def show_command(task_id: str) -> None:
     click.echo(f"{'result:':<15}{json.dumps(task['result']) if task['result'] is not None else '-'}")
     click.echo("")
     events = task_store.list_events(db.get_db(), task_id)
-    table(["WHEN", "STATUS", "ATTEMPT", "DETAIL"],
+    print_table(["WHEN", "STATUS", "ATTEMPT", "DETAIL"],
           [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["createdAt"])), e["status"], e["attempt"],
             (e["error"] or e["externalId"] or "")[:70]] for e in events])
 
@@ -85,12 +78,11 @@ def show_command(task_id: str) -> None:
 @click.argument("task_id")
 def retry_command(task_id: str) -> None:
     """Make a failed task claimable again (one more attempt), recorded as an event."""
-    integration, task = find(task_id)
-    policy = task_store.Policy(integration.max_attempts, integration.stuck_timeout_seconds)
+    integration, _ = find(task_id)
     try:
-        outcome = task_store.transition(db.get_db(), integration.entity, integration.namespace, task_id,
-                                        task_store.Report("pending"), policy)
-    except task_store.TransitionRefused as exc:
+        outcome = task_store.transition(db.get_db(), current.table(integration.namespace), task_id,
+                                        Report.operator_retry())
+    except TransitionRefused as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Task {task_id} is {outcome.status} again (attempts so far: {outcome.attempt}); "
                f"a processor will claim it.")
@@ -109,17 +101,16 @@ def fail_command(task_id: str, reason: str, retry: bool) -> None:
     A run of that attempt still going is fenced: its reports get 409.
     """
     integration, task = find(task_id)
-    policy = task_store.Policy(integration.max_attempts, integration.stuck_timeout_seconds)
+    table = current.table(integration.namespace)
     if task["status"] not in ("queued", "processing"):
         raise click.ClickException(f"Cannot fail a {task['status']} task: only a queued or processing task can be "
                                    f"failed")
-    report = task_store.Report("failed", attempt=task["attempts"], error=reason, retryable=retry)
+    report = Report.progress("failed", task["attempts"], error=reason, retryable=retry)
     try:
-        outcome = task_store.transition(db.get_db(), integration.entity, integration.namespace, task_id, report,
-                                        policy)
-    except task_store.TransitionRefused as exc:  # it moved on since we looked
+        outcome = task_store.transition(db.get_db(), table, task_id, report)
+    except TransitionRefused as exc:  # it moved on since we looked
         raise click.ClickException(str(exc)) from None
-    again = task_store.get_task(db.get_db(), integration.entity, task_id)["retryable"]
+    again = task_store.get_task(db.get_db(), table, task_id)["retryable"]
     click.echo(f"Task {task_id} is {outcome.status} at attempt {outcome.attempt}; "
                + ("a processor will claim it again." if again else "it will not run again."))
 
@@ -129,9 +120,10 @@ def stats_command() -> None:
     """Counts by status per integration, and the age of the oldest pending task."""
     now = time.time()
     rows = []
-    for integration in integrations():
-        counts = task_store.count_by_status(db.get_db(), integration.entity)
-        oldest = task_store.oldest_pending_created_at(db.get_db(), integration.entity)
+    for integration in current.integrations():
+        table = current.table(integration.namespace)
+        counts = task_store.count_by_status(db.get_db(), table)
+        oldest = task_store.oldest_pending_created_at(db.get_db(), table)
         rows.append([integration.short_name, *(counts[s] for s in task_store.STATUSES), sum(counts.values()),
                      age(oldest, now)])
-    table(["INTEGRATION", *(s.upper() for s in task_store.STATUSES), "TOTAL", "OLDEST PENDING"], rows)
+    print_table(["INTEGRATION", *(s.upper() for s in task_store.STATUSES), "TOTAL", "OLDEST PENDING"], rows)

@@ -1,34 +1,39 @@
-"""The one module that writes task state (DESIGN §3, §4).
+"""The one module that writes task state (docs/design.md §3, §4).
 
 Every write runs inside `BEGIN IMMEDIATE` (so concurrent claimants, in any
 process, queue for SQLite's write lock instead of racing), re-reads the task,
-asks `decide()` whether the report is allowed, applies it as a conditional
-UPDATE (status and attempts in the WHERE) and appends its event in the same
+asks `decide()` what the report does, applies that as a conditional UPDATE
+(status and attempts in the WHERE) and appends its event in the same
 transaction. A refused report writes nothing.
+
+It knows tables, not integrations: a `TaskTable` (built once per integration
+from the configuration) names the table, its columns and its claim policy.
 
 Exceptions (the HTTP layer maps them to status codes):
 
-    TaskNotFound        404  no task with that id in this integration's table
+    TaskNotFound        404  no task with that id in this table
     TransitionRefused   409  the state machine refuses the report (incl. stale attempts)
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from integrations import EntityMapping
+from settings import Config
 
 STATUSES = ("pending", "queued", "processing", "completed", "failed")
-REPORTABLE = ("queued", "processing", "completed", "failed")
-# Reports other than a claim: which statuses each current status may move to.
+# Progress reports (a workflow's, or an operator's `tasks fail`): the statuses each status may move to.
 ALLOWED = {"queued": ("processing", "completed", "failed"), "processing": ("completed", "failed")}
+FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt",
+          "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt")
 EXPIRE_BATCH = 100
 
 
@@ -41,6 +46,22 @@ class TransitionRefused(Exception):
 
 
 @dataclass(frozen=True)
+class EntityMapping:
+    """The table an integration writes and its column names, keyed by field (camelCase)."""
+
+    table: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def column(self, name: str) -> str:
+        return self.columns.get(name, name)
+
+    @classmethod
+    def from_config(cls, section: dict) -> EntityMapping:
+        columns = {name: section.get("columns", {}).get(name, name) for name in FIELDS}
+        return cls(table=section["table"], columns=columns)
+
+
+@dataclass(frozen=True)
 class Policy:
     """How many claims a task gets, and when a claim counts as abandoned."""
 
@@ -49,15 +70,70 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Report:
-    """A report of a task's new status; `attempt` is required for all but a claim."""
+class TaskTable:
+    """One integration's tasks: where they live, the name their events carry, and the claim policy."""
 
+    integration: str
+    entity: EntityMapping
+    policy: Policy = Policy()
+
+    @classmethod
+    def from_config(cls, config: Config, integration: str) -> TaskTable:
+        """Built once per integration: `components.main.integrations.<name>` and the pull-mode policy."""
+        pull = config.section("components.asyncTask.pullMode")
+        return cls(integration,
+                   EntityMapping.from_config(config.section(f"components.main.integrations.{integration}")),
+                   Policy(int(pull.get("maxAttempts", 5)), int(pull.get("stuckTimeoutSeconds", 300))))
+
+
+class ReportKind(enum.Enum):
+    CLAIM = "claim"  # a processor takes the task: a new attempt
+    DISPATCHED = "dispatch confirmation"  # the claim's workflow is started: Temporal owns the attempt
+    PROGRESS = "progress"  # processing / completed / failed, fenced by the attempt
+    RETRY = "operator retry"  # a failed task becomes pending again (the CLI; not reachable over HTTP)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Something that may change a task; build it with the constructor of its kind."""
+
+    kind: ReportKind
     status: str
     attempt: int | None = None
     external_id: str | None = None
     data: Any = None
     error: str | None = None
     retryable: bool = True
+
+    @classmethod
+    def claim(cls) -> Report:
+        return cls(ReportKind.CLAIM, "queued")
+
+    @classmethod
+    def dispatched(cls, attempt: int) -> Report:
+        return cls(ReportKind.DISPATCHED, "queued", attempt)
+
+    @classmethod
+    def progress(cls, status: str, attempt: int, external_id: str | None = None, data: Any = None,
+                 error: str | None = None, retryable: bool = True) -> Report:
+        return cls(ReportKind.PROGRESS, status, attempt, external_id, data, error, retryable)
+
+    @classmethod
+    def operator_retry(cls) -> Report:
+        return cls(ReportKind.RETRY, "pending")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an accepted report does: the fields to set and the event to append (`event` None: none)."""
+
+    changes: dict[str, Any]
+    event: str | None = None
+    note: str | None = None  # the event's error text when the change itself sets none
+    duplicate: bool = False
+
+
+DUPLICATE = Decision({}, duplicate=True)
 
 
 @dataclass(frozen=True)
@@ -79,27 +155,46 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def decide(task: dict, report: Report, policy: Policy, now: float) -> dict | None:
-    """The field changes of an accepted report, None for a duplicate; raises TransitionRefused."""
-    current, attempts = task["status"], task["attempts"]
-    if report.status == "pending":  # an operator's retry (the CLI); not reachable over HTTP
-        if current != "failed":
-            raise TransitionRefused(f"Cannot retry a {current} task: only a failed task can be retried")
-        return {"status": "pending", "retryable": 1, "error": None, "_event_error": "retried by an operator"}
-    if report.status == "queued" and report.attempt is not None:
-        return _confirm_dispatch(task, report, now)
-    if report.status == "queued":
+def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
+    """What `report` does to `task` (a pure judgement); raises TransitionRefused."""
+    if report.kind is ReportKind.RETRY:
+        if task["status"] != "failed":
+            raise TransitionRefused(f"Cannot retry a {task['status']} task: only a failed task can be retried")
+        return Decision({"status": "pending", "retryable": 1, "error": None}, "pending", "retried by an operator")
+    if report.kind is ReportKind.CLAIM:
         _check_claimable(task, policy, now)
-        return {
-            "status": "queued", "attempts": attempts + 1, "startedAt": int(now), "dispatchedAt": None,
-            "externalId": None, "result": None, "error": None,
-        }
-    if report.attempt != attempts:
-        raise TransitionRefused(
-            f"Stale report: attempt {report.attempt} is not the current attempt {attempts}"
-        )
+        return Decision({"status": "queued", "attempts": task["attempts"] + 1, "startedAt": int(now),
+                         "dispatchedAt": None, "externalId": None, "result": None, "error": None}, "queued")
+    _check_attempt(task, report)
+    if report.kind is ReportKind.DISPATCHED:
+        return _confirm_dispatch(task, now)
+    return _progress(task, report, policy)
+
+
+def _check_attempt(task: dict, report: Report) -> None:
+    if report.attempt != task["attempts"]:
+        raise TransitionRefused(f"Stale report: attempt {report.attempt} is not the current attempt {task['attempts']}")
+
+
+def _confirm_dispatch(task: dict, now: float) -> Decision:
+    """The processor confirms that the current attempt's workflow is started.
+
+    Not a transition (no status change, no event): it marks the claim as owned by
+    Temporal, so it is never rescued as stuck however long the workflow waits
+    for a worker. A confirmation arriving after the workflow moved on is a no-op.
+    """
+    current = task["status"]
+    if current == "queued" and task["dispatchedAt"] is None:
+        return Decision({"dispatchedAt": now})
+    if current in ("queued", "processing", "completed", "failed"):
+        return DUPLICATE
+    raise TransitionRefused(f"Cannot confirm the dispatch of a {current} task")
+
+
+def _progress(task: dict, report: Report, policy: Policy) -> Decision:
+    current = task["status"]
     if report.status == current:
-        return None
+        return DUPLICATE
     if report.status not in ALLOWED.get(current, ()):
         raise TransitionRefused(f"Cannot transition to {report.status} from {current}")
     changes: dict[str, Any] = {"status": report.status}
@@ -110,25 +205,8 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> dict | Non
     if report.status == "failed":
         changes["error"] = report.error or "failed (no message given)"
         # Failed for good is decided here, once: the retry index then never holds it.
-        changes["retryable"] = 1 if report.retryable and attempts < policy.max_attempts else 0
-    return changes
-
-
-def _confirm_dispatch(task: dict, report: Report, now: float) -> dict | None:
-    """`queued` with an attempt: the processor confirms that attempt's workflow is started.
-
-    Not a transition (no status change, no event): it marks the claim as owned by
-    Temporal, so it is never rescued as stuck however long the workflow waits
-    for a worker. A confirmation arriving after the workflow moved on is a no-op.
-    """
-    current, attempts = task["status"], task["attempts"]
-    if report.attempt != attempts:
-        raise TransitionRefused(f"Stale report: attempt {report.attempt} is not the current attempt {attempts}")
-    if current == "queued" and task["dispatchedAt"] is None:
-        return {"dispatchedAt": now}
-    if current in ("queued", "processing", "completed", "failed"):
-        return None
-    raise TransitionRefused(f"Cannot confirm the dispatch of a {current} task")
+        changes["retryable"] = 1 if report.retryable and task["attempts"] < policy.max_attempts else 0
+    return Decision(changes, report.status)
 
 
 def _check_claimable(task: dict, policy: Policy, now: float) -> None:
@@ -154,78 +232,57 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
     raise TransitionRefused(refusal)
 
 
-def transition(
-    conn: sqlite3.Connection,
-    entity: EntityMapping,
-    namespace: str,
-    task_id: str,
-    report: Report,
-    policy: Policy,
-    now: float | None = None,
-) -> Outcome:
+def transition(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Report,
+               now: float | None = None) -> Outcome:
     """Apply one report to one task, atomically with its event."""
     now = time.time() if now is None else now
     with immediate(conn):
-        return _apply(conn, entity, namespace, task_id, report, policy, now)
+        return _apply(conn, table, task_id, report, now)
 
 
-def transition_many(
-    conn: sqlite3.Connection,
-    entity: EntityMapping,
-    namespace: str,
-    reports: list[tuple[str, Report]],
-    policy: Policy,
-    now: float | None = None,
-) -> list[Outcome | TaskNotFound | TransitionRefused]:
+def transition_many(conn: sqlite3.Connection, table: TaskTable, reports: list[tuple[str, Report]],
+                    now: float | None = None) -> list[Outcome | TaskNotFound | TransitionRefused]:
     """Apply several reports in one write transaction; each is judged on its own.
 
     A refused report writes nothing and does not undo the others: its slot in
-    the result holds the exception. One transaction per batch is what makes a
-    processor's batch claim cost one lock and one commit instead of N.
+    the result holds the exception. One transaction per batch costs one lock
+    and one commit instead of N.
     """
     now = time.time() if now is None else now
     with immediate(conn):
-        return _apply_each(conn, entity, namespace, reports, policy, now)
+        return _apply_each(conn, table, reports, now)
 
 
-def _apply_each(conn, entity, namespace, reports, policy, now) -> list[Outcome | TaskNotFound | TransitionRefused]:
+def _apply_each(conn, table, reports, now) -> list[Outcome | TaskNotFound | TransitionRefused]:
     """Each report on its own (inside the caller's transaction): an outcome, or the refusal in its slot."""
     results: list[Outcome | TaskNotFound | TransitionRefused] = []
     for task_id, report in reports:
         try:
-            results.append(_apply(conn, entity, namespace, task_id, report, policy, now))
+            results.append(_apply(conn, table, task_id, report, now))
         except (TaskNotFound, TransitionRefused) as exc:
             results.append(exc)
     return results
 
 
-def claim_next(
-    conn: sqlite3.Connection,
-    entity: EntityMapping,
-    namespace: str,
-    policy: Policy,
-    limit: int,
-    confirmations: list[tuple[str, int]] = (),
-    now: float | None = None,
-) -> tuple[list[dict], list[Outcome | TaskNotFound | TransitionRefused]]:
+def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmations: Iterable[tuple[str, int]] = (),
+               now: float | None = None) -> tuple[list[dict], list[Outcome | TaskNotFound | TransitionRefused]]:
     """Claim the `limit` oldest claimable tasks in one write transaction; (claimed tasks, confirmation outcomes).
 
     Choosing and claiming under one write lock is what lets any number of
     processors pull from the same backlog without ever picking the same task:
     no claim is lost to a race, so no request is wasted on one. Each claim still
     goes through `decide()` and writes its `queued` event. `confirmations`
-    (taskId, attempt) of started workflows are applied first, in the same commit.
+    (task id, attempt) of started workflows are applied first, in the same commit.
     Each claimed task carries `attempt`, the number its workflow must be started with.
     """
     now = time.time() if now is None else now
     claimed = []
     with immediate(conn):
-        confirmed = _apply_each(conn, entity, namespace,
-                                [(task_id, Report("queued", attempt)) for task_id, attempt in confirmations],
-                                policy, now)
-        for task in fetch_claimable(conn, entity, policy, limit, now):
+        confirmed = _apply_each(conn, table, [(task_id, Report.dispatched(attempt))
+                                              for task_id, attempt in confirmations], now)
+        for task in fetch_claimable(conn, table, limit, now):
             try:
-                outcome = _apply(conn, entity, namespace, task["id"], Report("queued"), policy, now)
+                outcome = _apply(conn, table, task["id"], Report.claim(), now)
             except TransitionRefused:  # cannot happen under the lock; if it did, claim the others
                 continue
             claimed.append({**task, "status": outcome.status, "attempts": outcome.attempt,
@@ -233,31 +290,24 @@ def claim_next(
     return claimed, confirmed
 
 
-def _apply(conn, entity, namespace, task_id, report, policy, now) -> Outcome:
-    task = _select(conn, entity, task_id)
+def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Report, now: float) -> Outcome:
+    task = _select(conn, table.entity, task_id)
     if task is None:
         raise TaskNotFound("Task not found")
-    changes = decide(task, report, policy, now)
-    if changes is None:
+    decision = decide(task, report, table.policy, now)
+    if decision.duplicate:
         return Outcome(task["status"], task["attempts"], duplicate=True)
-    event_error = changes.pop("_event_error", None)
-    _update(conn, entity, task, changes, now)
-    attempt = changes.get("attempts", task["attempts"])
-    if "status" not in changes:  # a dispatch confirmation: no transition, no event
-        return Outcome(task["status"], attempt)
-    _append_event(conn, namespace, task_id, changes["status"], attempt, now,
-                  external_id=changes.get("externalId"), data=changes.get("result"),
-                  error=changes.get("error") or event_error)
-    return Outcome(changes["status"], attempt)
+    changes = decision.changes
+    _update(conn, table.entity, task, changes, now)
+    status, attempt = changes.get("status", task["status"]), changes.get("attempts", task["attempts"])
+    if decision.event is not None:
+        _append_event(conn, table.integration, task_id, decision.event, attempt, now,
+                      external_id=changes.get("externalId"), data=changes.get("result"),
+                      error=changes.get("error") or decision.note)
+    return Outcome(status, attempt)
 
 
-def create_task(
-    conn: sqlite3.Connection,
-    entity: EntityMapping,
-    namespace: str,
-    request_params: dict,
-    now: float | None = None,
-) -> dict:
+def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict, now: float | None = None) -> dict:
     """Insert a pending task and its `pending` event; return the task."""
     now = time.time() if now is None else now
     task_id = str(uuid.uuid4())
@@ -266,21 +316,18 @@ def create_task(
         "requestParams": json.dumps(request_params), "createdAt": now, "updatedAt": now,
         "retryable": 1,
     }
-    columns = ", ".join(_q(entity.column(f)) for f in row)
+    columns = ", ".join(_q(table.entity.column(f)) for f in row)
     marks = ", ".join("?" for _ in row)
     with immediate(conn):
-        conn.execute(f"INSERT INTO {_q(entity.table)} ({columns}) VALUES ({marks})", list(row.values()))
-        _append_event(conn, namespace, task_id, "pending", 0, now)
-    return get_task(conn, entity, task_id)
+        conn.execute(f"INSERT INTO {_q(table.entity.table)} ({columns}) VALUES ({marks})", list(row.values()))
+        _append_event(conn, table.integration, task_id, "pending", 0, now)
+    return get_task(conn, table, task_id)
 
 
-def expire_stuck(
-    conn: sqlite3.Connection, entity: EntityMapping, namespace: str, policy: Policy,
-    now: float | None = None,
-) -> list[str]:
+def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None = None) -> list[str]:
     """Fail queued claims that are stuck with every attempt used, so none sits in `queued` forever."""
     now = time.time() if now is None else now
-    c = entity.column
+    entity, policy, c = table.entity, table.policy, table.entity.column
     cutoff = now - policy.stuck_timeout_seconds
     candidates = [row[0] for row in conn.execute(
         f"SELECT {_q(c('id'))} FROM {_q(entity.table)} WHERE {_q(c('status'))} = 'queued' "
@@ -298,16 +345,13 @@ def expire_stuck(
             error = (f"Attempt {task['attempts']} of {policy.max_attempts} made no progress within "
                      f"{policy.stuck_timeout_seconds}s of its claim; no attempts left")
             _update(conn, entity, task, {"status": "failed", "error": error, "retryable": 0}, now)
-            _append_event(conn, namespace, task_id, "failed", task["attempts"], now, error=error)
+            _append_event(conn, table.integration, task_id, "failed", task["attempts"], now, error=error)
             expired.append(task_id)
     return expired
 
 
-def fetch_claimable(
-    conn: sqlite3.Connection, entity: EntityMapping, policy: Policy, limit: int,
-    now: float | None = None,
-) -> list[dict]:
-    """Claimable tasks, oldest createdAt first: pending, retry due, stuck queued (DESIGN §3).
+def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now: float | None = None) -> list[dict]:
+    """Claimable tasks, oldest createdAt first: pending, retry due, stuck queued (docs/design.md §3).
 
     A queued claim is stuck only if its workflow start was never confirmed
     (dispatchedAt is NULL): a started workflow waiting for a worker is Temporal's.
@@ -318,11 +362,10 @@ def fetch_claimable(
     `+` on attempts keeps the planner on the index that serves each kind's order.
     """
     now = time.time() if now is None else now
-    c = lambda name: _q(entity.column(name))  # noqa: E731
-    table = _q(entity.table)
+    c = lambda name: _q(table.entity.column(name))
     select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('startedAt')} AS startedAt, "
               f"{c('attempts')} AS attempts, {c('requestParams')} AS requestParams, "
-              f"{c('createdAt')} AS createdAt FROM {table}")
+              f"{c('createdAt')} AS createdAt FROM {_q(table.entity.table)}")
     sql = f"""
         SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'pending'
                                       ORDER BY {c('createdAt')} LIMIT :limit)
@@ -335,22 +378,24 @@ def fetch_claimable(
                        ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """
-    params = {"limit": limit, "max": policy.max_attempts, "cutoff": now - policy.stuck_timeout_seconds}
+    params = {"limit": limit, "max": table.policy.max_attempts,
+              "cutoff": now - table.policy.stuck_timeout_seconds}
     return [_decode(dict(row)) for row in conn.execute(sql, params)]
 
 
-def get_task(conn: sqlite3.Connection, entity: EntityMapping, task_id: str) -> dict | None:
+def get_task(conn: sqlite3.Connection, table: TaskTable, task_id: str) -> dict | None:
     """The task as the API shows it (JSON fields decoded), or None."""
-    task = _select(conn, entity, task_id)
+    task = _select(conn, table.entity, task_id)
     return _decode(task) if task else None
 
 
-def find_task(conn: sqlite3.Connection, integrations: list, task_id: str) -> tuple[Any, dict | None]:
-    """The integration whose table holds `task_id` and the task, or (None, None)."""
-    for integration in integrations:
-        task = get_task(conn, integration.entity, task_id)
+def find_task(conn: sqlite3.Connection, tables: Iterable[TaskTable], task_id: str) -> tuple[TaskTable | None,
+                                                                                          dict | None]:
+    """The table that holds `task_id` and the task, or (None, None)."""
+    for table in tables:
+        task = get_task(conn, table, task_id)
         if task is not None:
-            return integration, task
+            return table, task
     return None, None
 
 
@@ -363,29 +408,28 @@ def list_events(conn: sqlite3.Connection, task_id: str) -> list[dict]:
     return [{**dict(row), "data": _load(row["data"])} for row in rows]
 
 
-def list_tasks(conn: sqlite3.Connection, entity: EntityMapping, status: str | None = None,
-               limit: int = 50) -> list[dict]:
+def list_tasks(conn: sqlite3.Connection, table: TaskTable, status: str | None = None, limit: int = 50) -> list[dict]:
     """The newest tasks (optionally of one status), each status read through its (status, createdAt) index."""
     statuses = [status] if status else list(STATUSES)
-    c = lambda name: _q(entity.column(name))  # noqa: E731
-    parts = [f"SELECT * FROM (SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {c('status')} = ? "
-             f"ORDER BY {c('createdAt')} DESC LIMIT ?)" for _ in statuses]
+    c = lambda name: _q(table.entity.column(name))
+    parts = [f"SELECT * FROM (SELECT {_all_columns(table.entity)} FROM {_q(table.entity.table)} "
+             f"WHERE {c('status')} = ? ORDER BY {c('createdAt')} DESC LIMIT ?)" for _ in statuses]
     sql = " UNION ALL ".join(parts) + " ORDER BY createdAt DESC LIMIT ?"
     params = [value for s in statuses for value in (s, limit)] + [limit]
     return [_decode(dict(row)) for row in conn.execute(sql, params)]
 
 
-def count_by_status(conn: sqlite3.Connection, entity: EntityMapping) -> dict[str, int]:
+def count_by_status(conn: sqlite3.Connection, table: TaskTable) -> dict[str, int]:
     counts = dict.fromkeys(STATUSES, 0)
-    rows = conn.execute(f"SELECT {_q(entity.column('status'))}, COUNT(*) FROM {_q(entity.table)} "
-                        f"GROUP BY {_q(entity.column('status'))}")
+    status = _q(table.entity.column("status"))
+    rows = conn.execute(f"SELECT {status}, COUNT(*) FROM {_q(table.entity.table)} GROUP BY {status}")
     counts.update(dict(rows.fetchall()))
     return counts
 
 
-def oldest_pending_created_at(conn: sqlite3.Connection, entity: EntityMapping) -> float | None:
-    c = entity.column
-    row = conn.execute(f"SELECT MIN({_q(c('createdAt'))}) FROM {_q(entity.table)} "
+def oldest_pending_created_at(conn: sqlite3.Connection, table: TaskTable) -> float | None:
+    c = table.entity.column
+    row = conn.execute(f"SELECT MIN({_q(c('createdAt'))}) FROM {_q(table.entity.table)} "
                        f"WHERE {_q(c('status'))} = 'pending'").fetchone()
     return row[0]
 
@@ -420,11 +464,11 @@ def _update(conn: sqlite3.Connection, entity: EntityMapping, task: dict, changes
         raise TransitionRefused(f"Cannot transition to {changes.get('status', task['status'])} from {task['status']}")
 
 
-def _append_event(conn, namespace, task_id, status, attempt, now, external_id=None, data=None, error=None):
+def _append_event(conn, integration, task_id, status, attempt, now, external_id=None, data=None, error=None):
     conn.execute(
         "INSERT INTO task_events (namespace, task_id, status, attempt, external_id, data, error, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (namespace, task_id, status, attempt, external_id, data, error, now),
+        (integration, task_id, status, attempt, external_id, data, error, now),
     )
 
 

@@ -10,7 +10,7 @@ milliseconds after the write, as a commit is published just after it is written)
 covers anything the watch could miss (the file replaced, say); where inotify is
 not available the wait falls back to the 1 ms poll.
 
-Only the web process imports this module.
+`long_poll` is the one wait of the internal API's long polls (fetch and claim).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import select
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 IN_MODIFY = 0x00000002
 POLL_STEP_SECONDS = 0.001  # without inotify: how often to look (a ~5 µs pragma)
@@ -29,6 +31,7 @@ SAFETY_CHECK_SECONDS = 0.05  # with inotify: look anyway this often
 SETTLE_SECONDS = 0.005  # after a WAL write: how long to watch for its commit to be published
 SETTLE_STEP_SECONDS = 0.0001
 
+T = TypeVar("T")
 _local = threading.local()
 _libc: ctypes.CDLL | None = None
 
@@ -149,3 +152,13 @@ class CommitWaiter:
         latest = self.conn.execute("PRAGMA data_version").fetchone()[0]
         changed, self.version = latest != self.version, latest
         return changed
+
+
+def long_poll(conn: sqlite3.Connection, db_path: str, wait_ms: int, look: Callable[[], T]) -> T:
+    """`look()`, and while it finds nothing, again after each commit by another connection, up to `wait_ms`."""
+    commits = CommitWaiter(conn, db_path)  # before the first look: a commit after it wakes the wait
+    found = look()
+    deadline = time.monotonic() + wait_ms / 1000
+    while not found and commits.wait(deadline):
+        found = look()
+    return found

@@ -1,0 +1,56 @@
+"""The user API: create a task, read it and its events, and the health check (docs/design.md §5)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+import logs
+from integrations import Integration
+from integrations.shared.validation import RequestInvalid
+from web import current, db, task_store
+
+log = logging.getLogger("app")
+PUBLIC_FIELDS = ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt",
+                 "requestParams", "externalId", "result", "error")
+
+bp = Blueprint("user_api", __name__)
+
+
+@bp.post("/api/<kind:kind>/generate")
+def create_task(kind: str):
+    """`POST /api/video/generate`, `POST /api/image/generate`: a new pending task (201)."""
+    integration = next(i for i in current.integrations() if i.short_name == kind)
+    body = request.get_json(force=True, silent=True)
+    try:
+        params = integration.validate_request(body)
+    except RequestInvalid as exc:
+        abort(400, str(exc))
+    task = task_store.create_task(db.get_db(), current.table(integration.namespace), params)
+    logs.event(log, "task created", task=task["id"], attempt=0, integration=integration.namespace)
+    return jsonify({"taskId": task["id"], "status": task["status"]}), 201
+
+
+@bp.get("/api/tasks/<task_id>")
+def show_task(task_id: str):
+    integration, task = current.find_task(task_id)
+    return jsonify(public_task(integration, task))
+
+
+@bp.get("/api/tasks/<task_id>/events")
+def show_events(task_id: str):
+    current.find_task(task_id)
+    return jsonify({"events": task_store.list_events(db.get_db(), task_id)})
+
+
+@bp.get("/healthz")
+def healthz():
+    db.get_db().execute("SELECT 1").fetchone()
+    return jsonify({"status": "ok", "integrations": sorted(current_app.extensions["integrations"])})
+
+
+def public_task(integration: Integration, task: dict) -> dict[str, Any]:
+    """The task as users see it; `namespace` (a wire name) is the integration's name."""
+    return {"namespace": integration.namespace, **{k: task.get(k) for k in PUBLIC_FIELDS}}
