@@ -44,7 +44,7 @@ import requests
 import logs
 from integrations import PullModeConfig, WorkflowInput, load_integrations
 from integrations.shared.providers import json_body
-from settings import Config, ConfigError, load_config
+from settings import Config, ConfigError, load_config, temporal_connection
 
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
 START_TIMEOUT = timedelta(seconds=10)
@@ -62,8 +62,7 @@ log = logging.getLogger("processor")
 class ProcessorSettings:
     instance_id: str
     token: str
-    temporal_address: str
-    temporal_namespace: str
+    temporal: dict[str, Any]  # Client.connect's keyword arguments (settings.temporal_connection)
     poll_interval_ms: int = 1000
     batch_size: int = 10
     report_concurrency: int = 4
@@ -74,8 +73,7 @@ class ProcessorSettings:
         return cls(
             instance_id=instance_id or default_instance_id(),
             token=config.require("components.asyncTask.internalApiToken"),
-            temporal_address=config.require("components.asyncTask.temporal.address"),
-            temporal_namespace=config.get("components.asyncTask.temporal.namespace", "default"),
+            temporal=temporal_connection(config),
             poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 1000)),
             batch_size=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
             max_in_flight=int(config.get("components.asyncTask.pullMode.maxInFlight", 50)),
@@ -93,8 +91,8 @@ class TemporalUnavailable(Exception):
 class TemporalBridge:
     """The temporalio client on its own asyncio loop, callable from other threads."""
 
-    def __init__(self, address: str, temporal_namespace: str, connect: Callable | None = None):
-        self.address, self.temporal_namespace = address, temporal_namespace
+    def __init__(self, connection: dict[str, Any], connect: Callable | None = None):
+        self.connection = connection
         self._connect = connect
         import temporalio.client  # noqa: F401 - imported now, not on the first task's latency path
 
@@ -141,7 +139,7 @@ class TemporalBridge:
 
         if self.client is None:
             connect = self._connect or Client.connect
-            self.client = await connect(self.address, namespace=self.temporal_namespace)
+            self.client = await connect(**self.connection)
         if not await self.client.service_client.check_health(timeout=timedelta(seconds=3)):
             raise TemporalUnavailable("health check answered not serving")
 
@@ -266,7 +264,7 @@ class TaskProcessor:
 
     def __init__(self, settings: ProcessorSettings, bridge: TemporalBridge | None = None):
         self.settings = settings
-        self.bridge = bridge or TemporalBridge(settings.temporal_address, settings.temporal_namespace)
+        self.bridge = bridge or TemporalBridge(settings.temporal)
         self.pull_configs: list[PullModeConfig] = []
         self.stopping = threading.Event()
         self.http = threading.local()
@@ -297,7 +295,7 @@ class TaskProcessor:
         """One poll loop per integration, so a quiet one never delays a busy one."""
         self.load(pull_configs)
         self.log("starting", integrations=",".join(p.integration for p in self.pull_configs),
-                 temporal=self.settings.temporal_address, batch=self.settings.batch_size,
+                 temporal=self.settings.temporal.get("target_host"), batch=self.settings.batch_size,
                  wait_ms=self.settings.poll_interval_ms)
         self.threads = [threading.Thread(target=self.run, args=(pull,), name=f"poll-{pull.integration}",
                                          daemon=True) for pull in self.pull_configs]

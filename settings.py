@@ -58,6 +58,21 @@ SETTINGS = [
             "claims a task may use before it fails for good"),
     Setting("STUCK_TIMEOUT_SECONDS", "components.asyncTask.pullMode.stuckTimeoutSeconds", int,
             "age after which a queued claim may be rescued"),
+    Setting("RECONCILE_ENABLED", "components.asyncTask.reconciler.enabled", bool,
+            "whether the processor heals tasks whose workflow is gone"),
+    Setting("RECONCILE_AFTER_SECONDS", "components.asyncTask.reconciler.afterSeconds", int,
+            "age (since its last change) after which a dispatched task's workflow is looked at"),
+    Setting("RECONCILE_INTERVAL_SECONDS", "components.asyncTask.reconciler.intervalSeconds", float,
+            "how often the reconciler looks for such tasks"),
+    Setting("RECONCILE_CALLS_PER_MINUTE", "components.asyncTask.reconciler.callsPerMinute", int,
+            "most Temporal describe calls the reconciler makes per minute, per processor"),
+    Setting("METRICS_TOKEN", "components.metrics.token", str,
+            "if set, /metrics and the metrics ports need `Authorization: Bearer <token>`"),
+    Setting("METRICS_HOST", "components.metrics.host", str, "address the processor's and worker's metrics bind"),
+    Setting("PROCESSOR_METRICS_PORT", "components.metrics.processorPort", int,
+            "the processor serves Prometheus metrics on this port (unset: none)"),
+    Setting("WORKER_METRICS_PORT", "components.metrics.workerPort", int,
+            "the worker serves Prometheus metrics on this port (unset: none)"),
     Setting("FANGZHOU_BASE_URL", f"{VIDEO}.baseUrl", str, "Volcengine Ark API base URL"),
     Setting("FANGZHOU_API_KEY", f"{VIDEO}.apiKey", str, "Volcengine Ark API key"),
     Setting("FANGZHOU_MODEL", f"{VIDEO}.model", str, "Ark video model id"),
@@ -153,7 +168,15 @@ def _substitute(node: Any, environ: Mapping[str, str]) -> Any:
     return node
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _convert(setting: Setting, value: Any) -> Any:
+    if setting.kind is bool and not isinstance(value, bool):
+        text = str(value).strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ConfigError(f"{setting.env} must be true or false, got {value!r}")
+        return text in _TRUE
     if setting.kind in (int, float) and not isinstance(value, setting.kind):
         try:
             return setting.kind(str(value).strip())
@@ -173,11 +196,23 @@ def _set(data: dict, path: str, value: Any) -> None:
 
 _BOUNDS = {
     "components.main.port": (1, 65535),
-    "components.asyncTask.pullMode.pollIntervalMs": (1, 3_600_000),
+    # A processor's long poll asks the web process to wait this long; it serves at most 30 s.
+    "components.asyncTask.pullMode.pollIntervalMs": (1, 30_000),
     "components.asyncTask.pullMode.batchSize": (1, 100),
+    "components.asyncTask.pullMode.maxInFlight": (1, 1000),
+    "components.asyncTask.reconciler.afterSeconds": (1, 86_400 * 7),
+    "components.asyncTask.reconciler.callsPerMinute": (1, 100_000),
+    "components.metrics.processorPort": (1, 65535),
+    "components.metrics.workerPort": (1, 65535),
     "components.asyncTask.pullMode.maxAttempts": (1, 1000),
     "components.asyncTask.pullMode.stuckTimeoutSeconds": (1, 86_400 * 7),
 }
+
+
+def temporal_connection(config: Config) -> dict[str, Any]:
+    """Keyword arguments for temporalio's `Client.connect`: the frontend address and the Temporal namespace."""
+    return {"target_host": config.require("components.asyncTask.temporal.address"),
+            "namespace": config.get("components.asyncTask.temporal.namespace", "default")}
 
 
 def _validate(config: Config) -> None:
@@ -188,6 +223,11 @@ def _validate(config: Config) -> None:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not low <= value <= high):
                 raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number from {low} to {high}, got {value!r}")
+    interval = config.get("components.asyncTask.reconciler.intervalSeconds")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                 or not 0.1 <= interval <= 3600):
+        raise ConfigError(f"RECONCILE_INTERVAL_SECONDS (components.asyncTask.reconciler.intervalSeconds) must be a "
+                          f"number from 0.1 to 3600, got {interval!r}")
     for path, (low, high) in _BOUNDS.items():
         value = config.get(path)
         if value is None:

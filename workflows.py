@@ -155,8 +155,9 @@ REGISTRY = {
 def check_registry(config) -> list[tuple[str, str, type, list]]:
     """(integration, task queue, workflow, activities) per enabled integration; ConfigError if misconfigured."""
     from integrations import load_integrations
-    from settings import ConfigError
+    from settings import ConfigError, temporal_connection
 
+    temporal_connection(config)  # the Temporal settings are complete
     config.require("components.asyncTask.internalApiToken")
     served = []
     for integration in load_integrations(config):
@@ -185,14 +186,16 @@ async def serve(config, stop, served=None, connect=None) -> None:
     from temporalio.client import Client
     from temporalio.worker import Worker
 
+    from settings import temporal_connection
+
     log = logging.getLogger("worker")
     served = served if served is not None else check_registry(config)
-    address = config.require("components.asyncTask.temporal.address")
-    temporal_namespace = config.get("components.asyncTask.temporal.namespace", "default")
+    connection = temporal_connection(config)
+    address = connection.get("target_host")
     delay = 0.5
     while not stop.is_set():
         try:
-            client = await (connect or Client.connect)(address, namespace=temporal_namespace)
+            client = await (connect or Client.connect)(**connection)
             break
         except Exception as exc:  # keep waiting for Temporal, whatever the error
             log.warning("temporal unavailable at %s (%s); retrying in %.1fs", address, exc, delay)

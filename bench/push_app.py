@@ -15,6 +15,7 @@ from flask import jsonify, request
 
 from app import create_app
 from processor import TemporalBridge, start_workflow
+from settings import temporal_connection
 from web import db, task_store
 from web.task_store import Report
 
@@ -31,8 +32,7 @@ def create_push_app():
     def bridge() -> TemporalBridge:
         """One Temporal client per worker process, made after the fork."""
         if not hasattr(_local, "bridge"):
-            _local.bridge = TemporalBridge(config.get("components.asyncTask.temporal.address"),
-                                           config.get("components.asyncTask.temporal.namespace", "default"))
+            _local.bridge = TemporalBridge(temporal_connection(config))
             _local.bridge.ensure_healthy()
         return _local.bridge
 

@@ -43,7 +43,14 @@ def test_environment_overrides_file_values_with_types():
     ({"BATCH_SIZE": "ten"}, "BATCH_SIZE must be an integer"),
     ({"BATCH_SIZE": "500"}, "BATCH_SIZE (components.asyncTask.pullMode.batchSize) must be an integer from 1 to 100"),
     ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
+    ({"MAX_IN_FLIGHT": "0"}, "MAX_IN_FLIGHT (components.asyncTask.pullMode.maxInFlight) must be an integer from 1"),
+    ({"MAX_IN_FLIGHT": "-5"}, "MAX_IN_FLIGHT"),
+    ({"POLL_INTERVAL_MS": "60000"}, "POLL_INTERVAL_MS (components.asyncTask.pullMode.pollIntervalMs) must be an "
+                                    "integer from 1 to 30000"),
     ({"APP_CONFIG": "/nonexistent.json"}, "cannot read config file"),
+    ({"RECONCILE_ENABLED": "maybe"}, "RECONCILE_ENABLED must be true or false"),
+    ({"RECONCILE_INTERVAL_SECONDS": "0"}, "RECONCILE_INTERVAL_SECONDS"),
+    ({"PROCESSOR_METRICS_PORT": "70000"}, "PROCESSOR_METRICS_PORT"),
 ])
 def test_bad_settings_are_refused_clearly(environ, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
