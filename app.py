@@ -1,6 +1,6 @@
 """The web process: records generation requests and serves the pull-mode APIs.
 
-    flask --app app init-db          create the schema
+    flask --app app db upgrade       create the schema or bring it up to date (the Procfile's release step)
     flask --app app run              development server
     gunicorn 'app:create_app()'      production (see Procfile)
 
@@ -22,7 +22,7 @@ from werkzeug.routing import BaseConverter
 import logs
 from integrations import load_integrations
 from settings import ConfigError, load_config
-from web import dashboard, db, internal_api, user_api
+from web import dashboard, db, internal_api, metrics, user_api
 from web.cli import tasks_cli
 from web.task_store import TaskTable
 
@@ -60,10 +60,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["kind"] = one_of(i.short_name for i in integrations)
 
     db.init_app(app)
-    db.init_db(app.config["DATABASE_PATH"])
+    db.check_at_start(app.config["DATABASE_PATH"], exit_on_error=test_config is None)
     app.cli.add_command(tasks_cli)
     _register_errors(app)
-    for blueprint in (user_api.bp, internal_api.bp, dashboard.bp):
+    for blueprint in (user_api.bp, internal_api.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     for integration in integrations:
         integration.setup(app)

@@ -37,13 +37,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 import logs
+import metrics
 from integrations import PullModeConfig, WorkflowInput, load_integrations
 from integrations.shared.providers import json_body
+from reconciler import Reconciler, ReconcilerSettings
 from settings import Config, ConfigError, load_config, temporal_connection
 
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
@@ -67,6 +70,7 @@ class ProcessorSettings:
     batch_size: int = 10
     report_concurrency: int = 4
     max_in_flight: int = 50
+    reconciler: ReconcilerSettings = ReconcilerSettings()
 
     @classmethod
     def from_config(cls, config: Config, instance_id: str | None = None) -> ProcessorSettings:
@@ -77,6 +81,7 @@ class ProcessorSettings:
             poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 1000)),
             batch_size=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
             max_in_flight=int(config.get("components.asyncTask.pullMode.maxInFlight", 50)),
+            reconciler=ReconcilerSettings.from_config(config),
         )
 
 
@@ -97,6 +102,7 @@ class TemporalBridge:
         import temporalio.client  # noqa: F401 - imported now, not on the first task's latency path
 
         self.client = None
+        self.connecting = asyncio.Lock()  # the poll threads and the reconciler may both ask at once
         self.last_success = float("-inf")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="temporal-loop", daemon=True)
@@ -119,7 +125,9 @@ class TemporalBridge:
         try:
             self.call(self._ensure_healthy(), timeout=10)
         except Exception as exc:  # any failure here means: do not claim now
-            raise TemporalUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            from settings import describe_temporal_error  # names TLS problems plainly
+
+            raise TemporalUnavailable(describe_temporal_error(exc)) from exc
         self.last_success = time.monotonic()
 
     def fresh_for(self) -> float:
@@ -137,9 +145,9 @@ class TemporalBridge:
     async def _ensure_healthy(self) -> None:
         from temporalio.client import Client
 
-        if self.client is None:
-            connect = self._connect or Client.connect
-            self.client = await connect(**self.connection)
+        async with self.connecting:
+            if self.client is None:
+                self.client = await (self._connect or Client.connect)(**self.connection)
         if not await self.client.service_client.check_health(timeout=timedelta(seconds=3)):
             raise TemporalUnavailable("health check answered not serving")
 
@@ -211,7 +219,9 @@ class InFlight:
     A poll thread reserves room before it claims (so two threads never overshoot),
     gives back what its claim did not use, and each finished start frees its slot.
     It waits for room for half the bound (or the whole batch, if smaller), so that a
-    backlog is claimed in batches, not one task at a time.
+    backlog is claimed in batches, not one task at a time. A thread that is about to
+    wait for work reserves only its integration's share of the bound: slots held
+    through a long poll must not starve another integration's backlog.
     """
 
     def __init__(self, bound: int):
@@ -243,20 +253,48 @@ class InFlight:
             return self._changed.wait_for(lambda: self._count == 0, timeout)
 
 
-class Counters:
-    """Counts bumped from the poll threads and the Temporal loop alike, under a lock."""
+class Claimed(NamedTuple):
+    """A claimed task, the attempt to start it with, and when the claim was answered (monotonic)."""
 
-    def __init__(self, *names: str):
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(names, 0)
+    task: dict
+    attempt: int
+    at: float
 
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += amount
+
+class ProcessorMetrics:
+    """This processor's counts in its own Prometheus registry (PROCESSOR_METRICS_PORT); safe across threads."""
+
+    NAMES = ("claimed", "started", "start_failed", "held", "poll_failures")
+
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+        self.counters = {
+            "claimed": Counter("processor_claimed_tasks", "Tasks claimed", ["integration"], registry=registry),
+            "started": Counter("processor_workflows_started", "Workflows started (or found running) for a claim",
+                               ["integration"], registry=registry),
+            "start_failed": Counter("processor_start_failures", "Starts that failed and were reported failed",
+                                    ["integration"], registry=registry),
+            "held": Counter("processor_held_starts", "Starts held while Temporal was unreachable",
+                            ["integration"], registry=registry),
+            "poll_failures": Counter("processor_poll_failures", "Polls that failed (web process or Temporal down)",
+                                     ["integration"], registry=registry),
+        }
+        self.claim_to_started = Histogram(
+            "processor_claim_to_started_seconds", "From a claim's answer to its workflow started", ["integration"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=registry)
+        self.reconciled = Counter("processor_reconciled_tasks", "Tasks failed because their workflow was gone",
+                                  ["integration", "finding"], registry=registry)
+        self.reconcile_checks = Counter("processor_reconcile_checks", "Workflows the reconciler described",
+                                        ["integration"], registry=registry)
+
+    def add(self, name: str, integration: str, amount: int = 1) -> None:
+        self.counters[name].labels(integration).inc(amount)
 
     def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
+        """Each count, summed over integrations."""
+        return {name: int(sum(sample.value for family in counter.collect() for sample in family.samples
+                              if sample.name.endswith("_total")))
+                for name, counter in self.counters.items()}
 
 
 class TaskProcessor:
@@ -275,16 +313,17 @@ class TaskProcessor:
         # deque's append and popleft are atomic: the loop appends, the poll threads take.
         self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
-        self.counters = Counters("claimed", "started", "start_failed", "held", "poll_failures")
+        self.metrics = ProcessorMetrics()
+        self.reconciler: threading.Thread | None = None
 
     @property
     def stats(self) -> dict[str, int]:
-        return self.counters.snapshot()
+        return self.metrics.snapshot()
 
     @property
     def failures(self) -> int:
         """Failed polls so far (all integrations)."""
-        return self.counters.snapshot()["poll_failures"]
+        return self.metrics.snapshot()["poll_failures"]
 
     # -- lifecycle --
     def load(self, pull_configs: list[PullModeConfig]) -> None:
@@ -301,11 +340,16 @@ class TaskProcessor:
                                          daemon=True) for pull in self.pull_configs]
         for thread in self.threads:
             thread.start()
+        if self.settings.reconciler.enabled:
+            reconciler = Reconciler(self.settings.reconciler, self.bridge, self.pull_configs, self.session,
+                                    self.metrics, self.stopping)
+            self.reconciler = threading.Thread(target=reconciler.run, name="reconciler", daemon=True)
+            self.reconciler.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, finish starting what was claimed, close the Temporal connection."""
         self.stopping.set()
-        for thread in self.threads:
+        for thread in [*self.threads, *([self.reconciler] if self.reconciler else [])]:
             thread.join(timeout)
         self.in_flight.wait_empty(timeout)
         for pull in self.pull_configs:
@@ -337,7 +381,7 @@ class TaskProcessor:
                 self.log("poll failed", level=logging.WARNING, integration=pull.integration,
                          error=f"{type(exc).__name__}: {exc}"[:300])
             failures += 1
-            self.counters.add("poll_failures")
+            self.metrics.add("poll_failures", pull.integration)
             limit = self.settings.batch_size
             self.stopping.wait(self.backoff(failures))
 
@@ -352,10 +396,13 @@ class TaskProcessor:
 
     def poll(self, pull: PullModeConfig, wait_ms: int, limit: int | None = None) -> bool:
         """Wait (up to `wait_ms`, on the server) for work, claim a batch and start it; True if it was full."""
-        room = self.in_flight.reserve(limit or self.settings.batch_size, self.stopping)
+        wanted = limit or self.settings.batch_size
+        if wait_ms:  # about to wait for work: hold no more than this integration's share meanwhile
+            wanted = min(wanted, max(1, self.in_flight.bound // max(1, len(self.pull_configs))))
+        room = self.in_flight.reserve(wanted, self.stopping)
         if not room:
             return False
-        claimed: list[tuple[dict, int]] = []
+        claimed: list[Claimed] = []
         try:
             claimed = self.claim_when_safe(pull, wait_ms, room)
         finally:
@@ -363,7 +410,7 @@ class TaskProcessor:
         self.dispatch(pull, claimed)
         return len(claimed) >= room
 
-    def claim_when_safe(self, pull: PullModeConfig, wait_ms: int, limit: int) -> list[tuple[dict, int]]:
+    def claim_when_safe(self, pull: PullModeConfig, wait_ms: int, limit: int) -> list[Claimed]:
         """Claim up to `limit` tasks, waiting up to `wait_ms` for work, and never while Temporal may be down.
 
         No claim may land unless Temporal was seen healthy within HEALTHY_FOR_SECONDS
@@ -405,7 +452,7 @@ class TaskProcessor:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
         return response.json().get("tasks") or []
 
-    def dispatch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
+    def dispatch(self, pull: PullModeConfig, claimed: list[Claimed]) -> None:
         """Hand the batch's starts to the Temporal loop, in one call; each holds its in-flight slot.
 
         The poll thread does not wait for them: it claims the next batch while
@@ -414,22 +461,24 @@ class TaskProcessor:
         if claimed:
             self.bridge.submit(self.start_batch(pull, claimed))
 
-    async def start_batch(self, pull: PullModeConfig, claimed: list[tuple[dict, int]]) -> None:
-        await asyncio.gather(*(self.start_and_finish(pull, task, attempt) for task, attempt in claimed))
+    async def start_batch(self, pull: PullModeConfig, claimed: list[Claimed]) -> None:
+        await asyncio.gather(*(self.start_and_finish(pull, claim) for claim in claimed))
 
-    async def start_and_finish(self, pull: PullModeConfig, task: dict, attempt: int) -> None:
+    async def start_and_finish(self, pull: PullModeConfig, claim: Claimed) -> None:
         """Start one workflow; on failure report `failed` (off the loop, in a reporter thread)."""
+        task, attempt = claim.task, claim.attempt
         try:
             outcome = await self.start_while_reachable(pull, task, attempt)
             if outcome is None:
                 return
             self.bridge.succeeded()
             self.confirmations[pull.integration].append((task["id"], attempt))
-            self.counters.add("started")
+            self.metrics.add("started", pull.integration)
+            self.metrics.claim_to_started.labels(pull.integration).observe(time.monotonic() - claim.at)
             self.log("workflow started", task=task["id"], attempt=attempt,
                      workflow=pull.build_workflow_id(task), outcome=outcome)
         except Exception as exc:  # report it and carry on
-            self.counters.add("start_failed")
+            self.metrics.add("start_failed", pull.integration)
             error = f"Workflow start failed: {type(exc).__name__}: {exc}"[:1000]
             self.log("workflow start failed", level=logging.ERROR, task=task["id"], attempt=attempt, error=error)
             await asyncio.get_running_loop().run_in_executor(
@@ -456,7 +505,7 @@ class TaskProcessor:
                     raise
                 self.bridge.unreachable()
                 if retry == 0:
-                    self.counters.add("held")
+                    self.metrics.add("held", pull.integration)
                     self.log("temporal unreachable; holding the claim and retrying its start", level=logging.WARNING,
                              task=task["id"], attempt=attempt, error=str(err)[:200])
             if await self.pause(min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** retry)):
@@ -471,7 +520,7 @@ class TaskProcessor:
             await asyncio.sleep(min(0.1, seconds))
         return self.stopping.is_set()
 
-    def claim(self, pull: PullModeConfig, limit: int, wait_ms: int = 0) -> list[tuple[dict, int]]:
+    def claim(self, pull: PullModeConfig, limit: int, wait_ms: int = 0) -> list[Claimed]:
         """Claim up to `limit` of the oldest claimable tasks in one request; (task, attempt) for each.
 
         The web process chooses and claims under one write lock (claimPendingTasks),
@@ -495,8 +544,9 @@ class TaskProcessor:
         if not (response.status_code == 200 and answer.get("success") is True and isinstance(tasks, list)):
             self.give_back_confirmations(pull, confirmations)
             raise RuntimeError(f"claimPendingTasks answered {response.status_code}: {answer.get('error')}")
-        self.counters.add("claimed", len(tasks))
-        return [(task, int(task["attempt"])) for task in tasks]
+        self.metrics.add("claimed", pull.integration, len(tasks))
+        now = time.monotonic()
+        return [Claimed(task, int(task["attempt"]), now) for task in tasks]
 
     def take_confirmations(self, pull: PullModeConfig, limit: int = MAX_BATCH) -> list[dict]:
         queue = self.confirmations[pull.integration]
@@ -566,10 +616,11 @@ def main() -> int:
         config = load_config()
         settings = ProcessorSettings.from_config(config)
         config.require("components.main.endpoint")
+        processor = TaskProcessor(settings)
+        metrics.serve(config, "components.metrics.processorPort", processor.metrics.registry)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
         return 2
-    processor = TaskProcessor(settings)
     stop_requested = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop_requested.set())  # handlers only set a flag

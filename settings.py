@@ -209,10 +209,125 @@ _BOUNDS = {
 }
 
 
-def temporal_connection(config: Config) -> dict[str, Any]:
-    """Keyword arguments for temporalio's `Client.connect`: the frontend address and the Temporal namespace."""
-    return {"target_host": config.require("components.asyncTask.temporal.address"),
-            "namespace": config.get("components.asyncTask.temporal.namespace", "default")}
+TEMPORAL_ADDRESS_PATH = "components.asyncTask.temporal.address"
+TEMPORAL_NAMESPACE_PATH = "components.asyncTask.temporal.namespace"
+# Each TLS file of a Temporal client profile: what it is, its variable, its TOML key (under [profile.NAME.tls]).
+_TEMPORAL_TLS_FILES = {
+    "server_root_ca_cert": ("server CA certificate", "TEMPORAL_TLS_SERVER_CA_CERT_PATH", "server_ca_cert_path"),
+    "client_cert": ("client certificate", "TEMPORAL_TLS_CLIENT_CERT_PATH", "client_cert_path"),
+    "client_private_key": ("client key", "TEMPORAL_TLS_CLIENT_KEY_PATH", "client_key_path"),
+}
+
+
+def temporal_connection(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for temporalio's `Client.connect`, from Temporal's own client configuration.
+
+    temporalio.envconfig loads a profile (TEMPORAL_PROFILE, else "default") from the TOML file
+    TEMPORAL_CONFIG_FILE (else ~/.config/temporalio/temporal.toml, if there is one), then applies the
+    TEMPORAL_* variables over it: address, namespace, API key, TLS and mTLS files, server name, gRPC
+    metadata. Where neither sets the address or the namespace, ours are used (TEMPORAL_ADDRESS and
+    TEMPORAL_NAMESPACE are our settings too, so a `load_config` override of them wins over the variable).
+    Every mistake is a ConfigError at start: a missing config file, malformed TOML or unknown key, an
+    unknown profile, an unreadable or non-PEM certificate, a client certificate without its key.
+    """
+    import dataclasses
+
+    from temporalio.envconfig import ClientConfigProfile  # here, not at import: the web process loads settings
+
+    environ = os.environ if environ is None else environ
+    # Empty means unset, as for our settings (envconfig would take TEMPORAL_TLS="" as "TLS on");
+    # an empty TEMPORAL_GRPC_META_<NAME> keeps its meaning: drop that header.
+    env = {k: v for k, v in environ.items()
+           if k.startswith("TEMPORAL_") and (v != "" or k.startswith("TEMPORAL_GRPC_META_"))}
+    for name in ("TEMPORAL_TLS", "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION"):
+        if name in env and env[name].lower() not in ("true", "1", "false", "0"):  # envconfig ignores other values
+            raise ConfigError(f"{name} must be true or false, got {env[name]!r}")
+    if env.get("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "").lower() in ("true", "1"):
+        raise ConfigError("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION is not supported by the Temporal Python SDK; "
+                          "set TEMPORAL_TLS_SERVER_NAME to a name the server's certificate carries")
+    config_file = env.get("TEMPORAL_CONFIG_FILE")
+    if config_file and (not os.path.exists(config_file) or os.path.isdir(config_file)):
+        raise ConfigError(f"TEMPORAL_CONFIG_FILE {config_file} does not exist")  # envconfig would ignore it
+    try:
+        profile = ClientConfigProfile.load(config_file_strict=True, override_env_vars=env)
+    except Exception as exc:  # temporalio's ConfigError: malformed TOML, unknown key or profile, path and data
+        source = f"TEMPORAL_CONFIG_FILE {config_file}" if config_file else "Temporal client configuration"
+        raise ConfigError(f"{source}: {_one_line(exc)}") from None
+
+    tls = profile.tls
+    if tls is not None and not tls.disabled:
+        files = {}
+        for field, (what, variable, key) in _TEMPORAL_TLS_FILES.items():
+            source = getattr(tls, field)
+            where = f"{source} ({variable} or tls.{key})" if isinstance(source, Path) else f"(the {what} data)"
+            if isinstance(source, Path):
+                try:
+                    source = source.read_bytes()
+                except OSError as exc:
+                    raise ConfigError(f"cannot read the TLS {what} {where}: {exc.strerror}") from None
+            if source is not None and b"-----BEGIN " not in source:
+                raise ConfigError(f"the TLS {what} {where} is not PEM (no -----BEGIN line)")
+            files[field] = source
+        if (files["client_cert"] is None) != (files["client_private_key"] is None):
+            raise ConfigError("mTLS needs both the client certificate and its key: set TEMPORAL_TLS_CLIENT_CERT_PATH "
+                              "and TEMPORAL_TLS_CLIENT_KEY_PATH (or tls.client_cert_path and tls.client_key_path)")
+        tls = dataclasses.replace(tls, **files)  # read once, here: connecting needs no file
+
+    address = (config.require(TEMPORAL_ADDRESS_PATH) if "TEMPORAL_ADDRESS" in env
+               else profile.address or config.require(TEMPORAL_ADDRESS_PATH))
+    namespace = (config.get(TEMPORAL_NAMESPACE_PATH, "default") if "TEMPORAL_NAMESPACE" in env
+                 else profile.namespace or config.get(TEMPORAL_NAMESPACE_PATH, "default"))
+    profile = dataclasses.replace(profile, address=address, namespace=namespace, tls=tls)
+    return dict(profile.to_client_connect_config())
+
+
+def _one_line(exc: BaseException) -> str:
+    """A multi-line error (a TOML parse error quotes the line) as one line, without the quoted source."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return ": ".join(line for line in lines if line and not re.match(r"^\d*\s*\|", line)) or type(exc).__name__
+
+
+def describe_temporal_error(exc: BaseException) -> str:
+    """One line (under 200 characters when it is a TLS problem) saying why reaching Temporal failed.
+
+    The Rust core reports TLS failures as Rust debug text (`InvalidCertificate(UnknownIssuer)`):
+    the common cases are named plainly, with what to set. Anything else: its type and text, on one line.
+    """
+    text = " ".join(str(exc).split()).removeprefix("Failed client connect: ")
+    mtls = "set TEMPORAL_TLS_CLIENT_CERT_PATH and _KEY_PATH"
+    if "InvalidCertificate(UnknownIssuer)" in text or "InvalidCertificate(BadSignature)" in text:
+        return ("TLS: the server's certificate is not signed by a trusted CA; set TEMPORAL_TLS_SERVER_CA_CERT_PATH "
+                "to the CA that signed it (UnknownIssuer)")
+    if "NotValidForName" in text:
+        expected = re.search(r'expected: \w+\("?([^")]*)"?\)', text)
+        presented = re.findall(r'(?:DnsName|IpAddress)\(\\?"?([^"\\)]*)', text.split("presented:", 1)[-1])
+        return (f"TLS: the server's certificate is for {', '.join(presented) or 'other names'}, not "
+                f"{expected.group(1) if expected else 'this host'}; connect by one of those names or set "
+                f"TEMPORAL_TLS_SERVER_NAME (NotValidForName)")
+    for token, what in (("Expired", "has expired"), ("NotValidYet", "is not valid yet")):
+        if f"InvalidCertificate({token}" in text:
+            return f"TLS: the server's certificate {what} ({token})"
+    alert = re.search(r"(?:AlertReceived\(|received fatal alert: )(\w+)", text)
+    if alert and alert.group(1) in ("CertificateRequired", "HandshakeFailure", "BadCertificate", "UnknownCA",
+                                    "CertificateUnknown", "AccessDenied", "DecryptError"):
+        return (f"TLS: the server refused the handshake ({alert.group(1)} alert): it wants a client certificate "
+                f"it trusts; {mtls}")
+    if "status: 400 Bad Request" in text and "text/html" in text:
+        server = re.search(r'"server": "([^"]+)"', text)
+        return (f"TLS: the server{f' ({server.group(1)})' if server else ''} answered HTTP 400, not gRPC: most often "
+                f"a proxy refusing a missing or untrusted client certificate; {mtls}")
+    if "InvalidMessage(InvalidContentType)" in text:
+        return ("TLS: the server at this address does not speak TLS; set TEMPORAL_TLS=false (an API key turns TLS "
+                "on) or check the address (InvalidContentType)")
+    if "FRAME_SIZE_ERROR" in text:
+        return ("the server at this address speaks TLS and this client did not; set TEMPORAL_TLS=true or "
+                "TEMPORAL_TLS_SERVER_CA_CERT_PATH (FRAME_SIZE_ERROR)")
+    if "ConnectionRefused" in text:
+        return "connection refused: nothing listens at that address (Temporal is down, or TEMPORAL_ADDRESS is wrong)"
+    status = re.search(r'Status \{ code: (\w+), message: "([^"]*)"', text)
+    if status and status.group(1) in ("Unauthenticated", "PermissionDenied"):
+        return f"Temporal refused the credentials ({status.group(1)}: {status.group(2)}); check TEMPORAL_API_KEY"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _validate(config: Config) -> None:

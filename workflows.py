@@ -175,7 +175,39 @@ def check_registry(config) -> list[tuple[str, str, type, list]]:
     return served
 
 
-async def serve(config, stop, served=None, connect=None) -> None:
+def telemetry(config) -> dict:
+    """With WORKER_METRICS_PORT: the SDK's own metrics and ours (provider calls) on that port.
+
+    The SDK's Prometheus exporter listens on a private loopback port; our endpoint
+    serves prometheus_client's registry and appends the SDK's exposition, so one
+    scrape sees both and METRICS_TOKEN guards both. Returns Client.connect's `runtime`.
+    """
+    if config.get("components.metrics.workerPort") is None:
+        return {}
+    import socket
+
+    import requests
+    from prometheus_client import REGISTRY
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+    import metrics
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        sdk_port = probe.getsockname()[1]
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{sdk_port}")))
+
+    def sdk_metrics() -> bytes:
+        try:
+            return requests.get(f"http://127.0.0.1:{sdk_port}/metrics", timeout=2).content
+        except requests.RequestException:
+            return b""  # the SDK has not started its exporter yet
+
+    metrics.serve(config, "components.metrics.workerPort", REGISTRY, extra=sdk_metrics)
+    return {"runtime": runtime}
+
+
+async def serve(config, stop, served=None, connect=None, options=None) -> None:
     """Connect to Temporal (waiting while it is down) and run one Worker per task queue until `stop` is set."""
     import asyncio
     import logging
@@ -190,7 +222,7 @@ async def serve(config, stop, served=None, connect=None) -> None:
 
     log = logging.getLogger("worker")
     served = served if served is not None else check_registry(config)
-    connection = temporal_connection(config)
+    connection = {**temporal_connection(config), **(options if options is not None else telemetry(config))}
     address = connection.get("target_host")
     delay = 0.5
     while not stop.is_set():
@@ -198,7 +230,10 @@ async def serve(config, stop, served=None, connect=None) -> None:
             client = await (connect or Client.connect)(**connection)
             break
         except Exception as exc:  # keep waiting for Temporal, whatever the error
-            log.warning("temporal unavailable at %s (%s); retrying in %.1fs", address, exc, delay)
+            from settings import describe_temporal_error  # names TLS problems plainly
+
+            log.warning("temporal unavailable at %s: %s; retrying in %.1fs", address, describe_temporal_error(exc),
+                        delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
@@ -233,6 +268,7 @@ def main() -> int:
     try:
         config = load_config()
         served = check_registry(config)
+        options = telemetry(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -242,7 +278,7 @@ def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop, served)
+        await serve(config, stop, served, options=options)
 
     asyncio.run(run())
     return 0

@@ -50,6 +50,7 @@ import requests
 from bench import fetch_pending
 from dev.stack import (
     ROOT,
+    connect_temporal,
     free_port,
     gunicorn_command,
     python_process,
@@ -151,9 +152,7 @@ class CpuMeter:
 
 async def start_times(address: str, workflow_ids: set[str], expected: int, timeout: float = 60) -> dict[str, float]:
     """Each workflow's start time (epoch seconds), read from Temporal once all are visible."""
-    from temporalio.client import Client
-
-    client = await Client.connect(address)
+    client = await connect_temporal(address)  # a dev server this run started
     deadline = time.monotonic() + timeout
     while True:
         found = {}
@@ -180,9 +179,7 @@ def insert_pending(db_path: str, count: int) -> tuple[list[str], float]:
 
 
 async def raw_start_rate(address: str, total: int, concurrency: int) -> float:
-    from temporalio.client import Client
-
-    client = await Client.connect(address)
+    client = await connect_temporal(address)  # a dev server this run started
     queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
     numbers = iter(range(total))
 

@@ -26,7 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dev.stack import BIN, ROOT, wait_for_http
+from dev.stack import BIN, ROOT, local_environ, wait_for_http
 
 DEADLINE_SECONDS = 180
 
@@ -56,7 +56,7 @@ def ports() -> dict[str, int]:
 def environment(port: dict[str, int], data: Path) -> dict[str, str]:
     key = "demo-provider-key"
     return {
-        **os.environ,
+        **local_environ(),  # a developer's own TEMPORAL_* settings must not point the demo elsewhere
         **{name: str(value) for name, value in port.items()},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
@@ -151,6 +151,7 @@ def main() -> int:
     data.mkdir(exist_ok=True)
     port = ports()
     env = environment(port, data)
+    subprocess.run([str(BIN / "flask"), "--app", "app", "db", "upgrade"], env=env, check=True)  # an older demo.db
     print("demo: starting Temporal, the fake providers, web, processor and worker (Procfile.dev)")
     with open(data / "demo.log", "ab") as log:
         stack = subprocess.Popen([str(BIN / "honcho"), "-f", "Procfile.dev", "start"], cwd=ROOT, env=env,

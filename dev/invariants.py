@@ -1,6 +1,10 @@
 """The invariant checker: reads the database and Temporal after a run and counts violations (docs/design.md §4).
 
-    python -m dev.invariants DATABASE_PATH TEMPORAL_ADDRESS [--max-attempts 5]
+    python -m dev.invariants DATABASE_PATH [TEMPORAL_ADDRESS] [--max-attempts 5]
+
+Without TEMPORAL_ADDRESS it reads the configured Temporal as the processor and the worker reach it
+(settings.temporal_connection: TLS, mTLS, API key, Temporal's TOML profiles); with one, that plain
+host:port (a local dev server).
 
 Each task must be settled: completed, or failed for good (attempts exhausted,
 or rejected as not retryable). Every attempt has exactly one `queued` event.
@@ -15,9 +19,12 @@ import argparse
 import asyncio
 import itertools
 import sqlite3
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+from settings import ConfigError
 
 TABLES = {"video_tasks": "fangzhouVideoGeneration", "image_tasks": "nanobanana2ImageGeneration"}
 
@@ -57,10 +64,10 @@ def read_database(db_path: str) -> tuple[dict, dict]:
     return tasks, events
 
 
-async def read_runs(address: str, workflow_ids: set[str]) -> dict[str, list]:
-    from temporalio.client import Client
+async def read_runs(address: str | None, workflow_ids: set[str]) -> dict[str, list]:
+    from dev.stack import connect_temporal
 
-    client = await Client.connect(address)
+    client = await connect_temporal(address)
     runs = defaultdict(list)
     async for execution in client.list_workflows():
         if execution.id in workflow_ids:
@@ -68,7 +75,7 @@ async def read_runs(address: str, workflow_ids: set[str]) -> dict[str, list]:
     return runs
 
 
-def check(db_path: str, address: str, max_attempts: int = 5, settle_seconds: float = 15.0) -> Findings:
+def check(db_path: str, address: str | None, max_attempts: int = 5, settle_seconds: float = 15.0) -> Findings:
     """Count violations; Temporal's visibility lags a little, so open runs are re-read for a while."""
     tasks, events = read_database(db_path)
     workflow_ids = {f"{t['namespace']}:{task_id}" for task_id, t in tasks.items()}
@@ -114,10 +121,15 @@ def check(db_path: str, address: str, max_attempts: int = 5, settle_seconds: flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("database")
-    parser.add_argument("temporal")
+    parser.add_argument("temporal", nargs="?", help="host:port of a local dev server (default: the configured "
+                        "Temporal, as settings.temporal_connection reaches it)")
     parser.add_argument("--max-attempts", type=int, default=5)
     args = parser.parse_args()
-    findings = check(args.database, args.temporal, args.max_attempts)
+    try:
+        findings = check(args.database, args.temporal, args.max_attempts)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     print(findings.summary())
     return 0 if findings.ok else 1
 

@@ -1,4 +1,4 @@
-"""Real processes on loopback for tests, benchmarks and the demo: gunicorn, Temporal, fakes, workers.
+"""Real processes on loopback for tests, benchmarks and the demo: gunicorn, Temporal, fakes, workers, nginx.
 
 Each is started on 127.0.0.1 with a free port, waited for with a deadline, and
 stopped by its process id.
@@ -7,13 +7,18 @@ stopped by its process id.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -99,14 +104,46 @@ def temporal_server(db_file: Path | None, log_path: Path, port: int | None = Non
         stop(process)
 
 
-def wait_for_temporal(address: str, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    import asyncio
+def temporal_options(temporal: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Client.connect's keyword arguments for `temporal`.
 
+    None: the project's configured Temporal, exactly as the processor and the worker reach it
+    (settings.temporal_connection: app.config.json, the TEMPORAL_* variables, a Temporal TOML profile;
+    TLS, mTLS, API key). A host:port string: a local dev server started here, in plaintext. A mapping:
+    those arguments as they are (e.g. a TLS connection a test built).
+    """
+    if temporal is None:
+        from settings import load_config, temporal_connection
+
+        return temporal_connection(load_config())
+    if isinstance(temporal, str):
+        return {"target_host": temporal}
+    return dict(temporal)
+
+
+async def connect_temporal(temporal: str | Mapping[str, Any] | None = None):
+    """A temporalio Client for `temporal` (see temporal_options)."""
     from temporalio.client import Client
+
+    return await Client.connect(**temporal_options(temporal))
+
+
+def local_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ for a process of a local stack, then `env`: without the caller's TEMPORAL_* variables,
+    and with no Temporal TOML file, so a developer's Temporal Cloud profile, API key or TLS settings
+    never point a process started here away from (or TLS at) the local dev server it is given."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    return {**inherited, "TEMPORAL_CONFIG_FILE": os.devnull, **(env or {})}
+
+
+def wait_for_temporal(temporal: str | Mapping[str, Any], process: subprocess.Popen | None = None,
+                      timeout: float = 30.0) -> None:
+    """Until Temporal at `temporal` (see temporal_options) answers its health check."""
+    import asyncio
 
     async def healthy() -> bool:
         try:
-            client = await Client.connect(address)
+            client = await connect_temporal(temporal)
             return await client.service_client.check_health()
         except Exception:
             return False
@@ -118,10 +155,177 @@ def wait_for_temporal(address: str, process: subprocess.Popen | None = None, tim
         if asyncio.run(healthy()):
             return
         time.sleep(0.1)
-    raise TimeoutError(f"Temporal at {address} not healthy within {timeout}s")
+    raise TimeoutError(f"Temporal at {temporal_options(temporal)['target_host']} not healthy within {timeout}s")
 
 
-def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]]:
+# -- TLS in front of Temporal: certificates made with openssl, nginx terminating TLS and proxying gRPC --
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = placeholder
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files from `make_certificates`: a test CA, the server's and a client's certificate and key
+    (both signed by it), and `other_ca`, a second CA that signed neither (a wrong CA)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def make_certificates(folder: Path, days: int = 2) -> Certificates:
+    """Make test certificates with openssl (ECDSA P-256): the server's is for `localhost` and 127.0.0.1."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "openssl.cnf"
+    config.write_text(_OPENSSL_CONFIG)
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        result = subprocess.run(["openssl", *args], cwd=folder, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+    def authority(name: str, subject: str) -> Path:
+        openssl("req", "-x509", "-config", str(config), "-extensions", "ca", *new_key, "-keyout", f"{name}.key",
+                "-out", f"{name}.pem", "-days", str(days), "-subj", subject)
+        return folder / f"{name}.pem"
+
+    def signed(name: str, subject: str, extensions: str) -> tuple[Path, Path]:
+        openssl("req", "-new", "-config", str(config), *new_key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", str(days),
+                "-extfile", str(config), "-extensions", extensions, "-out", f"{name}.pem")
+        return folder / f"{name}.pem", folder / f"{name}.key"
+
+    ca = authority("ca", "/CN=pull-dispatch test CA")
+    other_ca = authority("other-ca", "/CN=some other CA")
+    server_cert, server_key = signed("server", "/CN=localhost", "server")
+    client_cert, client_key = signed("client", "/CN=pull-dispatch test client", "client")
+    return Certificates(ca, server_cert, server_key, client_cert, client_key, other_ca)
+
+
+def nginx_binary() -> str | None:
+    """Debian's nginx (`apt-get install nginx`), or None; /usr/sbin is not on a normal user's PATH."""
+    return shutil.which("nginx") or next(
+        (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)), None)
+
+
+@dataclass(frozen=True)
+class GrpcProxy:
+    """A running `nginx_grpc_proxy`: its TLS address, and its logs (the access log shows each gRPC call with
+    the client certificate's verification result and the `authorization` header it carried)."""
+
+    address: str
+    access_log: Path
+    error_log: Path
+    pid: int
+
+
+@contextmanager
+def nginx_grpc_proxy(upstream: str, folder: Path, cert: Path, key: Path, client_ca: Path | None = None):
+    """nginx terminating TLS on 127.0.0.1 (a free port) and proxying gRPC to `upstream` (host:port, plaintext).
+
+    With `client_ca` it is mTLS: a client certificate signed by that CA is required. Everything it
+    writes (config, pid file, logs, temp files) is in `folder`; it runs in the foreground (`daemon off`),
+    so it is stopped by its pid. Yields a GrpcProxy.
+    """
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", version)
+    release = tuple(map(int, match.groups())) if match else (0, 0, 0)
+    modern = release >= (1, 25, 1)  # `http2 on;` exists since 1.25.1, and `listen ... http2` is deprecated there
+    port = free_port()
+    listen = f"listen 127.0.0.1:{port} ssl;\n        http2 on;" if modern else f"listen 127.0.0.1:{port} ssl http2;"
+    mtls = (f"ssl_client_certificate {client_ca};\n        ssl_verify_client on;\n        ssl_verify_depth 2;"
+            if client_ca else "")
+    error_log, access_log = folder / "error.log", folder / "access.log"
+    temp_paths = "\n    ".join(f"{name}_temp_path {folder / name};"
+                                for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (folder / "nginx.conf").write_text(f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {error_log} info;
+{"user root;" if os.geteuid() == 0 else ""}
+events {{ worker_connections 512; }}
+http {{
+    log_format grpc '$time_iso8601 "$request" $status tls=$ssl_protocol client_verify=$ssl_client_verify '
+                    'client="$ssl_client_s_dn" authorization="$http_authorization"';
+    access_log {access_log} grpc;
+    {temp_paths}
+    client_max_body_size 0;
+    keepalive_requests 1000000;
+    keepalive_timeout 600s;
+    server {{
+        {listen}
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        {mtls}
+        location / {{
+            grpc_pass grpc://{upstream};
+            grpc_read_timeout 600s;
+            grpc_send_timeout 600s;
+        }}
+    }}
+}}
+""")
+    command = [binary, "-p", str(folder), "-c", str(folder / "nginx.conf")]
+    if release >= (1, 19, 5):  # -e: the startup error log too, not the system's /var/log/nginx/error.log
+        command += ["-e", str(error_log)]
+    with open(folder / "nginx.out", "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {process.returncode}: "
+                                   f"{(folder / 'nginx.out').read_text().strip()[-500:]}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nginx did not listen on 127.0.0.1:{port} within 10s")
+            time.sleep(0.05)
+        yield GrpcProxy(f"127.0.0.1:{port}", access_log, error_log, process.pid)
+    finally:
+        stop(process)
+
+
+def workflow_runs(address: str | Mapping[str, Any] | None, workflow_ids: list[str]) -> dict[str, list[dict]]:
     """Every run of each workflow id: status, and the attempt its input carries.
 
     Temporal's list is eventually consistent, so each run's status comes from a
@@ -131,7 +335,6 @@ def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]
     import asyncio
     import json
 
-    from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode
 
     wanted = set(workflow_ids)
@@ -145,7 +348,7 @@ def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]
                                     "params": params, "type": description.workflow_type}
 
     async def collect():
-        client = await Client.connect(address)
+        client = await connect_temporal(address)
         found: dict[str, dict[str, dict]] = {wid: {} for wid in workflow_ids}
         async for execution in client.list_workflows():
             if execution.id in wanted:
@@ -166,9 +369,11 @@ def workflow_runs(address: str, workflow_ids: list[str]) -> dict[str, list[dict]
 
 @contextmanager
 def python_process(args: list[str], log_path: Path, env: dict, ready_url: str | None = None):
-    """A Python process of this project (fake provider, worker, processor); stopped by pid on exit."""
+    """A Python process of this project (fake provider, worker, processor); stopped by pid on exit.
+
+    Its environment is local_environ(env): Temporal settings come from `env` only."""
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
+        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=local_environ(env),
                                    stdout=log, stderr=subprocess.STDOUT)
     try:
         if ready_url:
@@ -194,7 +399,8 @@ class Stack:
     """Every process of the system, each started, killed and restarted on its own ports.
 
     Temporal keeps its state in a file, so a restart resumes it; the web
-    process reuses its port, so the others find it again.
+    process reuses its port, so the others find it again. Each process gets
+    local_environ(self.env): the caller's Temporal settings never leak in.
     """
 
     def __init__(self, folder: Path, token: str = "stack-token", **settings):
@@ -218,7 +424,7 @@ class Stack:
 
     def _spawn(self, name: str, command: list[str], ready_url: str | None = None) -> subprocess.Popen:
         with open(self.folder / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env},
+            process = subprocess.Popen(command, cwd=ROOT, env=local_environ(self.env),
                                        stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
         if ready_url:

@@ -5,6 +5,7 @@ Markers in the prompt steer one request:
     [fail]          the job ends failed
     [failfirst:N]   the first N jobs with this prompt fail, later ones succeed
     [hang]          the job never finishes
+    [hangfirst:N]   the first N jobs with this prompt never finish, later ones do
     [slow:S]        the job takes S seconds per step instead of FAKE_STEP_SECONDS
     [ratelimit:N]   the first N creates with this prompt answer 429
     [error500:N]    the first N creates with this prompt answer 500
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask, jsonify, request
 
-MARKER = re.compile(r"\[(reject|fail|hang|failfirst|slow|ratelimit|error500)(?::([\d.]+))?\]")
+MARKER = re.compile(r"\[(reject|fail|hang|failfirst|hangfirst|slow|ratelimit|error500)(?::([\d.]+))?\]")
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Book:
             nth = self.counts[("job", prompt)]
         fails = "fail" in marks or nth <= marks.get("failfirst", 0) or random.random() < self.fail_rate
         job = Job(f"{prefix}{uuid.uuid4().hex[:20]}", prompt, body, time.time(),
-                  marks.get("slow", self.step_seconds), fails, "hang" in marks)
+                  marks.get("slow", self.step_seconds), fails, "hang" in marks or nth <= marks.get("hangfirst", 0))
         with self.lock:
             self.jobs[job.id] = job
         return job

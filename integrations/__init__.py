@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from integrations.base import (
     CLAIM_PENDING_TASKS_API_NAME,
+    FETCH_DISPATCHED_TASKS_API_NAME,
     FETCH_PENDING_TASKS_API_NAME,
     Api,
     Integration,
@@ -20,8 +21,8 @@ from integrations.fangzhou_video import FangzhouVideoGeneration
 from integrations.nanobanana2_image import Nanobanana2ImageGeneration
 from settings import Config
 
-__all__ = ["CLAIM_PENDING_TASKS_API_NAME", "FETCH_PENDING_TASKS_API_NAME", "Api", "Integration", "InternalApis",
-           "PullModeConfig", "WorkflowInput", "build_api_path", "load_integrations"]
+__all__ = ["CLAIM_PENDING_TASKS_API_NAME", "FETCH_DISPATCHED_TASKS_API_NAME", "FETCH_PENDING_TASKS_API_NAME", "Api",
+           "Integration", "InternalApis", "PullModeConfig", "WorkflowInput", "build_api_path", "load_integrations"]
 KINDS = (FangzhouVideoGeneration, Nanobanana2ImageGeneration)
 
 

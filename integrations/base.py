@@ -19,6 +19,7 @@ from settings import Config
 
 FETCH_PENDING_TASKS_API_NAME = "fetchPendingTasks"
 CLAIM_PENDING_TASKS_API_NAME = "claimPendingTasks"
+FETCH_DISPATCHED_TASKS_API_NAME = "fetchDispatchedTasks"
 
 
 def build_api_path(namespace: str, api_name: str) -> str:
@@ -55,6 +56,7 @@ class InternalApis:
     fetch_pending_tasks: str
     report_task_event: str
     claim_pending_tasks: str
+    fetch_dispatched_tasks: str
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,15 @@ class Integration:
                 fetch_pending_tasks=self.endpoint_url(FETCH_PENDING_TASKS_API_NAME),
                 report_task_event=report_url,
                 claim_pending_tasks=self.endpoint_url(CLAIM_PENDING_TASKS_API_NAME),
+                fetch_dispatched_tasks=self.endpoint_url(FETCH_DISPATCHED_TASKS_API_NAME),
             ),
         )
 
     def create_apis(self) -> list[Api]:
-        """Its internal routes: fetchPendingTasks, claimPendingTasks and its report endpoint."""
+        """Its internal routes: fetchPendingTasks, claimPendingTasks, fetchDispatchedTasks and its report endpoint."""
         return [Api(self.namespace, FETCH_PENDING_TASKS_API_NAME, ("GET",)),
                 Api(self.namespace, CLAIM_PENDING_TASKS_API_NAME, ("POST",)),
+                Api(self.namespace, FETCH_DISPATCHED_TASKS_API_NAME, ("GET",)),
                 Api(self.namespace, self.report_api_name, ("POST",))]
 
     def create_side_effects(self) -> list:

@@ -36,6 +36,7 @@ def test_get_pull_mode_config(integrations, namespace, queue, workflow, report):
     assert config.internal_apis.fetch_pending_tasks == f"http://main:3000/api/{namespace}/fetchPendingTasks"
     assert config.internal_apis.report_task_event == f"http://main:3000/api/{namespace}/{report}"
     assert config.internal_apis.claim_pending_tasks == f"http://main:3000/api/{namespace}/claimPendingTasks"
+    assert config.internal_apis.fetch_dispatched_tasks == f"http://main:3000/api/{namespace}/fetchDispatchedTasks"
     assert config.build_workflow_id({"id": "task-123"}) == f"{namespace}:task-123"
 
     params = config.build_workflow_params({"id": "task-123", "attempt": 2, "requestParams": {"prompt": "test"}})
@@ -50,11 +51,13 @@ def test_create_side_effects_is_empty(integrations):
     assert [i.create_side_effects() for i in integrations.values()] == [[], []]
 
 
-def test_create_apis_serves_fetch_claim_and_report(integrations):
+def test_create_apis_serves_fetch_claim_dispatched_and_report(integrations):
     names = {i.namespace: [api.name for api in i.create_apis()] for i in integrations.values()}
     assert names == {
-        "fangzhouVideoGeneration": ["fetchPendingTasks", "claimPendingTasks", "reportFangzhouVideoResult"],
-        "nanobanana2ImageGeneration": ["fetchPendingTasks", "claimPendingTasks", "reportNanobanana2ImageResult"],
+        "fangzhouVideoGeneration": ["fetchPendingTasks", "claimPendingTasks", "fetchDispatchedTasks",
+                                    "reportFangzhouVideoResult"],
+        "nanobanana2ImageGeneration": ["fetchPendingTasks", "claimPendingTasks", "fetchDispatchedTasks",
+                                       "reportNanobanana2ImageResult"],
     }
 
 

@@ -3,29 +3,51 @@
 Each task is created in the web app (gunicorn), claimed over HTTP as the
 processor would, and its workflow started with the processor's own
 `start_workflow`; then the task's state and events are read back.
+
+Upgrades must be safe for runs in flight (a video job can poll for an hour):
+every history under tests/histories/ (one folder per release, each frozen once
+shipped) replays against today's workflow code, and a change to workflow code
+ships behind `workflow.patched()`, never by re-recording. `RECORD_HISTORIES=1`
+records the current release's histories, finished runs and runs cut mid-flight,
+into tests/histories/$HISTORIES_RELEASE (default RECORDING_RELEASE).
 """
 
 import asyncio
+import base64
+import binascii
 import json
 import os
 import time
 import uuid
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import requests
+from temporalio import workflow
 
-from dev.stack import fake_provider, python_process
+from dev.stack import fake_provider, gunicorn, python_process
 from integrations import load_integrations
+from integrations.base import WorkflowInput
 from processor import start_workflow
 from settings import load_config
-from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
+from tests.conftest import IMAGE, TOKEN, VIDEO, Web, wait_until
+from workflows import ImagePollingWorkflow, PollingRun, VideoPollingWorkflow, create_video_task, poll_video_task
 
 pytestmark = pytest.mark.slow
 
 ARK_KEY = "ark-secret-key-123"
 BANANA_KEY = "banana-secret-key-456"
 HISTORIES = Path(__file__).with_name("histories")
+RELEASE_1 = HISTORIES / "release-1"  # frozen: the first release's runs, finished and cut mid-flight
+# Where RECORD_HISTORIES=1 writes (HISTORIES_RELEASE overrides): the release being made. A folder with a
+# README.md is frozen and never written again; after freezing this one, bump the name.
+RECORDING_RELEASE = "release-2"
+RECORDED = sorted(HISTORIES.glob("**/*.json"))
+KINDS = {VIDEO: "video", IMAGE: "image"}
+REPORT = "reportTaskEvent"
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +81,8 @@ class Providers:
     def requests_seen(self, fake):
         return requests.get(f"{fake}/_fake/requests", timeout=5).json()
 
-    def run(self, app, namespace, prompt, timeout=60, **env):
-        """Create, claim and start one task; wait for its workflow to close. Returns (task, events, run)."""
+    def start(self, app, namespace, prompt, **env):
+        """Create, claim and start one task, as the processor would. Returns (task id, workflow id)."""
         task_id = app.create(namespace, prompt)
         attempt = app.report(task_id, "queued", namespace).json()["attempt"]
         pull = self.pull(namespace, app.url, **env)
@@ -69,7 +91,18 @@ class Providers:
             from temporalio.client import Client
             client = await Client.connect(self.temporal)
             await start_workflow(client, pull, {"id": task_id, "requestParams": {"prompt": prompt}}, attempt)
-            handle = client.get_workflow_handle(pull.build_workflow_id({"id": task_id}))
+
+        asyncio.run(go())
+        return task_id, pull.build_workflow_id({"id": task_id})
+
+    def run(self, app, namespace, prompt, timeout=60, **env):
+        """Create, claim and start one task; wait for its workflow to close. Returns (task, events, run)."""
+        task_id, workflow_id = self.start(app, namespace, prompt, **env)
+
+        async def go():
+            from temporalio.client import Client
+            client = await Client.connect(self.temporal)
+            handle = client.get_workflow_handle(workflow_id)
             try:
                 result = await asyncio.wait_for(handle.result(), timeout)
                 outcome = ("COMPLETED", result)
@@ -83,6 +116,64 @@ class Providers:
         outcome, history = asyncio.run(go())
         events = [(e["status"], e["attempt"]) for e in app.events() if e["task_id"] == task_id]
         return app.task(task_id), events, outcome, history
+
+    def wait_for(self, workflow_id, until, timeout=30.0):
+        """Watch a running workflow until `until(progress)` holds; return (its history then, the progress)."""
+
+        async def go():
+            from temporalio.client import Client
+            client = await Client.connect(self.temporal)
+            handle = client.get_workflow_handle(workflow_id)
+            deadline = time.monotonic() + timeout
+            while True:
+                description = await handle.describe()
+                history = await handle.fetch_history()
+                progress = Progress.of(description, history)
+                assert progress.status == "RUNNING", f"{workflow_id} closed before the cut: {progress}"
+                if until(progress):
+                    return history, progress
+                assert time.monotonic() < deadline, f"{workflow_id} never reached the cut: {progress}"
+                await asyncio.sleep(0.1)
+
+        return asyncio.run(go())
+
+    def terminate(self, workflow_id):
+        """End a run cut mid-flight (if it has not ended already)."""
+
+        async def go():
+            from temporalio.client import Client
+            from temporalio.service import RPCError, RPCStatusCode
+
+            client = await Client.connect(self.temporal)
+            try:
+                await client.get_workflow_handle(workflow_id).terminate(reason="history recorded mid-flight")
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+
+        asyncio.run(go())
+
+
+@dataclass
+class Progress:
+    """Where a running workflow is: its steps so far ("scheduled X", "completed X") and the attempt
+    each pending activity is on (an attempt above 1 means it is being retried)."""
+
+    status: str
+    steps: list[str]
+    pending: dict[str, int]
+
+    @classmethod
+    def of(cls, description, history):
+        names, steps = {}, []
+        for event in history.events:
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                names[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+                steps.append(f"scheduled {names[event.event_id]}")
+            elif event.HasField("activity_task_completed_event_attributes"):
+                steps.append(f"completed {names[event.activity_task_completed_event_attributes.scheduled_event_id]}")
+        pending = {a.activity_type.name: a.attempt for a in description.raw_description.pending_activities}
+        return cls(description.status.name, steps, pending)
 
 
 def test_video_reports_processing_once_then_completed_never_queued(web, providers):
@@ -184,27 +275,92 @@ def test_long_job_keeps_history_small(web, providers, capsys):
               f"{long_polls} polls -> {long_events} events")
 
 
-def test_replay_recorded_histories():
-    """Recorded histories of both workflows replay against today's code (determinism)."""
+def replay(path, workflows=(VideoPollingWorkflow, ImagePollingWorkflow)):
+    """Replay one recorded history with `workflows`, no server needed: its failure, or None."""
     from temporalio.client import WorkflowHistory
     from temporalio.worker import Replayer
 
-    from workflows import ImagePollingWorkflow, VideoPollingWorkflow
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=list(workflows))
+    return asyncio.run(replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
 
-    files = sorted(HISTORIES.glob("*.json"))
-    assert {f.name.split("-")[0] for f in files} == {"video", "image"}
-    histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
 
-    async def each():
-        for history in histories:
-            yield history
+def test_release_1_is_complete_and_frozen():
+    """The first release's histories stay, all of them; its README.md marks it frozen."""
+    expected = {f"{kind}-{case}.json" for kind in KINDS.values() for case in CASES}
+    assert {path.name for path in RELEASE_1.glob("*.json")} == expected
+    assert (RELEASE_1 / "README.md").is_file()
 
-    async def replay():
-        replayer = Replayer(workflows=[VideoPollingWorkflow, ImagePollingWorkflow])
-        return await replayer.replay_workflows(each(), raise_on_replay_failure=False)
 
-    results = asyncio.run(replay())
-    assert results.replay_failures == {}
+@pytest.mark.parametrize("path", RECORDED, ids=[path.relative_to(HISTORIES).as_posix() for path in RECORDED])
+def test_replay_recorded_history(path):
+    """Every history of every release replays against today's code (determinism), so a new worker takes over
+    runs the old one started. Runs cut mid-flight replay up to the cut, as on the upgraded worker."""
+    assert path.name.split("-")[0] in KINDS.values()
+    text = decoded(json.loads(path.read_text()))
+    assert "apiCallId" in text  # the payloads were decoded: the input is readable
+    assert not [secret for secret in (ARK_KEY, BANANA_KEY, TOKEN) if secret in text]
+    assert replay(path) is None
+
+
+def decoded(node) -> str:
+    """A history's JSON as text with every payload's data decoded (the JSON holds it in base64)."""
+    if isinstance(node, dict):
+        return " ".join(decoded_data(value) if key == "data" and isinstance(value, str) else decoded(value)
+                        for key, value in node.items())
+    if isinstance(node, list):
+        return " ".join(decoded(value) for value in node)
+    return str(node)
+
+
+def decoded_data(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8", errors="replace")
+    except binascii.Error:
+        return value
+
+
+# Living documentation of the rule: a workflow change must not alter the commands a run in flight already
+# recorded. Both classes below change VideoPollingWorkflow the same way (a timer before the create activity).
+# Unsandboxed, as the sandbox would re-import this whole test module.
+
+@workflow.defn(name="VideoPollingWorkflow", sandboxed=False)
+class VideoWaitsFirstUnguarded:
+    """The wrong way: the new first step replaces what release 1 recorded first."""
+
+    @workflow.run
+    async def run(self, params: WorkflowInput) -> dict:
+        await workflow.sleep(timedelta(seconds=1))
+        return await PollingRun(params, create_video_task, poll_video_task).run()
+
+
+@workflow.defn(name="VideoPollingWorkflow", sandboxed=False)
+class VideoWaitsFirstPatched:
+    """The right way: new runs take the new step; runs recorded without the patch marker replay as before."""
+
+    @workflow.run
+    async def run(self, params: WorkflowInput) -> dict:
+        if workflow.patched("wait-before-create"):
+            await workflow.sleep(timedelta(seconds=1))
+        return await PollingRun(params, create_video_task, poll_video_task).run()
+
+
+def test_unguarded_workflow_change_fails_replay_of_release_1():
+    """The guard can fail: the changed workflow cannot take over release 1's video runs, finished or in flight."""
+    failures = {path.name: replay(path, [VideoWaitsFirstUnguarded]) for path in sorted(RELEASE_1.glob("video-*"))}
+    assert len(failures) == len(CASES)
+    not_caught = {name: failure for name, failure in failures.items()
+                  if not isinstance(failure, workflow.NondeterminismError)}
+    assert not_caught == {}
+    assert "nondetermin" in str(failures["video-cut-polling.json"]).lower()
+
+
+def test_workflow_change_behind_patched_replays_release_1():
+    """The safe path: the same change behind workflow.patched() replays every release-1 history."""
+    paths = sorted(RELEASE_1.glob("*.json"))
+    failures = {path.name: replay(path, [VideoWaitsFirstPatched, ImagePollingWorkflow]) for path in paths}
+    assert len(failures) == 2 * len(CASES)
+    assert {name: failure for name, failure in failures.items() if failure is not None} == {}
 
 
 def test_worker_survives_and_keeps_serving(providers):
@@ -215,13 +371,106 @@ def test_worker_survives_and_keeps_serving(providers):
     assert "Traceback" not in log, log[log.find("Traceback") - 500:][:3000]
 
 
-@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"), reason="set RECORD_HISTORIES=1 to re-record")
-def test_record_histories(web, providers):
-    """Refresh tests/histories from real runs (after a deliberate workflow change)."""
+# -- recording a release's histories --
+
+# What each workflow's histories show: three finished runs, and three runs cut mid-flight, each at one of the
+# waits a run can spend long in when a new worker takes over.
+CASES = ("completed", "failed", "rejected", "cut-creating", "cut-polling", "cut-reporting")
+
+
+def recording_folder() -> Path:
+    """tests/histories/<release being recorded>; never a frozen release (one with a README.md)."""
+    name = os.environ.get("HISTORIES_RELEASE", RECORDING_RELEASE)
+    folder = HISTORIES / name
+    assert name and folder.parent == HISTORIES, f"HISTORIES_RELEASE={name!r}: one folder name, please"
+    if (folder / "README.md").exists():
+        pytest.fail(f"{folder} is a frozen release: never re-record it; record the next release beside it "
+                    f"(HISTORIES_RELEASE=release-N)")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def test_recorder_never_writes_a_frozen_release(monkeypatch):
+    for frozen in ("release-1", "../release-1", ""):
+        monkeypatch.setenv("HISTORIES_RELEASE", frozen)
+        with pytest.raises((pytest.fail.Exception, AssertionError)):
+            recording_folder()
+    monkeypatch.delenv("HISTORIES_RELEASE")
+    assert RECORDING_RELEASE != RELEASE_1.name and not (HISTORIES / RECORDING_RELEASE / "README.md").exists()
+
+
+@contextmanager
+def running(providers, app, namespace, prompt):
+    """One task's workflow, started as the processor would, terminated when done with (it is cut mid-flight)."""
+    task_id, workflow_id = providers.start(app, namespace, prompt)
+    try:
+        yield task_id, workflow_id
+    finally:
+        providers.terminate(workflow_id)
+
+
+@contextmanager
+def own_web_process(folder):
+    """A web process the test can stop (the `web` fixture's run until the test ends)."""
+    db_path = str(folder / "own.db")
+    with gunicorn(db_path, folder / "own-gunicorn.log", workers=1, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
+        yield Web(url, db_path)
+
+
+def events_of(app, task_id):
+    return [e["status"] for e in app.events() if e["task_id"] == task_id]
+
+
+def cut_creating(providers, app, namespace):
+    """Cut while the create activity is retried (the provider answers 500), before `processing`."""
+    create = f"{namespace}.createTask"
+    with running(providers, app, namespace, f"record {uuid.uuid4().hex[:6]} [error500:1000]") as (task_id, wid):
+        history, progress = providers.wait_for(wid, lambda p: p.pending.get(create, 0) >= 2)
+        assert progress.steps == [f"scheduled {create}"]
+        assert events_of(app, task_id) == ["pending", "queued"]
+    return history
+
+
+def cut_polling(providers, app, namespace):
+    """Cut while the poll activity is retried: the job was created, `processing` reported, the job unfinished."""
+    create, poll = f"{namespace}.createTask", f"{namespace}.pollTask"
+    with running(providers, app, namespace, "record [slow:30]") as (task_id, wid):  # the job takes 60 s
+        history, progress = providers.wait_for(wid, lambda p: p.pending.get(poll, 0) >= 3)
+        assert progress.steps == [f"scheduled {create}", f"completed {create}", f"scheduled {REPORT}",
+                                  f"completed {REPORT}", f"scheduled {poll}"]
+        assert events_of(app, task_id) == ["pending", "queued", "processing"]
+    return history
+
+
+def cut_reporting(providers, namespace, folder):
+    """Cut while the `completed` report is retried: the job ended, the web process is down."""
+    poll = f"{namespace}.pollTask"
+    with ExitStack() as web_up:
+        app = web_up.enter_context(own_web_process(folder))
+        with running(providers, app, namespace, "record [slow:3]") as (task_id, wid):  # the job takes 6 s
+            providers.wait_for(wid, lambda p: poll in p.pending)
+            assert events_of(app, task_id) == ["pending", "queued", "processing"]
+            web_up.close()  # the web process goes down before the job ends
+            history, progress = providers.wait_for(wid, lambda p: p.pending.get(REPORT, 0) >= 2)
+            assert progress.steps[-2:] == [f"completed {poll}", f"scheduled {REPORT}"]
+    return history
+
+
+@pytest.mark.skipif(not os.environ.get("RECORD_HISTORIES"), reason="set RECORD_HISTORIES=1 to record")
+def test_record_histories(web, providers, tmp_path):
+    """Record the release being made (RECORDING_RELEASE, or HISTORIES_RELEASE) from real runs of today's code:
+    each workflow completed, failed and rejected, and cut mid-flight at each of its waits (CASES)."""
+    folder = recording_folder()
     app = web()
-    HISTORIES.mkdir(exist_ok=True)
-    for ns, name in ((VIDEO, "video"), (IMAGE, "image")):
-        for prompt, kind in (("record ok", "completed"), ("record [fail]", "failed"),
-                             (f"record {time.time()} [reject]", "rejected")):
-            history = providers.run(app, ns, prompt)[3]
-            (HISTORIES / f"{name}-{kind}.json").write_text(history.to_json())
+    for namespace, kind in KINDS.items():
+        histories = {
+            "completed": providers.run(app, namespace, "record ok")[3],
+            "failed": providers.run(app, namespace, "record [fail]")[3],
+            "rejected": providers.run(app, namespace, f"record {time.time()} [reject]")[3],
+            "cut-creating": cut_creating(providers, app, namespace),
+            "cut-polling": cut_polling(providers, app, namespace),
+            "cut-reporting": cut_reporting(providers, namespace, tmp_path),
+        }
+        assert tuple(histories) == CASES
+        for case, history in histories.items():
+            (folder / f"{kind}-{case}.json").write_text(history.to_json())

@@ -1,22 +1,49 @@
-"""The web process's SQLite connections: WAL, a busy timeout, one long-lived connection per thread.
+"""The web process's SQLite connections and the schema's numbered migrations.
 
 Connections run in autocommit mode so that task_store can open its own
 `BEGIN IMMEDIATE` transactions. A connection is kept for its thread's next
 request: opening and closing one per request cost ~1 ms (closing the last
 connection of a WAL database checkpoints it), half of a task creation.
+
+Migrations are `migrations/sqlite/NNNN_name.sql`, or `.py` with `migrate(conn)`
+where SQL cannot say it, numbered from 0001 without gaps. `PRAGMA user_version`
+is the number of the last one applied; each runs in one transaction with that
+bump, so a failed one leaves the database as it was. schema.sql is the same
+schema written out whole, and a test holds the two equal. The app creates a new
+database itself but refuses to start on one that is behind or ahead, so that no
+code runs on a schema it was not written for: `flask --app app db upgrade` is the
+one way forward (migrations/README.md).
+
+A database from before versioning (user_version 0, tables present) is adopted at
+version 1 once 0001's tables and columns are found in it; 0002 and 0003 look
+before they change, since unversioned commits left any mix of old and new indexes.
+
+PostgreSQL would add `migrations/postgresql/`, numbered on its own, with the
+version in a one-row table (it has no user_version); `db upgrade` would pick the
+folder and the version store by the database URL's scheme. `Migration`,
+`load_migrations` and the commands do not depend on the dialect.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sqlite3
+import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import sqlite_utils
 from flask import current_app
+from flask.cli import AppGroup
 
-SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schema.sql"
+MIGRATIONS = ROOT / "migrations" / "sqlite"
+UPGRADE = "flask --app app db upgrade"
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
@@ -28,16 +55,218 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def init_db(path: str) -> None:
-    """Create the database file, switch it to WAL and apply schema.sql (idempotent)."""
+class SchemaError(Exception):
+    """The database's schema is not the one this release runs on, or cannot be brought to it."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Run inside the caller's transaction, statement by statement: executescript would commit it."""
+        if self.path.suffix == ".py":
+            spec = importlib.util.spec_from_file_location(f"migration_{self.number:04d}", self.path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.migrate(conn)
+            return
+        for statement in statements(self.path.read_text()):
+            conn.execute(statement)
+
+
+def load_migrations(folder: Path = MIGRATIONS) -> list[Migration]:
+    """The migrations in `folder`, in order; a gap or a duplicate number is a packaging error."""
+    found = []
+    for path in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_\w+\.(sql|py)", path.name)
+        if match:
+            found.append(Migration(int(match[1]), path))
+    found.sort(key=lambda m: m.number)
+    if [m.number for m in found] != list(range(1, len(found) + 1)):
+        raise SchemaError(f"{folder}: migrations must be numbered 0001, 0002, ... without gaps: "
+                          f"{[m.name for m in found]}")
+    return found
+
+
+def statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script (a trigger's body holds ';' too, hence complete_statement)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if any(line.strip() and not line.strip().startswith("--") for line in pending[:-1].splitlines()):
+                yield pending.strip()
+            pending = ""
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone() is not None
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+
+
+def _check_unversioned(conn: sqlite3.Connection, first: Migration, path: str) -> None:
+    """Refuse to adopt tables that are not (a later form of) migration 0001's."""
+    expected = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        first.apply(expected)
+        wanted = _columns(expected)
+    finally:
+        expected.close()
+    found, missing = _columns(conn), []
+    for table, columns in wanted.items():
+        missing += [f"{table}.{c}" for c in sorted(columns - found[table])] if table in found else [table]
+    if missing:
+        raise SchemaError(f"{path} has tables but no schema version, and they are not this app's "
+                          f"(missing {', '.join(missing)}); refusing to upgrade it")
+
+
+def upgrade(path: str, folder: Path = MIGRATIONS, echo: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Bring the database at `path` to the newest migration; returns the names applied.
+
+    Every step re-reads the version under the write lock, so processes upgrading
+    the same file at once apply each migration once. A new database gets all
+    migrations in one transaction: a process starting beside it never sees half of it.
+    """
+    migrations = load_migrations(folder)
+    target = len(migrations)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    applied: list[str] = []
     conn = connect(path)
     try:
-        db = sqlite_utils.Database(conn, execute_plugins=False)
-        db.enable_wal()
-        db.executescript(SCHEMA.read_text())
+        while True:
+            with _transaction(conn):
+                version = _version(conn)
+                if version > target:
+                    raise SchemaError(_describe(path, version, target, True))
+                if version == target:
+                    break
+                if version == 0 and _has_tables(conn):
+                    _check_unversioned(conn, migrations[0], path)
+                    conn.execute("PRAGMA user_version = 1")
+                    steps = []
+                else:
+                    steps = migrations if version == 0 else migrations[version:version + 1]
+                    for migration in steps:
+                        _apply(conn, migration, path)
+            if not steps:
+                echo(f"{path}: tables from before versioning adopted as schema version 1")
+            for migration in steps:
+                applied.append(migration.name)
+                echo(f"{path}: applied {migration.name} (schema version {migration.number} of {target})")
+        conn.execute("PRAGMA journal_mode = WAL")  # outside a transaction; last, so a refusal changes nothing
     finally:
         conn.close()
+    if not applied:
+        echo(f"{path}: schema version {target} of {target}, nothing to apply")
+    return applied
+
+
+def _apply(conn: sqlite3.Connection, migration: Migration, path: str) -> None:
+    try:
+        migration.apply(conn)
+    except Exception as exc:
+        raise SchemaError(f"{path}: migration {migration.name} failed and was rolled back: {exc}") from exc
+    conn.execute(f"PRAGMA user_version = {migration.number}")
+
+
+def init_db(path: str) -> None:
+    """Create the database at `path`, or bring it to the current version (tests and benchmarks call this)."""
+    upgrade(path)
+
+
+def stored_version(path: str) -> tuple[int, bool] | None:
+    """(user_version, has tables) of an existing database, read without changing it; None if there is no file."""
+    if path == ":memory:" or not Path(path).exists():
+        return None
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            return _version(conn), _has_tables(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path} cannot be read as an SQLite database: {exc}") from None
+
+
+def _enable_wal(path: str) -> None:
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
+
+
+def _describe(path: str, version: int, target: int, has_tables: bool) -> str:
+    if version > target:
+        return (f"{path} is at schema version {version}, ahead of this release's {target}; "
+                "run the release that upgraded it (or a newer one)")
+    before = " (made before versioning)" if version == 0 and has_tables else ""
+    return f"{path} is at schema version {version} of {target}{before}; run: {UPGRADE}"
+
+
+def check_at_start(path: str, exit_on_error: bool) -> None:
+    """Create a new database at the current version; refuse one that is behind or ahead.
+
+    With `exit_on_error` (a real start, not a test's app) a refusal is one line on
+    stderr and exit status 2, as for a configuration error.
+    """
+    if _loading_for_db_command():
+        return
+    try:
+        target = len(load_migrations())
+        found = stored_version(path)
+        if found is None or found == (0, False):
+            upgrade(path)
+        elif found[0] != target:
+            raise SchemaError(_describe(path, found[0], target, found[1]))
+        else:
+            _enable_wal(path)  # as every start did before versioning: the long polls watch the WAL file
+    except SchemaError as exc:
+        if not exit_on_error:
+            raise
+        print(f"database error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _loading_for_db_command() -> bool:
+    """Whether the flask CLI is loading the app to run `db ...` or `init-db`, which must open a database
+    that is behind. Flask loads the app before it resolves the command and keeps no record of its name,
+    so it is read from the command line with the CLI's own parser."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    root = ctx.find_root()
+    try:
+        _, words, _ = root.command.make_parser(root).parse_args(list(sys.argv[1:]))
+    except click.ClickException:
+        return False
+    return bool(words) and words[0] in ("db", "init-db")
 
 
 _local = threading.local()
@@ -61,13 +290,46 @@ def end_request(_exc: BaseException | None = None) -> None:
         cached[1].rollback()
 
 
+db_cli = AppGroup("db", help="The database's schema version: show it, upgrade it.")
+
+
+@db_cli.command("upgrade")
+def upgrade_command() -> None:
+    """Apply the pending migrations (migrations/sqlite/), one transaction each."""
+    try:
+        upgrade(current_app.config["DATABASE_PATH"], echo=click.echo)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@db_cli.command("version")
+def version_command() -> None:
+    """Show the database's schema version, the one this release runs on, and what is pending."""
+    path = current_app.config["DATABASE_PATH"]
+    migrations = load_migrations()
+    target = len(migrations)
+    try:
+        found = stored_version(path)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if found is None or found == (0, False):
+        click.echo(f"{path}: no schema yet; the app creates it at schema version {target}")
+    elif found[0] == target:
+        click.echo(f"{path}: schema version {target} of {target}, current")
+    else:
+        click.echo(_describe(path, found[0], target, found[1]))
+        for migration in migrations[max(found[0], 1):] if found[0] < target else []:
+            click.echo(f"  pending: {migration.name}")
+
+
 @click.command("init-db")
-def init_db_command() -> None:
-    """Create the tables and indexes of schema.sql."""
-    init_db(current_app.config["DATABASE_PATH"])
-    click.echo(f"Initialized the database at {current_app.config['DATABASE_PATH']}.")
+@click.pass_context
+def init_db_command(ctx: click.Context) -> None:
+    """The same as `db upgrade` (its older name)."""
+    ctx.invoke(upgrade_command)
 
 
 def init_app(app) -> None:
     app.teardown_appcontext(end_request)
+    app.cli.add_command(db_cli)
     app.cli.add_command(init_db_command)

@@ -17,7 +17,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import logs
-from web import current, db, task_store
+from web import current, db, metrics, task_store
 from web.commit_watch import long_poll
 from web.task_store import Outcome, Report, ReportKind, TaskNotFound, TransitionRefused
 
@@ -48,9 +48,25 @@ def fetch_pending_tasks(name: str):
     wait_ms = query_int("waitMs", 0, MAX_WAIT_MS, 0)
     conn, table = db.get_db(), current.table(name)
     task_store.expire_stuck(conn, table)
-    tasks = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms,
-                      lambda: task_store.fetch_claimable(conn, table, limit))
+    with metrics.waiting(name):
+        tasks = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms,
+                          lambda: task_store.fetch_claimable(conn, table, limit))
     return jsonify({"tasks": tasks})
+
+
+@bp.get("/api/<integration:name>/fetchDispatchedTasks")
+def fetch_dispatched_tasks(name: str):
+    """Tasks whose workflow Temporal owns, unchanged for `olderThanSeconds`: the reconciler's worklist.
+
+    Paged: `after` is the previous answer's `next` (absent: from the start); `next`
+    is null once the last page is served.
+    """
+    limit = query_int("limit", 1, MAX_LIMIT, current_app.config["BATCH_SIZE"])
+    older_than = query_int("olderThanSeconds", 0, 86_400 * 7, 300)
+    after = parse_cursor(request.args.get("after"))
+    tasks = task_store.list_dispatched(db.get_db(), current.table(name), older_than, after, limit)
+    last = tasks[-1] if len(tasks) == limit else None
+    return jsonify({"tasks": tasks, "next": None if last is None else f"{last['createdAt']!r},{last['id']}"})
 
 
 @bp.post("/api/<integration:name>/claimPendingTasks")
@@ -87,7 +103,8 @@ def claim_pending_tasks(name: str):
         confirmed.extend(outcomes)
         return tasks
 
-    tasks = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, claim)
+    with metrics.waiting(name):
+        tasks = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, claim)
     for task in tasks:
         log_outcome(name, task["id"], Report.claim(), Outcome("queued", task["attempt"]))
     for (task_id, attempt), outcome in zip(confirmations, confirmed, strict=True):
@@ -107,7 +124,8 @@ def report_task_event(name: str, report_name: str):
     task_id, report = parse_report(body)
     try:
         outcome = task_store.transition(db.get_db(), current.table(name), task_id, report)
-    except TaskNotFound:
+    except TaskNotFound as exc:
+        log_outcome(name, task_id, report, exc)
         abort(404, "Task not found")
     except TransitionRefused as exc:
         log_outcome(name, task_id, report, exc)
@@ -144,6 +162,20 @@ def query_int(name: str, low: int, high: int, default: int) -> int:
     if not raw.isdigit() or not low <= int(raw) <= high:
         abort(400, f"{name} must be an integer from {low} to {high}, got {raw[:50]!r}")
     return int(raw)
+
+
+def parse_cursor(raw: str | None) -> tuple[float, str] | None:
+    """`<createdAt>,<id>` as `fetchDispatchedTasks` hands it out; 400 if it is not one."""
+    if raw is None:
+        return None
+    created, _, task_id = raw.partition(",")
+    try:
+        value = float(created)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")) or not task_id or len(task_id) > MAX_ID_CHARS:
+        abort(400, "after must be the `next` cursor of the previous answer")
+    return value, task_id
 
 
 def body_int(body: dict, name: str, low: int, high: int, default: int) -> int:
@@ -212,7 +244,13 @@ def parse_report(body: Any) -> tuple[str, Report]:
 # -- answers and logs --
 
 def log_outcome(integration: str, task_id: str, report: Report, outcome) -> None:
-    """One line per report: accepted transitions at INFO, refusals at DEBUG (lost races are routine)."""
+    """One line and one count per report: accepted transitions at INFO, refusals at DEBUG (lost races are routine)."""
+    kind = report.kind.name.lower()
+    if isinstance(outcome, Outcome):
+        metrics.count_report(integration, kind, "duplicate" if outcome.duplicate else "accepted")
+    else:
+        metrics.count_report(integration, kind, "refused",
+                             "not_found" if isinstance(outcome, TaskNotFound) else outcome.reason)
     if isinstance(outcome, Outcome):
         message = ("dispatch confirmed" if report.kind is ReportKind.DISPATCHED
                    else "duplicate report" if outcome.duplicate else f"task {outcome.status}")

@@ -42,7 +42,11 @@ class TaskNotFound(Exception):
 
 
 class TransitionRefused(Exception):
-    """The state machine refuses this report."""
+    """The state machine refuses this report; `reason` is a short code for metrics."""
+
+    def __init__(self, message: str, reason: str = "not_allowed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
 
 def _check_attempt(task: dict, report: Report) -> None:
     if report.attempt != task["attempts"]:
-        raise TransitionRefused(f"Stale report: attempt {report.attempt} is not the current attempt {task['attempts']}")
+        raise TransitionRefused(f"Stale report: attempt {report.attempt} is not the current attempt {task['attempts']}",
+                                "stale_attempt")
 
 
 def _confirm_dispatch(task: dict, now: float) -> Decision:
@@ -216,20 +221,21 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
         return
     if current == "failed":
         if not task["retryable"]:
-            raise TransitionRefused(f"{refusal}: the task failed for good (not retryable)")
+            raise TransitionRefused(f"{refusal}: the task failed for good (not retryable)", "not_claimable")
         if attempts >= policy.max_attempts:
-            raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used")
+            raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used", "not_claimable")
         return
     if current == "queued":
         if task["dispatchedAt"] is not None:
-            raise TransitionRefused(f"{refusal}: attempt {attempts}'s workflow is started; Temporal owns it")
+            raise TransitionRefused(f"{refusal}: attempt {attempts}'s workflow is started; Temporal owns it",
+                                    "not_claimable")
         if attempts >= policy.max_attempts:
-            raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used")
+            raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used", "not_claimable")
         if (task["startedAt"] or 0) < now - policy.stuck_timeout_seconds:
             return
         raise TransitionRefused(f"{refusal}: attempt {attempts} was claimed less than "
-                                f"{policy.stuck_timeout_seconds}s ago")
-    raise TransitionRefused(refusal)
+                                f"{policy.stuck_timeout_seconds}s ago", "not_claimable")
+    raise TransitionRefused(refusal, "not_claimable")
 
 
 def transition(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Report,
@@ -381,6 +387,31 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     params = {"limit": limit, "max": table.policy.max_attempts,
               "cutoff": now - table.policy.stuck_timeout_seconds}
     return [_decode(dict(row)) for row in conn.execute(sql, params)]
+
+
+def list_dispatched(conn: sqlite3.Connection, table: TaskTable, older_than_seconds: float,
+                    after: tuple[float, str] | None = None, limit: int = 50, now: float | None = None) -> list[dict]:
+    """Tasks Temporal owns (processing, or queued with a started workflow) unchanged for `older_than_seconds`.
+
+    Paged in (createdAt, id) order from the cursor `after`, so the reconciler walks
+    every such task in turn however many long jobs are running: each status is one
+    range of its (status, createdAt) index, cut by its own LIMIT.
+    """
+    now = time.time() if now is None else now
+    c = lambda name: _q(table.entity.column(name))
+    created, task_id = after if after is not None else (float("-inf"), "")
+    select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('attempts')} AS attempts, "
+              f"{c('createdAt')} AS createdAt, {c('updatedAt')} AS updatedAt FROM {_q(table.entity.table)}")
+    page = (f"AND ({c('createdAt')} > :created OR ({c('createdAt')} = :created AND {c('id')} > :id)) "
+            f"AND +{c('updatedAt')} < :cutoff ORDER BY {c('createdAt')}, {c('id')} LIMIT :limit")
+    sql = f"""
+        SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'processing' {page})
+        UNION ALL
+        SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NOT NULL {page}))
+        ORDER BY createdAt, id LIMIT :limit
+    """
+    params = {"created": created, "id": task_id, "cutoff": now - older_than_seconds, "limit": limit}
+    return [dict(row) for row in conn.execute(sql, params)]
 
 
 def get_task(conn: sqlite3.Connection, table: TaskTable, task_id: str) -> dict | None:

@@ -8,16 +8,18 @@ its own configuration: they never travel in workflow or activity arguments
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from prometheus_client import Counter, Histogram
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from integrations.shared.providers import JobApi, ProviderRejected, ProviderTransient
+from integrations.shared.providers import JobApi, ProviderError, ProviderRejected, ProviderTransient
 from settings import Config, load_config
 
 REPORT_TIMEOUT = (3.05, 10)
@@ -27,6 +29,12 @@ TRANSIENT = "ProviderTransient"
 NOT_DONE = "ProviderJobNotDone"
 REPORT_REFUSED = "ReportRefused"
 BENIGN = ApplicationErrorCategory.BENIGN
+# The worker's own metrics (WORKER_METRICS_PORT), beside the SDK's: how the providers answer.
+PROVIDER_CALLS = Histogram("worker_provider_call_seconds", "Provider calls by integration, operation and outcome",
+                           ["integration", "operation", "outcome"],
+                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+PROVIDER_ERRORS = Counter("worker_provider_errors", "Failed provider calls by status (HTTP or body status, or "
+                          "network) and the provider's error code", ["integration", "operation", "status", "code"])
 
 
 @dataclass
@@ -102,6 +110,20 @@ def provider_settings(namespace: str) -> dict:
     return worker_config().section(f"integrations.{namespace}")
 
 
+@contextmanager
+def measured(integration: str, operation: str) -> Iterator[None]:
+    """Time one provider call and count its failure by code."""
+    began, outcome = time.monotonic(), "ok"
+    try:
+        yield
+    except ProviderError as exc:
+        outcome = "rejected" if isinstance(exc, ProviderRejected) else "transient"
+        PROVIDER_ERRORS.labels(integration, operation, str(exc.status or "network"), str(exc.code or "")).inc()
+        raise
+    finally:
+        PROVIDER_CALLS.labels(integration, operation, outcome).observe(time.monotonic() - began)
+
+
 def job_activities(namespace: str, api: type[JobApi]) -> list[Callable]:
     """An integration's two provider activities, `{namespace}.createTask` and `{namespace}.pollTask`."""
 
@@ -113,14 +135,14 @@ def job_activities(namespace: str, api: type[JobApi]) -> list[Callable]:
     def create_task(task: CreateInput) -> str:
         """Create the provider's job; return its id (the external id)."""
         client, model = connect()
-        with provider_errors(task):
+        with provider_errors(task), measured(namespace, "create"):
             return client.create_job(model, task.request_params)
 
     @activity.defn(name=f"{namespace}.pollTask")
     def poll_task(poll: PollInput) -> PollOutcome:
         """One look at the job. Not final yet: raise, and the retry policy polls again later."""
         client, _ = connect()
-        with provider_errors(poll):
+        with provider_errors(poll), measured(namespace, "poll"):
             job = client.look(poll.external_id)
         if not job.finished:
             raise not_done(f"{client.job_label} {poll.external_id} is {job.status}")
