@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Iterable
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
@@ -23,18 +23,28 @@ import logs
 from integrations import load_integrations
 from settings import ConfigError, load_config
 from web import dashboard, db, internal_api, metrics, user_api
+from web.auth import Credentials
 from web.cli import tasks_cli
+from web.edge import MAX_BODY_BYTES
 from web.task_store import TaskTable
 
-MAX_BODY_BYTES = 256 * 1024
 log = logging.getLogger("app")
+# Every answer: no page of ours may be framed, sniffed into another type, or load anything but our own
+# styles and http(s) media (a provider's result URL is data, never a script).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' https: http:; "
+                               "media-src https: http:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def create_app(test_config: dict | None = None) -> Flask:
     """App factory: defaults, then app.config.json and the environment, then `test_config`."""
     try:
         config = load_config(overrides=test_config)
-        token = config.require("components.asyncTask.internalApiToken")
+        credentials = Credentials.from_config(config)
     except ConfigError as exc:
         if test_config is not None:
             raise
@@ -46,12 +56,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         DATABASE_PATH=config.get("components.main.databasePath", "data/app.db"),
-        INTERNAL_API_TOKEN=token,
         BATCH_SIZE=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
     integrations = load_integrations(config)
     app.extensions["settings"] = config
+    app.extensions["credentials"] = credentials
+    credentials.warn_if_open()
     app.extensions["integrations"] = {i.namespace: i for i in integrations}
     app.extensions["task_tables"] = {i.namespace: TaskTable.from_config(config, i.namespace) for i in integrations}
     # Path segments that name an integration, its report endpoint or its short name match only those.
@@ -63,6 +74,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     db.check_at_start(app.config["DATABASE_PATH"], exit_on_error=test_config is None)
     app.cli.add_command(tasks_cli)
     _register_errors(app)
+    app.after_request(_secure)
+    app.add_url_rule("/healthz", view_func=_healthz)
     for blueprint in (user_api.bp, internal_api.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     for integration in integrations:
@@ -76,13 +89,29 @@ def one_of(names: Iterable[str]) -> type[BaseConverter]:
     return type("OneOf", (BaseConverter,), {"regex": f"(?:{pattern})"})
 
 
+def _healthz():
+    """200 while the database answers; open to all, so it shows nothing else."""
+    db.get_db().execute("SELECT 1").fetchone()
+    return jsonify({"status": "ok"})
+
+
+def _secure(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def _register_errors(app: Flask) -> None:
     """Every error is JSON: `{"success": false, "error": "..."}`, never an HTML page."""
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         message = exc.description if exc.code != 413 else f"Body too large (at most {MAX_BODY_BYTES} bytes)"
-        return jsonify({"success": False, "error": message}), exc.code
+        response = jsonify({"success": False, "error": message})
+        response.status_code = exc.code or 500
+        for name, value in exc.get_headers():  # WWW-Authenticate, Allow
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):

@@ -47,7 +47,7 @@ import metrics
 from integrations import PullModeConfig, WorkflowInput, load_integrations
 from integrations.shared.providers import json_body
 from reconciler import Reconciler, ReconcilerSettings
-from settings import Config, ConfigError, load_config, temporal_connection
+from settings import Config, ConfigError, load_config, require_secret, temporal_connection
 
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
 START_TIMEOUT = timedelta(seconds=10)
@@ -76,7 +76,7 @@ class ProcessorSettings:
     def from_config(cls, config: Config, instance_id: str | None = None) -> ProcessorSettings:
         return cls(
             instance_id=instance_id or default_instance_id(),
-            token=config.require("components.asyncTask.internalApiToken"),
+            token=require_secret(config, "components.asyncTask.internalApiToken"),
             temporal=temporal_connection(config),
             poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 1000)),
             batch_size=int(config.get("components.asyncTask.pullMode.batchSize", 10)),

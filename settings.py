@@ -58,6 +58,12 @@ SETTINGS = [
             "claims a task may use before it fails for good"),
     Setting("STUCK_TIMEOUT_SECONDS", "components.asyncTask.pullMode.stuckTimeoutSeconds", int,
             "age after which a queued claim may be rescued"),
+    Setting("CLIENT_API_KEYS", "components.auth.clientApiKeys", str,
+            "comma-separated keys a client sends as `Authorization: Bearer <key>` to the user API"),
+    Setting("DASHBOARD_USERNAME", "components.auth.dashboardUsername", str, "the dashboard's basic-auth user"),
+    Setting("DASHBOARD_PASSWORD", "components.auth.dashboardPassword", str, "the dashboard's basic-auth password"),
+    Setting("ALLOW_UNAUTHENTICATED", "components.auth.allowUnauthenticated", bool,
+            "leave the user API or the dashboard open when its credentials are unset (logged at start)"),
     Setting("RECONCILE_ENABLED", "components.asyncTask.reconciler.enabled", bool,
             "whether the processor heals tasks whose workflow is gone"),
     Setting("RECONCILE_AFTER_SECONDS", "components.asyncTask.reconciler.afterSeconds", int,
@@ -217,6 +223,22 @@ _TEMPORAL_TLS_FILES = {
     "client_cert": ("client certificate", "TEMPORAL_TLS_CLIENT_CERT_PATH", "client_cert_path"),
     "client_private_key": ("client key", "TEMPORAL_TLS_CLIENT_KEY_PATH", "client_key_path"),
 }
+
+
+MIN_SECRET_CHARS = 16
+
+
+def require_secret(config: Config, path: str) -> str:
+    """A required key, password or token: present, and long enough not to be guessed."""
+    value = str(config.require(path))
+    check_secret(BY_PATH[path].env if path in BY_PATH else path, value)
+    return value
+
+
+def check_secret(name: str, value: str) -> None:
+    if len(value) < MIN_SECRET_CHARS or value != value.strip() or any(c.isspace() for c in value):
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_CHARS} characters with no spaces (got "
+                          f"{len(value)}); make one with: python -c 'import secrets; print(secrets.token_urlsafe())'")
 
 
 def temporal_connection(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -155,10 +155,10 @@ REGISTRY = {
 def check_registry(config) -> list[tuple[str, str, type, list]]:
     """(integration, task queue, workflow, activities) per enabled integration; ConfigError if misconfigured."""
     from integrations import load_integrations
-    from settings import ConfigError, temporal_connection
+    from settings import ConfigError, require_secret, temporal_connection
 
     temporal_connection(config)  # the Temporal settings are complete
-    config.require("components.asyncTask.internalApiToken")
+    require_secret(config, "components.asyncTask.internalApiToken")
     served = []
     for integration in load_integrations(config):
         pull = integration.get_pull_mode_config()

@@ -59,7 +59,9 @@ from dev.stack import (
     wait_for_http,
 )
 
-TOKEN = "bench-token"
+TOKEN = "bench-internal-token-0123456789"
+CLIENT_KEY = "bench-client-key-0123456789"
+USER = {"Authorization": f"Bearer {CLIENT_KEY}"}
 KEY = "bench-provider-key"
 HERE = Path(__file__).resolve().parent
 VIDEO_NS = "fangzhouVideoGeneration"
@@ -75,7 +77,9 @@ class Phase:
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_path = str(folder / "app.db")
         self.temporal = temporal
-        self.env = {"INTERNAL_API_TOKEN": TOKEN, "DATABASE_PATH": self.db_path, "MAIN_ENDPOINT": self.url,
+        self.env = {"INTERNAL_API_TOKEN": TOKEN, "CLIENT_API_KEYS": CLIENT_KEY,
+                    "DASHBOARD_PASSWORD": "bench-dashboard-password", "DATABASE_PATH": self.db_path,
+                    "MAIN_ENDPOINT": self.url,
                     "TEMPORAL_ADDRESS": temporal, "FANGZHOU_API_KEY": KEY, "NANOBANANA_API_KEY": KEY,
                     "FAKE_API_KEY": KEY, "LOG_LEVEL": "WARNING", "FAKE_STEP_SECONDS": "1",
                     **{k: str(v) for k, v in env.items()}}
@@ -298,6 +302,7 @@ def latency_phase(folder: Path, temporal: str, push: bool, count: int = 200, rat
         time.sleep(2.0)
         path = "/push/video/generate" if push else "/api/video/generate"
         session = requests.Session()
+        session.headers.update(USER)
         ids = []
         started = time.monotonic()
         for n in range(count):
@@ -326,6 +331,7 @@ def _create_burst(url: str, count: int, threads: int) -> float:
     def create(n):
         if not hasattr(sessions, "s"):
             sessions.s = requests.Session()
+            sessions.s.headers.update(USER)
         sessions.s.post(f"{url}/api/video/generate", json={"prompt": f"burst {n}"}, timeout=30).raise_for_status()
 
     began = time.perf_counter()

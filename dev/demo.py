@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dev.stack import BIN, ROOT, local_environ, wait_for_http
 
+HTTP = requests.Session()  # carries the demo's client key once main() made it
+
 DEADLINE_SECONDS = 180
 
 # (kind, prompt, what it should end as, attempts it should take)
@@ -61,6 +63,10 @@ def environment(port: dict[str, int], data: Path) -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
         "INTERNAL_API_TOKEN": os.environ.get("INTERNAL_API_TOKEN") or secrets.token_urlsafe(24),
+        # The user API and the dashboard are closed by default: the demo makes a key and a login.
+        "CLIENT_API_KEYS": os.environ.get("CLIENT_API_KEYS") or secrets.token_urlsafe(24),
+        "DASHBOARD_USERNAME": os.environ.get("DASHBOARD_USERNAME") or "admin",
+        "DASHBOARD_PASSWORD": os.environ.get("DASHBOARD_PASSWORD") or secrets.token_urlsafe(18),
         "DATABASE_PATH": str(data / "demo.db"),
         "TEMPORAL_DB": str(data / "temporal.db"),
         "MAIN_ENDPOINT": f"http://127.0.0.1:{port['WEB_PORT']}",
@@ -87,7 +93,7 @@ def wait_for(url: str, what: str, stack: subprocess.Popen, timeout: float = 60) 
 def submit(base: str) -> list[dict]:
     tasks = []
     for n, (kind, prompt, expected, attempts) in enumerate(SAMPLES, 1):
-        response = requests.post(f"{base}/api/{kind}/generate", json={"prompt": prompt}, timeout=10)
+        response = HTTP.post(f"{base}/api/{kind}/generate", json={"prompt": prompt}, timeout=10)
         response.raise_for_status()
         tasks.append({"n": n, "kind": kind, "prompt": prompt, "expected": expected, "expected_attempts": attempts,
                       "id": response.json()["taskId"], "seen": 0, "task": {}})
@@ -100,12 +106,12 @@ def follow(base: str, tasks: list[dict]) -> None:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while time.monotonic() < deadline:
         for t in tasks:
-            events = requests.get(f"{base}/api/tasks/{t['id']}/events", timeout=5).json()["events"]
+            events = HTTP.get(f"{base}/api/tasks/{t['id']}/events", timeout=5).json()["events"]
             for event in events[t["seen"]:]:
                 detail = event.get("error") or event.get("externalId") or ""
                 print(f"  {t['kind']} #{t['n']}: {event['status']:<10} attempt {event['attempt']}  {detail[:70]}")
             t["seen"] = len(events)
-            t["task"] = requests.get(f"{base}/api/tasks/{t['id']}", timeout=5).json()
+            t["task"] = HTTP.get(f"{base}/api/tasks/{t['id']}", timeout=5).json()
         if all(settled(t) for t in tasks):
             return
         time.sleep(0.3)
@@ -117,7 +123,7 @@ def settled(t: dict) -> bool:
     return task.get("status") == "completed" or (task.get("status") == "failed" and t["expected"] == "failed")
 
 
-def summary(tasks: list[dict], port: dict[str, int]) -> bool:
+def summary(tasks: list[dict], port: dict[str, int], env: dict[str, str]) -> bool:
     print("\n  #  kind   status     attempts  as designed  result")
     ok = True
     for t in tasks:
@@ -128,8 +134,10 @@ def summary(tasks: list[dict], port: dict[str, int]) -> bool:
         shown = result.get("videoUrl") or (result.get("imageUrls") or [None])[0] or task.get("error") or ""
         print(f"  {t['n']}  {t['kind']:<6} {task.get('status', '?'):<10} {task.get('attempts', '?'):<9} "
               f"{'yes' if good else 'NO':<12} {shown[:60]}")
-    print(f"\n  dashboard:   http://127.0.0.1:{port['WEB_PORT']}/")
-    print(f"  a task:      http://127.0.0.1:{port['WEB_PORT']}/api/tasks/{tasks[0]['id']}")
+    print(f"\n  dashboard:   http://127.0.0.1:{port['WEB_PORT']}/  (log in as {env['DASHBOARD_USERNAME']} / "
+          f"{env['DASHBOARD_PASSWORD']})")
+    print(f"  a task:      curl -H 'Authorization: Bearer {env['CLIENT_API_KEYS'].split(',')[0]}' "
+          f"http://127.0.0.1:{port['WEB_PORT']}/api/tasks/{tasks[0]['id']}")
     print(f"  Temporal UI: http://127.0.0.1:{port['TEMPORAL_UI_PORT']}/namespaces/default/workflows")
     print("  logs:        data/demo.log")
     return ok
@@ -151,6 +159,7 @@ def main() -> int:
     data.mkdir(exist_ok=True)
     port = ports()
     env = environment(port, data)
+    HTTP.headers["Authorization"] = f"Bearer {env['CLIENT_API_KEYS'].split(',')[0]}"
     subprocess.run([str(BIN / "flask"), "--app", "app", "db", "upgrade"], env=env, check=True)  # an older demo.db
     print("demo: starting Temporal, the fake providers, web, processor and worker (Procfile.dev)")
     with open(data / "demo.log", "ab") as log:
@@ -163,7 +172,7 @@ def main() -> int:
         print("demo: submitting sample tasks")
         tasks = submit(base)
         follow(base, tasks)
-        ok = summary(tasks, port)
+        ok = summary(tasks, port, env)
         if os.environ.get("DEMO_EXIT") == "1":
             print(f"\ndemo: {'every sample task ended as designed' if ok else 'some task did NOT end as designed'}")
             return 0 if ok else 1

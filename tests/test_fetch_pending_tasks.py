@@ -115,9 +115,9 @@ def test_each_integration_sees_only_its_own_tasks(tasks):
 @pytest.mark.parametrize("headers", [
     {},
     {"Authorization": "Bearer wrong-token"},
-    {"Authorization": "test-token"},
+    {"Authorization": "test-internal-token-0123"},
     {"Authorization": "Basic dGVzdC10b2tlbg=="},
-    {"Authorization": "Bearer test-token "},
+    {"Authorization": "Bearer test-internal-token-0123 "},
 ])
 def test_rejects_requests_without_the_token(tasks, headers):
     response = tasks.fetch(headers=headers)
@@ -141,7 +141,7 @@ def test_a_long_poll_answers_as_soon_as_work_appears(app, tasks):
     started = time.monotonic()
     creator.start()
     response = tasks.client.get("/api/fangzhouVideoGeneration/fetchPendingTasks?waitMs=5000",
-                                headers={"Authorization": "Bearer test-token"})
+                                headers={"Authorization": "Bearer test-internal-token-0123"})
     elapsed = time.monotonic() - started
     creator.join()
     assert [t["requestParams"]["prompt"] for t in response.json["tasks"]] == ["late"]
@@ -151,6 +151,6 @@ def test_a_long_poll_answers_as_soon_as_work_appears(app, tasks):
 def test_a_long_poll_with_no_work_returns_empty_at_its_timeout(tasks):
     started = time.monotonic()
     response = tasks.client.get("/api/fangzhouVideoGeneration/fetchPendingTasks?waitMs=300",
-                                headers={"Authorization": "Bearer test-token"})
+                                headers={"Authorization": "Bearer test-internal-token-0123"})
     assert response.json == {"tasks": []}
     assert time.monotonic() - started >= 0.3

@@ -63,8 +63,9 @@ def test_create_apis_serves_fetch_claim_dispatched_and_report(integrations):
 
 def test_every_api_an_integration_describes_is_served(integrations):
     from app import create_app
+    from tests.conftest import SECRETS
 
-    app = create_app({"INTERNAL_API_TOKEN": "t", "DATABASE_PATH": ":memory:"})
+    app = create_app({**SECRETS, "DATABASE_PATH": ":memory:"})
     urls = app.url_map.bind("localhost")
     for integration in integrations.values():
         for api in integration.create_apis():

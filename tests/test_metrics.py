@@ -70,8 +70,9 @@ def test_waiting_long_polls_are_counted_while_they_wait(web):
 
 def test_metrics_token_restricts_the_web_metrics(db_path):
     from app import create_app
+    from tests.conftest import SECRETS
 
-    app = create_app({"DATABASE_PATH": db_path, "INTERNAL_API_TOKEN": "t", "METRICS_TOKEN": "m-secret"})
+    app = create_app({"DATABASE_PATH": db_path, **SECRETS, "METRICS_TOKEN": "m-secret"})
     client = app.test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -150,7 +151,8 @@ def test_a_metrics_port_in_use_stops_the_process_with_one_line(program):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "INTERNAL_API_TOKEN": "t", "FANGZHOU_API_KEY": "k", "NANOBANANA_API_KEY": "k",
+        env = {**os.environ, "INTERNAL_API_TOKEN": "metrics-internal-token", "FANGZHOU_API_KEY": "k",
+               "NANOBANANA_API_KEY": "k",
                "PROCESSOR_METRICS_PORT": str(port), "WORKER_METRICS_PORT": str(port)}
         result = subprocess.run([sys.executable, program], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=60)

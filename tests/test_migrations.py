@@ -23,7 +23,7 @@ import pytest
 from app import create_app
 from dev.stack import BIN
 from settings import ROOT
-from tests.conftest import AUTH, IMAGE, TOKEN, VIDEO
+from tests.conftest import AUTH, IMAGE, SECRETS, VIDEO
 from web import db
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -207,7 +207,7 @@ def test_behind_database_is_refused_by_a_test_app(tmp_path):
         conn.execute("PRAGMA user_version = 1")
     unchanged = digest(path)
     with pytest.raises(db.SchemaError, match=f"is at schema version 1 of 3; run: {UPGRADE}$"):
-        create_app({"DATABASE_PATH": path, "INTERNAL_API_TOKEN": TOKEN})
+        create_app({"DATABASE_PATH": path, **SECRETS})
     assert digest(path) == unchanged and version(path) == 1
 
 
@@ -220,7 +220,7 @@ def test_database_ahead_is_refused(tmp_path, capsys):
 
     message = f"{path} is at schema version 4, ahead of this release's 3; run the release that upgraded it"
     with pytest.raises(db.SchemaError, match=message):
-        create_app({"DATABASE_PATH": path, "INTERNAL_API_TOKEN": TOKEN})
+        create_app({"DATABASE_PATH": path, **SECRETS})
     with pytest.raises(SystemExit) as exit_:
         db.check_at_start(path, exit_on_error=True)
     assert exit_.value.code == 2
@@ -288,7 +288,7 @@ def test_concurrent_upgrades_apply_each_migration_once(tmp_path, expected_schema
 
 def flask(db_path, *args):
     return subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "DATABASE_PATH": db_path, "INTERNAL_API_TOKEN": TOKEN}, timeout=60)
+                          env={**os.environ, "DATABASE_PATH": db_path, **SECRETS}, timeout=60)
 
 
 @pytest.mark.slow
@@ -300,7 +300,7 @@ def test_behind_database_is_refused_at_start(tmp_path):
 
     result = subprocess.run([sys.executable, "-c", "from app import create_app; create_app()"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60,
-                            env={"DATABASE_PATH": path, "INTERNAL_API_TOKEN": TOKEN, "PATH": ""})
+                            env={"DATABASE_PATH": path, **SECRETS, "PATH": ""})
     assert result.returncode == 2
     assert result.stderr.splitlines() == [line]
     assert digest(path) == unchanged

@@ -86,7 +86,7 @@ def test_rate_limit_spaces_permits_and_stops_early():
 
 
 def events(stack, task_id):
-    return requests.get(f"{stack.web_url}/api/tasks/{task_id}/events", timeout=10).json()["events"]
+    return requests.get(f"{stack.web_url}/api/tasks/{task_id}/events", timeout=10, headers=stack.user).json()["events"]
 
 
 def processing(stack, task_id):

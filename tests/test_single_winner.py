@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from dev.stack import gunicorn
-from tests.conftest import TOKEN
+from tests.conftest import SECRETS, TOKEN, USER
 
 TASKS = 20
 CLAIMS_PER_TASK = 32
@@ -20,8 +20,8 @@ REPORT = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
 def test_single_winner_across_gunicorn_workers(tmp_path):
     db_path = str(tmp_path / "app.db")
     log_path = tmp_path / "gunicorn.log"
-    with gunicorn(db_path, log_path, workers=4, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
-        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, timeout=10)
+    with gunicorn(db_path, log_path, workers=4, env=SECRETS) as url:
+        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(TASKS)]
         claims = [task_id for task_id in task_ids for _ in range(CLAIMS_PER_TASK)]
         random.shuffle(claims)
@@ -60,8 +60,8 @@ def test_single_winner_across_gunicorn_workers(tmp_path):
 def test_single_winner_across_concurrent_batch_claims(tmp_path):
     """Processors claim a batch per request: 32 concurrent batches of the same 20 tasks, one winner each."""
     db_path = str(tmp_path / "app.db")
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
-        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, timeout=10)
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=SECRETS) as url:
+        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(TASKS)]
 
         def claim_batch(seed):
@@ -92,8 +92,8 @@ def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path):
     """
     db_path = str(tmp_path / "app.db")
     tasks = 300
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
-        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, timeout=10)
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=SECRETS) as url:
+        task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(tasks)]
 
         def claim_until_empty(_):

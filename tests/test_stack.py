@@ -45,7 +45,7 @@ def test_video_and_image_go_from_pending_to_completed(tmp_path):
 
 def stack_events(stack, task_id):
     import requests
-    return requests.get(f"{stack.web_url}/api/tasks/{task_id}/events", timeout=10).json()["events"]
+    return requests.get(f"{stack.web_url}/api/tasks/{task_id}/events", timeout=10, headers=stack.user).json()["events"]
 
 
 def test_task_stuck_by_a_processor_killed_after_its_claim_is_rescued(tmp_path):

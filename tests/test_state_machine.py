@@ -193,7 +193,7 @@ def test_a_batch_of_reports_is_judged_item_by_item(tasks):
     body = [{"apiCallId": pending, "status": "queued"}, {"apiCallId": pending, "status": "queued"},
             {"apiCallId": completed, "status": "queued"}, {"apiCallId": "missing", "status": "queued"}]
     response = tasks.client.post("/api/fangzhouVideoGeneration/reportFangzhouVideoResult", json=body,
-                                 headers={"Authorization": "Bearer test-token"})
+                                 headers={"Authorization": "Bearer test-internal-token-0123"})
     assert response.status_code == 200
     results = response.json["results"]
     assert [(r["apiCallId"], r["success"], r.get("code"), r.get("attempt")) for r in results] == [

@@ -33,7 +33,7 @@ from integrations import load_integrations
 from integrations.base import WorkflowInput
 from processor import start_workflow
 from settings import load_config
-from tests.conftest import IMAGE, TOKEN, VIDEO, Web, wait_until
+from tests.conftest import IMAGE, SECRETS, TOKEN, VIDEO, Web, wait_until
 from workflows import ImagePollingWorkflow, PollingRun, VideoPollingWorkflow, create_video_task, poll_video_task
 
 pytestmark = pytest.mark.slow
@@ -413,7 +413,7 @@ def running(providers, app, namespace, prompt):
 def own_web_process(folder):
     """A web process the test can stop (the `web` fixture's run until the test ends)."""
     db_path = str(folder / "own.db")
-    with gunicorn(db_path, folder / "own-gunicorn.log", workers=1, env={"INTERNAL_API_TOKEN": TOKEN}) as url:
+    with gunicorn(db_path, folder / "own-gunicorn.log", workers=1, env=SECRETS) as url:
         yield Web(url, db_path)
 
 

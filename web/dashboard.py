@@ -6,13 +6,16 @@ Server-rendered (Flask templates in web/templates, no build step); it changes no
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, abort, current_app, render_template, request
 
 from web import current, db, task_store
+from web.auth import require_dashboard_login
 
-bp = Blueprint("dashboard", __name__, template_folder="templates")
+bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/dashboard-static")
+bp.before_request(require_dashboard_login)
 RECENT = 50
 REFRESH_SECONDS = 5
 
@@ -61,6 +64,18 @@ def age(created: float | None, now: float | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+@bp.app_template_filter("web_url")
+def web_url(url) -> str | None:
+    """`url` if it is an http(s) URL, else None: nothing else is ever rendered as a link or media."""
+    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme in ("http", "https") and parts.netloc else None
 
 
 @bp.app_template_filter("when")

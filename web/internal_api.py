@@ -9,7 +9,6 @@ view runs); the URL segment is the integration's name, not a Temporal namespace.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -18,7 +17,9 @@ from werkzeug.exceptions import HTTPException
 
 import logs
 from web import current, db, metrics, task_store
+from web.auth import require_internal_token
 from web.commit_watch import long_poll
+from web.edge import json_body, query_int, text
 from web.task_store import Outcome, Report, ReportKind, TaskNotFound, TransitionRefused
 
 MAX_LIMIT = 100
@@ -30,15 +31,7 @@ REPORTABLE = ("queued", "processing", "completed", "failed")
 log = logging.getLogger("web.tasks")
 
 bp = Blueprint("internal_api", __name__)
-
-
-@bp.before_request
-def require_internal_token() -> None:
-    """401 unless the request carries `Authorization: Bearer <INTERNAL_API_TOKEN>` (constant-time compare)."""
-    expected = f"Bearer {current_app.config['INTERNAL_API_TOKEN']}".encode()
-    given = request.headers.get("Authorization", "").encode()
-    if not hmac.compare_digest(given, expected):
-        abort(401, "Missing or wrong internal API token")
+bp.before_request(require_internal_token)
 
 
 @bp.get("/api/<integration:name>/fetchPendingTasks")
@@ -80,7 +73,8 @@ def claim_pending_tasks(name: str):
     `waitMs`, an empty claim waits (long poll) for a commit that brings work, and claims
     it at once: the caller must only ask to wait as long as it knows Temporal is up.
     """
-    body = request.get_json(force=True, silent=True) if request.get_data() else {}
+    body = json_body(allow_empty=True)
+    body = {} if body is None else body
     if not isinstance(body, dict):
         abort(400, "Body must be a JSON object")
     unknown = sorted(set(body) - {"limit", "waitMs", "dispatched"})
@@ -118,7 +112,7 @@ def report_task_event(name: str, report_name: str):
     """A workflow's progress report, a claim (`queued`) or a dispatch confirmation; or a JSON array of them."""
     if report_name != current.integration(name).report_api_name:
         abort(404, f"{name} has no endpoint {report_name}")
-    body = request.get_json(force=True, silent=True)
+    body = json_body()
     if isinstance(body, list):
         return report_batch(name, body)
     task_id, report = parse_report(body)
@@ -154,16 +148,6 @@ def report_batch(name: str, items: list):
 
 # -- input at the edge --
 
-def query_int(name: str, low: int, high: int, default: int) -> int:
-    """An integer query parameter in low..high (400 otherwise), or `default` when absent."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        abort(400, f"{name} must be an integer from {low} to {high}, got {raw[:50]!r}")
-    return int(raw)
-
-
 def parse_cursor(raw: str | None) -> tuple[float, str] | None:
     """`<createdAt>,<id>` as `fetchDispatchedTasks` hands it out; 400 if it is not one."""
     if raw is None:
@@ -175,7 +159,7 @@ def parse_cursor(raw: str | None) -> tuple[float, str] | None:
         value = float("nan")
     if value != value or value in (float("inf"), float("-inf")) or not task_id or len(task_id) > MAX_ID_CHARS:
         abort(400, "after must be the `next` cursor of the previous answer")
-    return value, task_id
+    return value, text(task_id, "after")
 
 
 def body_int(body: dict, name: str, low: int, high: int, default: int) -> int:

@@ -5,27 +5,29 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, jsonify
 
 import logs
 from integrations import Integration
 from integrations.shared.validation import RequestInvalid
 from web import current, db, task_store
+from web.auth import require_client_key
+from web.edge import json_body
 
 log = logging.getLogger("app")
 PUBLIC_FIELDS = ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt",
                  "requestParams", "externalId", "result", "error")
 
 bp = Blueprint("user_api", __name__)
+bp.before_request(require_client_key)
 
 
 @bp.post("/api/<kind:kind>/generate")
 def create_task(kind: str):
     """`POST /api/video/generate`, `POST /api/image/generate`: a new pending task (201)."""
     integration = next(i for i in current.integrations() if i.short_name == kind)
-    body = request.get_json(force=True, silent=True)
     try:
-        params = integration.validate_request(body)
+        params = integration.validate_request(json_body())
     except RequestInvalid as exc:
         abort(400, str(exc))
     task = task_store.create_task(db.get_db(), current.table(integration.namespace), params)
@@ -43,12 +45,6 @@ def show_task(task_id: str):
 def show_events(task_id: str):
     current.find_task(task_id)
     return jsonify({"events": task_store.list_events(db.get_db(), task_id)})
-
-
-@bp.get("/healthz")
-def healthz():
-    db.get_db().execute("SELECT 1").fetchone()
-    return jsonify({"status": "ok", "integrations": sorted(current_app.extensions["integrations"])})
 
 
 def public_task(integration: Integration, task: dict) -> dict[str, Any]:
