@@ -1,6 +1,8 @@
 -- One table per integration (its entity) and one shared, append-only events table.
 -- Times are epoch seconds: created_at/updated_at as REAL (sub-second FIFO order),
--- started_at as INTEGER (set at each claim). dispatched_at is set when the processor
+-- started_at as INTEGER (set at each claim). retry_at: when a retryable failure may be
+-- claimed again (backoff; added by migration 0004's ADD COLUMN, hence last and spelt as SQLite
+-- stores it). dispatched_at is set when the processor
 -- confirms that the claim's workflow is started: from then on Temporal owns the
 -- attempt and the claim is never "stuck". request_params/result are JSON text.
 
@@ -18,7 +20,7 @@ CREATE TABLE IF NOT EXISTS video_tasks (
     dispatched_at  REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL
-);
+, retry_at REAL);
 
 CREATE TABLE IF NOT EXISTS image_tasks (
     id             TEXT PRIMARY KEY,
@@ -34,24 +36,24 @@ CREATE TABLE IF NOT EXISTS image_tasks (
     dispatched_at  REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL
-);
+, retry_at REAL);
 
 -- fetchPendingTasks runs one indexed range per claimable kind, each read in index
 -- order and cut by LIMIT, so its cost follows the batch size, not the table size
 -- (see task_store.fetch_claimable):
 --   pending          (status, created_at)              the backlog, FIFO
---   retry due        (retryable, created_at) over failures; a task failed for good
---                    (rejected, or out of attempts) has retryable = 0 and is never read
+--   retry due        (retryable, retry_at) over failures, due ones oldest-due first; a task
+--                    failed for good (rejected, out of attempts) has retryable = 0, never read
 --   stuck queued     (status, dispatched_at, started_at) undispatched claims, oldest first
 --   expire sweep     (status, attempts, started_at)  claims with no attempts left
 CREATE INDEX IF NOT EXISTS video_tasks_status_created ON video_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS video_tasks_status_started ON video_tasks (status, dispatched_at, started_at);
-CREATE INDEX IF NOT EXISTS video_tasks_retry_due ON video_tasks (retryable, created_at) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS video_tasks_retry_due ON video_tasks (retryable, retry_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS video_tasks_status_attempts ON video_tasks (status, attempts, started_at);
 
 CREATE INDEX IF NOT EXISTS image_tasks_status_created ON image_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS image_tasks_status_started ON image_tasks (status, dispatched_at, started_at);
-CREATE INDEX IF NOT EXISTS image_tasks_retry_due ON image_tasks (retryable, created_at) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS image_tasks_retry_due ON image_tasks (retryable, retry_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS image_tasks_status_attempts ON image_tasks (status, attempts, started_at);
 
 CREATE TABLE IF NOT EXISTS task_events (

@@ -64,6 +64,12 @@ SETTINGS = [
     Setting("DASHBOARD_PASSWORD", "components.auth.dashboardPassword", str, "the dashboard's basic-auth password"),
     Setting("ALLOW_UNAUTHENTICATED", "components.auth.allowUnauthenticated", bool,
             "leave the user API or the dashboard open when its credentials are unset (logged at start)"),
+    Setting("RETRY_BASE_SECONDS", "components.asyncTask.pullMode.retryBaseSeconds", float,
+            "a retryable failure waits about this long before its second attempt, doubling for each next one"),
+    Setting("RETRY_MAX_SECONDS", "components.asyncTask.pullMode.retryMaxSeconds", float,
+            "the longest wait between two attempts"),
+    Setting("FANGZHOU_MAX_ACTIVE", f"{VIDEO}.maxActiveTasks", int, "most video tasks queued + processing at once"),
+    Setting("NANOBANANA_MAX_ACTIVE", f"{IMAGE}.maxActiveTasks", int, "most image tasks queued + processing at once"),
     Setting("RECONCILE_ENABLED", "components.asyncTask.reconciler.enabled", bool,
             "whether the processor heals tasks whose workflow is gone"),
     Setting("RECONCILE_AFTER_SECONDS", "components.asyncTask.reconciler.afterSeconds", int,
@@ -206,6 +212,8 @@ _BOUNDS = {
     "components.asyncTask.pullMode.pollIntervalMs": (1, 30_000),
     "components.asyncTask.pullMode.batchSize": (1, 100),
     "components.asyncTask.pullMode.maxInFlight": (1, 1000),
+    f"{VIDEO}.maxActiveTasks": (1, 100_000),
+    f"{IMAGE}.maxActiveTasks": (1, 100_000),
     "components.asyncTask.reconciler.afterSeconds": (1, 86_400 * 7),
     "components.asyncTask.reconciler.callsPerMinute": (1, 100_000),
     "components.metrics.processorPort": (1, 65535),
@@ -360,6 +368,12 @@ def _validate(config: Config) -> None:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not low <= value <= high):
                 raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number from {low} to {high}, got {value!r}")
+    for path in ("components.asyncTask.pullMode.retryBaseSeconds", "components.asyncTask.pullMode.retryMaxSeconds"):
+        value = config.get(path)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value <= 86_400 * 7):
+            raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number of seconds from 0 to 604800, "
+                              f"got {value!r}")
     interval = config.get("components.asyncTask.reconciler.intervalSeconds")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
                                  or not 0.1 <= interval <= 3600):

@@ -78,6 +78,7 @@ def environment(port: dict[str, int], data: Path) -> dict[str, str]:
         "FAKE_STEP_SECONDS": os.environ.get("FAKE_STEP_SECONDS", "2"),
         "FANGZHOU_POLL_INTERVAL_SECONDS": "1", "NANOBANANA_POLL_INTERVAL_SECONDS": "1",
         "POLL_INTERVAL_MS": "500",
+        "RETRY_BASE_SECONDS": "2",  # the sample that fails once waits 1-2 s for its retry, not minutes
     }
 
 

@@ -446,7 +446,7 @@ class Stack:
             "FANGZHOU_BASE_URL": f"http://127.0.0.1:{self.ports['ark']}/api/v3",
             "NANOBANANA_BASE_URL": f"http://127.0.0.1:{self.ports['banana']}",
             "FANGZHOU_API_KEY": key, "NANOBANANA_API_KEY": key, "FAKE_API_KEY": key,
-            "FAKE_STEP_SECONDS": "0.5", "POLL_INTERVAL_MS": "200",
+            "FAKE_STEP_SECONDS": "0.5", "POLL_INTERVAL_MS": "200", "RETRY_BASE_SECONDS": "0",
             "FANGZHOU_POLL_INTERVAL_SECONDS": "1", "NANOBANANA_POLL_INTERVAL_SECONDS": "1",
             **{k: str(v) for k, v in settings.items()},
         }

@@ -48,7 +48,8 @@ class SignedInClient(FlaskClient):
 
 @pytest.fixture
 def app(db_path):
-    app = create_app({"DATABASE_PATH": db_path, **SECRETS,
+    # RETRY_BASE_SECONDS 0: a retryable failure is due at once, unless a test is about backoff.
+    app = create_app({"DATABASE_PATH": db_path, **SECRETS, "RETRY_BASE_SECONDS": 0,
                       "MAX_ATTEMPTS": 5, "STUCK_TIMEOUT_SECONDS": 300, "BATCH_SIZE": 10})
     app.config["TESTING"] = True
     app.test_client_class = SignedInClient
@@ -69,10 +70,12 @@ class Tasks:
         return response.json["taskId"]
 
     def put(self, namespace=VIDEO, *, status="pending", attempts=0, started_at=None,
-            retryable=True, created_at=None, dispatched_at=None):
+            retryable=True, created_at=None, dispatched_at=None, retry_at=None):
         task_id = self.create(namespace)
+        if retry_at is None and status == "failed" and retryable:
+            retry_at = time.time() - 1  # due
         fields = {"status": status, "attempts": attempts, "started_at": started_at,
-                  "retryable": int(retryable), "dispatched_at": dispatched_at}
+                  "retryable": int(retryable), "dispatched_at": dispatched_at, "retry_at": retry_at}
         if created_at is not None:
             fields["created_at"] = created_at
         with sqlite3.connect(self.db_path) as conn:
@@ -144,7 +147,7 @@ def web(tmp_path, db_path):
 
     def start(**env):
         context = gunicorn(db_path, tmp_path / "gunicorn.log", workers=2,
-                           env={**SECRETS, **{k: str(v) for k, v in env.items()}})
+                           env={**SECRETS, "RETRY_BASE_SECONDS": "0", **{k: str(v) for k, v in env.items()}})
         url = context.__enter__()
         started.append(context)
         return Web(url, db_path)

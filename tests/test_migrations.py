@@ -1,7 +1,7 @@
 """Versioned schema migrations: equal to schema.sql, databases from every earlier commit upgraded in place.
 
 The fixtures are `git show <commit>:schema.sql` saved verbatim (CI clones may be shallow):
-3b50bad (first release), c44efa3 and 2f3308c (fetch indexes). Unversioned releases ran their
+3b50bad (first release), c44efa3 and 2f3308c (fetch indexes), c6e0045 (the last unversioned one). They ran their
 schema.sql with IF NOT EXISTS at every start, so a database that lived through several of them
 holds a mix; `legacy()` builds one the same way.
 """
@@ -49,7 +49,7 @@ def legacy(path, *schemas):
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         for name in schemas:
-            conn.executescript((db.SCHEMA if name == "today" else FIXTURES / f"schema_{name}.sql")
+            conn.executescript((FIXTURES / f"schema_{'c6e0045' if name == 'today' else name}.sql")
                                .read_text())
     return path
 
@@ -89,12 +89,29 @@ def seed(path):
 
 
 def contents(path):
-    """Every row of the three tables with its rowid; dispatched_at as NULL where the column is missing."""
+    """Every row of the three tables with its rowid; dispatched_at as NULL where the column is missing.
+
+    retry_at (0004) is left out: the upgrade sets it for waiting failures (`test_waiting_failures_stay_due`).
+    """
     with closing(sqlite3.connect(path)) as conn:
         conn.row_factory = sqlite3.Row
-        return {table: [{"dispatched_at": None, **dict(row)}
+        rows = {table: [{"dispatched_at": None, **dict(row)}
                         for row in conn.execute(f"SELECT rowid AS row_id, * FROM {table} ORDER BY rowid")]
                 for table in (*TASK_TABLES, "task_events")}
+    for table in TASK_TABLES:
+        for row in rows[table]:
+            row.pop("retry_at", None)
+    return rows
+
+
+def test_waiting_failures_stay_due(tmp_path):
+    """A retryable failure of the previous release was claimable at once; after 0004 it still is."""
+    path = str(tmp_path / "old.db")
+    ids = seed(legacy(path, "3b50bad"))
+    db.upgrade(path)
+    with closing(sqlite3.connect(path)) as conn:
+        due = dict(conn.execute("SELECT id, retry_at <= updated_at FROM video_tasks WHERE retry_at IS NOT NULL"))
+    assert due == {ids[("video_tasks", "failed_retryable")]: 1, ids[("video_tasks", "failed_no_attempts_left")]: 1}
 
 
 def schema(path):
@@ -129,7 +146,7 @@ def test_migrations_give_exactly_schema_sql(tmp_path, expected_schema):
     path = str(tmp_path / "new.db")
     assert db.upgrade(path) == [m.name for m in db.load_migrations()]
     assert schema(path) == expected_schema
-    assert version(path) == CURRENT == 3
+    assert version(path) == CURRENT == 4
     objects, _ = expected_schema
     assert {name for kind, name, _, _ in objects if kind == "index" and not name.startswith("sqlite_")} == {
         f"{t}_{s}" for t in TASK_TABLES for s in ("status_created", "status_started", "retry_due", "status_attempts")
@@ -155,8 +172,8 @@ def test_app_creates_a_new_database_at_the_current_version(app, db_path):
     ("c44efa3",),
     ("2f3308c",),
     ("3b50bad", "c44efa3", "2f3308c"),  # lived through every unversioned release's start
-    ("3b50bad", "today"),  # the issue: today's code started on a first-release file
-    ("today",),  # version 0 with today's tables
+    ("3b50bad", "today"),  # the issue: the last unversioned code (c6e0045) started on a first-release file
+    ("today",),  # version 0 with the last unversioned release's tables
     ("2f3308c", "added by hand"),  # an operator's ALTER TABLE ... ADD COLUMN dispatched_at (appended last)
 ], ids=lambda history: "+".join(history).replace(" ", "-"))
 def test_database_from_before_versioning_is_upgraded_in_place(tmp_path, expected_schema, history):
@@ -169,10 +186,12 @@ def test_database_from_before_versioning_is_upgraded_in_place(tmp_path, expected
     before = contents(path)
 
     lines = []
-    assert db.upgrade(path, echo=lines.append) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py"]
+    assert db.upgrade(path, echo=lines.append) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py",
+                                                   "0004_retry_at.sql"]
     assert lines[0] == f"{path}: tables from before versioning adopted as schema version 1"
-    assert lines[1:] == [f"{path}: applied 0002_fetch_indexes.sql (schema version 2 of 3)",
-                         f"{path}: applied 0003_dispatched_at.py (schema version 3 of 3)"]
+    assert lines[1:] == [f"{path}: applied 0002_fetch_indexes.sql (schema version 2 of 4)",
+                         f"{path}: applied 0003_dispatched_at.py (schema version 3 of 4)",
+                         f"{path}: applied 0004_retry_at.sql (schema version 4 of 4)"]
     assert version(path) == CURRENT
     assert schema(path) == expected_schema
     assert contents(path) == before
@@ -185,7 +204,7 @@ def test_upgrade_twice_is_a_no_op(tmp_path):
     before, shape = contents(path), schema(path)
     lines = []
     assert db.upgrade(path, echo=lines.append) == []
-    assert lines == [f"{path}: schema version 3 of 3, nothing to apply"]
+    assert lines == [f"{path}: schema version 4 of 4, nothing to apply"]
     assert contents(path) == before and schema(path) == shape and version(path) == CURRENT
 
 
@@ -196,7 +215,7 @@ def test_version_1_database_gets_each_later_migration(tmp_path, expected_schema)
         conn.execute("PRAGMA user_version = 1")
     seed(path)
     before = contents(path)
-    assert db.upgrade(path) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py"]
+    assert db.upgrade(path) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py", "0004_retry_at.sql"]
     assert schema(path) == expected_schema and contents(path) == before
 
 
@@ -206,7 +225,7 @@ def test_behind_database_is_refused_by_a_test_app(tmp_path):
         db.load_migrations()[0].apply(conn)
         conn.execute("PRAGMA user_version = 1")
     unchanged = digest(path)
-    with pytest.raises(db.SchemaError, match=f"is at schema version 1 of 3; run: {UPGRADE}$"):
+    with pytest.raises(db.SchemaError, match=f"is at schema version 1 of 4; run: {UPGRADE}$"):
         create_app({"DATABASE_PATH": path, **SECRETS})
     assert digest(path) == unchanged and version(path) == 1
 
@@ -218,7 +237,8 @@ def test_database_ahead_is_refused(tmp_path, capsys):
         conn.execute(f"PRAGMA user_version = {CURRENT + 1}")
     unchanged, shape = digest(path), schema(path)
 
-    message = f"{path} is at schema version 4, ahead of this release's 3; run the release that upgraded it"
+    message = (f"{path} is at schema version {CURRENT + 1}, ahead of this release's {CURRENT}; "
+               "run the release that upgraded it")
     with pytest.raises(db.SchemaError, match=message):
         create_app({"DATABASE_PATH": path, **SECRETS})
     with pytest.raises(SystemExit) as exit_:
@@ -244,20 +264,21 @@ def test_tables_that_are_not_this_apps_are_not_touched(tmp_path):
 def test_failed_migration_leaves_the_database_as_it_was(tmp_path):
     folder = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS, folder)
-    (folder / "0004_broken.sql").write_text("CREATE TABLE half (a);\nALTER TABLE video_tasks ADD COLUMN half;\n"
+    broken = f"{CURRENT + 1:04d}_broken.sql"
+    (folder / broken).write_text("CREATE TABLE half (a);\nALTER TABLE video_tasks ADD COLUMN half;\n"
                                             "CREATE TABLE half (a);\n")
     path = str(tmp_path / "app.db")
     db.upgrade(path)
     seed(path)
     before, shape = contents(path), schema(path)
-    with pytest.raises(db.SchemaError, match="0004_broken.sql failed and was rolled back: table half already"):
+    with pytest.raises(db.SchemaError, match=f"{broken} failed and was rolled back: table half already"):
         db.upgrade(path, folder=folder)
     assert version(path) == CURRENT and schema(path) == shape and contents(path) == before
 
 
 def test_migration_numbers_must_not_skip(tmp_path):
     shutil.copytree(db.MIGRATIONS, tmp_path / "m")
-    (tmp_path / "m" / "0005_later.sql").write_text("SELECT 1;\n")
+    (tmp_path / "m" / f"{CURRENT + 2:04d}_later.sql").write_text("SELECT 1;\n")
     with pytest.raises(db.SchemaError, match="without gaps"):
         db.load_migrations(tmp_path / "m")
 
@@ -280,7 +301,7 @@ def test_concurrent_upgrades_apply_each_migration_once(tmp_path, expected_schema
     for thread in threads:
         thread.join()
     assert not errors
-    assert sorted(applied) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py"]
+    assert sorted(applied) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py", "0004_retry_at.sql"]
     assert schema(path) == expected_schema and contents(path) == before
 
 
@@ -296,7 +317,7 @@ def test_behind_database_is_refused_at_start(tmp_path):
     path = legacy(str(tmp_path / "old.db"), "3b50bad")
     seed(path)
     unchanged = digest(path)
-    line = f"database error: {path} is at schema version 0 of 3 (made before versioning); run: {UPGRADE}"
+    line = f"database error: {path} is at schema version 0 of 4 (made before versioning); run: {UPGRADE}"
 
     result = subprocess.run([sys.executable, "-c", "from app import create_app; create_app()"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60,
@@ -310,7 +331,7 @@ def test_behind_database_is_refused_at_start(tmp_path):
     shown = flask(path, "db", "version")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [line.removeprefix("database error: "), "  pending: 0002_fetch_indexes.sql",
-                                         "  pending: 0003_dispatched_at.py"]
+                                         "  pending: 0003_dispatched_at.py", "  pending: 0004_retry_at.sql"]
     assert digest(path) == unchanged and version(path) == 0
 
 
@@ -324,13 +345,14 @@ def test_first_release_database_upgrades_and_serves_every_write_path(tmp_path, d
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"{db_path}: tables from before versioning adopted as schema version 1",
-        f"{db_path}: applied 0002_fetch_indexes.sql (schema version 2 of 3)",
-        f"{db_path}: applied 0003_dispatched_at.py (schema version 3 of 3)",
+        f"{db_path}: applied 0002_fetch_indexes.sql (schema version 2 of 4)",
+        f"{db_path}: applied 0003_dispatched_at.py (schema version 3 of 4)",
+        f"{db_path}: applied 0004_retry_at.sql (schema version 4 of 4)",
     ]
     assert contents(db_path) == before and schema(db_path) == expected_schema
     again = flask(db_path, "init-db")  # the old name of db upgrade
     assert again.returncode == 0
-    assert again.stdout.splitlines() == [f"{db_path}: schema version 3 of 3, nothing to apply"]
+    assert again.stdout.splitlines() == [f"{db_path}: schema version 4 of 4, nothing to apply"]
 
     app = web()
     for table, namespace in TASK_TABLES.items():

@@ -27,7 +27,7 @@ def test_fetch_and_expire_queries_use_indexes(tmp_path, namespace, table):
     for sql in statements:
         plan += [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
     assert not [line for line in plan if line.startswith(f"SCAN {table}")], plan
-    for index in ("status_created (status=?)", "retry_due (retryable=?)",
+    for index in ("status_created (status=?)", "retry_due (retryable=? AND retry_at<?)",
                   "status_started (status=? AND dispatched_at=? AND started_at<?)",
                   "status_attempts (status=? AND attempts>?)"):
         assert f"SEARCH {table} USING INDEX {table}_{index}" in plan, "\n".join(plan)

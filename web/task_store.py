@@ -18,6 +18,7 @@ Exceptions (the HTTP layer maps them to status codes):
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import sqlite3
 import time
@@ -33,7 +34,8 @@ STATUSES = ("pending", "queued", "processing", "completed", "failed")
 # Progress reports (a workflow's, or an operator's `tasks fail`): the statuses each status may move to.
 ALLOWED = {"queued": ("processing", "completed", "failed"), "processing": ("completed", "failed")}
 FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt",
-          "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt")
+          "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt", "retryAt")
+ACTIVE = ("queued", "processing")
 EXPIRE_BATCH = 100
 
 
@@ -67,10 +69,25 @@ class EntityMapping:
 
 @dataclass(frozen=True)
 class Policy:
-    """How many claims a task gets, and when a claim counts as abandoned."""
+    """How many claims a task gets, when a claim counts as abandoned, how long a retry waits,
+    and how many tasks may be active (queued + processing) at once (None: no cap)."""
 
     max_attempts: int = 5
     stuck_timeout_seconds: int = 300
+    retry_base_seconds: float = 240.0
+    retry_max_seconds: float = 3600.0
+    max_active: int | None = None
+
+    def retry_delay(self, task_id: str, attempt: int) -> float:
+        """How long a task whose attempt `attempt` failed waits before its next claim.
+
+        Exponential (base · 2^(attempt−1), capped) with equal jitter: half of it fixed, half
+        spread by a hash of the task and attempt, so tasks that failed together (an outage)
+        do not all come back at once, and the same failure always gets the same delay.
+        """
+        ceiling = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** min(max(attempt - 1, 0), 30))
+        digest = hashlib.blake2b(f"{task_id}:{attempt}".encode(), digest_size=4).digest()
+        return ceiling / 2 + ceiling / 2 * int.from_bytes(digest, "big") / 2**32
 
 
 @dataclass(frozen=True)
@@ -85,9 +102,12 @@ class TaskTable:
     def from_config(cls, config: Config, integration: str) -> TaskTable:
         """Built once per integration: `components.main.integrations.<name>` and the pull-mode policy."""
         pull = config.section("components.asyncTask.pullMode")
+        cap = config.get(f"integrations.{integration}.maxActiveTasks")
         return cls(integration,
                    EntityMapping.from_config(config.section(f"components.main.integrations.{integration}")),
-                   Policy(int(pull.get("maxAttempts", 5)), int(pull.get("stuckTimeoutSeconds", 300))))
+                   Policy(int(pull.get("maxAttempts", 5)), int(pull.get("stuckTimeoutSeconds", 300)),
+                          float(pull.get("retryBaseSeconds", 240)), float(pull.get("retryMaxSeconds", 3600)),
+                          None if cap is None else int(cap)))
 
 
 class ReportKind(enum.Enum):
@@ -164,15 +184,17 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
     if report.kind is ReportKind.RETRY:
         if task["status"] != "failed":
             raise TransitionRefused(f"Cannot retry a {task['status']} task: only a failed task can be retried")
-        return Decision({"status": "pending", "retryable": 1, "error": None}, "pending", "retried by an operator")
+        return Decision({"status": "pending", "retryable": 1, "error": None, "retryAt": None}, "pending",
+                        "retried by an operator")
     if report.kind is ReportKind.CLAIM:
         _check_claimable(task, policy, now)
         return Decision({"status": "queued", "attempts": task["attempts"] + 1, "startedAt": int(now),
-                         "dispatchedAt": None, "externalId": None, "result": None, "error": None}, "queued")
+                         "dispatchedAt": None, "externalId": None, "result": None, "error": None,
+                         "retryAt": None}, "queued")
     _check_attempt(task, report)
     if report.kind is ReportKind.DISPATCHED:
         return _confirm_dispatch(task, now)
-    return _progress(task, report, policy)
+    return _progress(task, report, policy, now)
 
 
 def _check_attempt(task: dict, report: Report) -> None:
@@ -196,7 +218,7 @@ def _confirm_dispatch(task: dict, now: float) -> Decision:
     raise TransitionRefused(f"Cannot confirm the dispatch of a {current} task")
 
 
-def _progress(task: dict, report: Report, policy: Policy) -> Decision:
+def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decision:
     current = task["status"]
     if report.status == current:
         return DUPLICATE
@@ -209,8 +231,11 @@ def _progress(task: dict, report: Report, policy: Policy) -> Decision:
         changes["result"] = _dump(report.data)
     if report.status == "failed":
         changes["error"] = report.error or "failed (no message given)"
-        # Failed for good is decided here, once: the retry index then never holds it.
-        changes["retryable"] = 1 if report.retryable and task["attempts"] < policy.max_attempts else 0
+        # Failed for good is decided here, once: the retry index then never holds it. A retryable
+        # failure waits for its retryAt: an outage spends time, not attempts.
+        again = report.retryable and task["attempts"] < policy.max_attempts
+        changes["retryable"] = 1 if again else 0
+        changes["retryAt"] = now + policy.retry_delay(task["id"], task["attempts"]) if again else None
     return Decision(changes, report.status)
 
 
@@ -224,6 +249,8 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
             raise TransitionRefused(f"{refusal}: the task failed for good (not retryable)", "not_claimable")
         if attempts >= policy.max_attempts:
             raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used", "not_claimable")
+        if task["retryAt"] is not None and task["retryAt"] > now:
+            raise TransitionRefused(f"{refusal}: its retry is due in {task['retryAt'] - now:.0f}s", "not_claimable")
         return
     if current == "queued":
         if task["dispatchedAt"] is not None:
@@ -361,11 +388,14 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
 
     A queued claim is stuck only if its workflow start was never confirmed
     (dispatchedAt is NULL): a started workflow waiting for a worker is Temporal's.
+    A retryable failure is claimable once its retryAt has passed. With a cap
+    (`policy.max_active`), only as many new claims as the cap leaves room for are
+    returned; a stuck claim's rescue takes no new room (it is active already).
 
     Each kind is read in its index's order and cut by its own LIMIT, so the cost
-    follows `limit`, not the table size. Stuck claims are picked oldest claim
-    first (their index order); the merged batch is ordered by createdAt. The unary
-    `+` on attempts keeps the planner on the index that serves each kind's order.
+    follows `limit`, not the table size. Due retries are picked oldest-due first and
+    stuck claims oldest claim first (their index orders); the merged batch is ordered
+    by createdAt. The unary `+` on attempts keeps the planner on each kind's index.
     """
     now = time.time() if now is None else now
     c = lambda name: _q(table.entity.column(name))
@@ -377,16 +407,37 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
                                       ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'failed' AND {c('retryable')} = 1
-                       AND +{c('attempts')} < :max ORDER BY {c('createdAt')} LIMIT :limit)
+                       AND {c('retryAt')} <= :now AND +{c('attempts')} < :max ORDER BY {c('retryAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NULL
                        AND {c('startedAt')} < :cutoff AND +{c('attempts')} < :max
                        ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """
-    params = {"limit": limit, "max": table.policy.max_attempts,
+    params = {"limit": limit, "max": table.policy.max_attempts, "now": now,
               "cutoff": now - table.policy.stuck_timeout_seconds}
-    return [_decode(dict(row)) for row in conn.execute(sql, params)]
+    found = [_decode(dict(row)) for row in conn.execute(sql, params)]
+    return found if table.policy.max_active is None else _within_cap(conn, table, found)
+
+
+def _within_cap(conn: sqlite3.Connection, table: TaskTable, found: list[dict]) -> list[dict]:
+    """The tasks of `found` that the active cap lets be claimed now, in order."""
+    room = table.policy.max_active - count_active(conn, table)
+    allowed = []
+    for task in found:
+        if task["status"] == "queued":  # a rescue: the claim it replaces is counted already
+            allowed.append(task)
+        elif room > 0:
+            allowed.append(task)
+            room -= 1
+    return allowed
+
+
+def count_active(conn: sqlite3.Connection, table: TaskTable) -> int:
+    """Tasks queued or processing: one range of the (status, createdAt) index per status."""
+    status = _q(table.entity.column("status"))
+    return sum(conn.execute(f"SELECT COUNT(*) FROM {_q(table.entity.table)} WHERE {status} = ?", (s,)).fetchone()[0]
+               for s in ACTIVE)
 
 
 def list_dispatched(conn: sqlite3.Connection, table: TaskTable, older_than_seconds: float,

@@ -16,7 +16,7 @@ from web.edge import json_body
 
 log = logging.getLogger("app")
 PUBLIC_FIELDS = ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt",
-                 "requestParams", "externalId", "result", "error")
+                 "requestParams", "externalId", "result", "error", "retryAt")
 
 bp = Blueprint("user_api", __name__)
 bp.before_request(require_client_key)
