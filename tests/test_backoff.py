@@ -135,3 +135,9 @@ def test_the_cap_is_exact_across_concurrent_claimants(web):
         active = conn.execute(f"SELECT COUNT(*) FROM {TABLE[VIDEO]} WHERE status IN ('queued', 'processing')")
         assert active.fetchone()[0] == 7
     assert sorted(claimed) == sorted(ids[:7])  # FIFO: the oldest seven
+
+
+def test_the_dashboard_shows_when_a_failed_task_runs_again(tasks):
+    task_id = tasks.put(status="failed", attempts=1, retry_at=time.time() + 300)
+    page = tasks.client.get(f"/tasks/{task_id}").text
+    assert 'id="retry-at"' in page and "(in 29" in page
