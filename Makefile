@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint install demo bench bench-fetch bench-dispatch clean
+.PHONY: test lint install demo bench bench-fetch bench-dispatch bench-users clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,6 @@ clean:
 
 bench-dispatch: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --only dispatch
+
+bench-users: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --only users

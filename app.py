@@ -22,7 +22,7 @@ from werkzeug.routing import BaseConverter
 import logs
 from integrations import load_integrations
 from settings import ConfigError, load_config
-from web import dashboard, db, internal_api, metrics, user_api
+from web import dashboard, db, internal_api, metrics, openapi, user_api
 from web.auth import Credentials
 from web.cli import tasks_cli
 from web.edge import MAX_BODY_BYTES
@@ -76,7 +76,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_errors(app)
     app.after_request(_secure)
     app.add_url_rule("/healthz", view_func=_healthz)
-    for blueprint in (user_api.bp, internal_api.bp, metrics.bp, dashboard.bp):
+    for blueprint in (user_api.bp, internal_api.bp, metrics.bp, dashboard.bp, openapi.bp):
         app.register_blueprint(blueprint)
     for integration in integrations:
         integration.setup(app)

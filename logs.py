@@ -1,15 +1,20 @@
-"""One-line, key=value logs (logfmt) for all three processes.
+r"""One-line, key=value logs (logfmt) for all three processes.
 
 Every line about a task carries `task=` and `attempt=`, so one grep follows a
 task through the web process, the processor and the worker:
 
     ts=2026-11-27T20:01:02.345Z level=info process=processor msg="workflow started" task=… attempt=1
+
+Values may hold text from providers or clients (errors, prompts, ids). Every
+control character in a value is escaped (`\x1b`, `\r`, `\u202e`), so a line
+is one line and nothing in it drives the terminal that shows it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -18,10 +23,29 @@ _KEYS_FROM_TEMPORAL = {"temporal_workflow": ("workflow_id", "workflow_type"),
                        "temporal_activity": ("workflow_id", "activity_type", "attempt")}
 
 
+# C0 and C1 controls, DEL, and the invisible characters that reorder or hide text (bidi overrides and
+# isolates, zero-width, line/paragraph separators, BOM).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def escape_controls(text: str) -> str:
+    r"""`text` with every control character written as an escape (ESC as `\x1b`): safe to print on a terminal."""
+    return CONTROL.sub(lambda m: _escaped(m.group()), text)
+
+
+_QUOTED = re.compile(r'[\\"]|' + CONTROL.pattern)
+
+
 def _quote(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(c in text for c in ' "=') or CONTROL.search(text):
+        return '"' + _QUOTED.sub(lambda m: "\\" + m.group() if m.group() in '\\"' else _escaped(m.group()), text) + '"'
     return text
 
 

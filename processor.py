@@ -56,9 +56,19 @@ HEALTHY_FOR_SECONDS = 0.25  # how long a start or health check proves Temporal i
 CLAIM_WAIT_MARGIN_MS = 10  # of that proof, kept back for the claim request's own transit
 MIN_CLAIM_WAIT_MS = 20  # a shorter proof is not worth a long-polled claim: wait with a fetch instead
 MAX_BATCH = 100  # the web process's limit per claim and per batch report
+MAX_DECLINED_WAIT_MS = 30_000  # the longest a declined long poll waits here (the server's longest wait)
 REPORT_RETRIES = 4
 
 log = logging.getLogger("processor")
+
+
+def declined_for(answer: dict) -> float:
+    """Seconds to wait client-side because the web process declined to hold a long poll (too many wait at
+    once: it answered at once, with `retryAfterMs`; docs/design.md §5); 0 if it did not decline."""
+    hint = answer.get("retryAfterMs")
+    if isinstance(hint, bool) or not isinstance(hint, (int, float)) or not hint > 0:
+        return 0.0
+    return min(hint, MAX_DECLINED_WAIT_MS) / 1000
 
 
 @dataclass(frozen=True)
@@ -438,11 +448,14 @@ class TaskProcessor:
         started = time.monotonic()
         if self.fetch_pending_tasks(pull, wait_ms, limit=1):
             return True
-        if time.monotonic() - started < wait_ms / 2000:
-            self.stopping.wait(wait_ms / 1000)  # the server did not wait (an older web process?): no spin
+        waited = time.monotonic() - started  # on the server, or here if it declined to hold the poll
+        if waited < wait_ms / 2000:
+            self.stopping.wait(wait_ms / 1000 - waited)  # neither waited (an older web process?): no spin
         return False
 
     def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
+        """Claimable tasks; with `wait_ms`, a long poll. If the web process declines to hold it (it holds
+        as many as it will), the wait happens here instead, for as long as it says (interrupted by stop)."""
         params = {"limit": limit or self.settings.batch_size}
         if wait_ms:
             params["waitMs"] = wait_ms
@@ -450,7 +463,11 @@ class TaskProcessor:
         response = self.session().get(pull.internal_apis.fetch_pending_tasks, params=params, timeout=timeout)
         if response.status_code != 200:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
-        return response.json().get("tasks") or []
+        answer = response.json()
+        tasks = answer.get("tasks") or []
+        if wait_ms and not tasks:
+            self.stopping.wait(declined_for(answer))
+        return tasks
 
     def dispatch(self, pull: PullModeConfig, claimed: list[Claimed]) -> None:
         """Hand the batch's starts to the Temporal loop, in one call; each holds its in-flight slot.
@@ -479,7 +496,9 @@ class TaskProcessor:
                      workflow=pull.build_workflow_id(task), outcome=outcome)
         except Exception as exc:  # report it and carry on
             self.metrics.add("start_failed", pull.integration)
-            error = f"Workflow start failed: {type(exc).__name__}: {exc}"[:1000]
+            from integrations.shared.public_errors import START_FAILED  # the text's prefix users are told by
+
+            error = f"{START_FAILED}{type(exc).__name__}: {exc}"[:1000]
             self.log("workflow start failed", level=logging.ERROR, task=task["id"], attempt=attempt, error=error)
             await asyncio.get_running_loop().run_in_executor(
                 self.reporters, self.report_failed, pull, task, attempt, error)
@@ -526,7 +545,8 @@ class TaskProcessor:
         The web process chooses and claims under one write lock (claimPendingTasks),
         so processors sharing a backlog never collide on a task. Pending dispatch
         confirmations ride in the same request. With `wait_ms` the web process holds
-        an empty claim open until work arrives (see `claim_when_safe` for when that is safe).
+        an empty claim open until work arrives (see `claim_when_safe` for when that is safe); if it
+        declines to (it holds as many waits as it will), the wait happens here instead, claiming nothing.
         """
         confirmations = self.take_confirmations(pull)
         body = {"limit": limit, "dispatched": confirmations}
@@ -546,6 +566,8 @@ class TaskProcessor:
             raise RuntimeError(f"claimPendingTasks answered {response.status_code}: {answer.get('error')}")
         self.metrics.add("claimed", pull.integration, len(tasks))
         now = time.monotonic()
+        if wait_ms and not tasks:
+            self.stopping.wait(declined_for(answer))
         return [Claimed(task, int(task["attempt"]), now) for task in tasks]
 
     def take_confirmations(self, pull: PullModeConfig, limit: int = MAX_BATCH) -> list[dict]:

@@ -29,6 +29,7 @@ import requests
 
 import logs
 from integrations import PullModeConfig
+from integrations.shared.public_errors import WORKFLOW_GONE
 from settings import Config
 
 HTTP_TIMEOUT = (3.05, 10)
@@ -118,8 +119,8 @@ class Reconciler:
         self.metrics.reconcile_checks.labels(pull.integration).inc()
         if found == "RUNNING":
             return found
-        error = (f"Workflow {workflow_id} was not found in Temporal" if found == "NOT_FOUND" else
-                 f"Workflow {workflow_id} is {found.lower()} without a final report")
+        error = WORKFLOW_GONE + (f"{workflow_id} was not found in Temporal" if found == "NOT_FOUND" else
+                                 f"{workflow_id} is {found.lower()} without a final report")
         error += f" (task {task['status']} at attempt {task['attempts']}; the reconciler failed it so it runs again)"
         body = {"apiCallId": task["id"], "status": "failed", "attempt": task["attempts"], "error": error,
                 "retryable": True}

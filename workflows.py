@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from integrations.fangzhou_video.activities import create_video_task, poll_video_task
     from integrations.nanobanana2_image import activities as image_activities
     from integrations.nanobanana2_image.activities import create_image_task, poll_image_task
+    from integrations.shared import public_errors as text  # the failure texts' prefixes: what users are told
     from integrations.shared.activities import (
         NOT_DONE,
         REJECTED,
@@ -70,8 +71,8 @@ class PollingRun:
                 start_to_close_timeout=CALL_TIMEOUT, retry_policy=CREATE_RETRY)
         except ActivityError as err:
             rejected = _error_type(err) == REJECTED
-            prefix = "Provider rejected the request" if rejected else "Provider task could not be created"
-            await self.fail(f"{prefix}: {_message(err)}", retryable=not rejected)
+            prefix = text.REJECTED if rejected else text.CREATE_FAILED
+            await self.fail(f"{prefix}{_message(err)}", retryable=not rejected)
 
         self.log("provider job created", external_id=external_id)
         await self.report("processing", external_id=external_id)
@@ -86,12 +87,12 @@ class PollingRun:
             # Out of time: either the deadline struck mid-attempt (a timeout), or the server
             # would not schedule the next poll past it (the last "not done" answer).
             if isinstance(err.cause, TemporalTimeoutError) or _error_type(err) == NOT_DONE:
-                await self.fail(f"Provider job {external_id} did not finish within the deadline of "
-                                f"{self.deadline.total_seconds():g}s", external_id=external_id)
-            await self.fail(f"Polling provider job {external_id} failed: {_message(err)}", external_id=external_id)
+                late = text.DEADLINE.format(seconds=self.deadline.total_seconds())
+                await self.fail(f"{text.JOB_TIMED_OUT}{external_id} {late}", external_id=external_id)
+            await self.fail(f"{text.POLL_FAILED}{external_id}: {_message(err)}", external_id=external_id)
 
         if not outcome.succeeded:
-            await self.fail(outcome.error or "Provider job failed", external_id=external_id)
+            await self.fail(f"{text.JOB_FAILED}{outcome.error or 'no message'}", external_id=external_id)
         await self.report("completed", external_id=external_id, data=outcome.result)
         self.log("task completed", external_id=external_id)
         return outcome.result or {}
@@ -155,10 +156,14 @@ REGISTRY = {
 def check_registry(config) -> list[tuple[str, str, type, list]]:
     """(integration, task queue, workflow, activities) per enabled integration; ConfigError if misconfigured."""
     from integrations import load_integrations
+    from integrations.shared.activities import origin
     from settings import ConfigError, require_secret, temporal_connection
 
     temporal_connection(config)  # the Temporal settings are complete
     require_secret(config, "components.asyncTask.internalApiToken")
+    endpoint = config.require("components.main.endpoint")
+    if origin(endpoint) is None:  # reports go only to this origin: it must be one
+        raise ConfigError(f"MAIN_ENDPOINT (components.main.endpoint) must be an http(s) URL, got {endpoint!r}")
     served = []
     for integration in load_integrations(config):
         pull = integration.get_pull_mode_config()

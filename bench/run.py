@@ -1,6 +1,6 @@
 """`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
 
-    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--only dispatch,latency,idle,burst,fetch]
+    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--only dispatch,latency,idle,burst,users,fetch]
 
 One Temporal dev server (in memory) serves the latency, idle and burst phases;
 the dispatch phase starts a fresh one for each measurement. Each phase gets a
@@ -22,6 +22,11 @@ unless a phase says otherwise.
   idle      two processors with no work for 10 s: CPU of the web process and of a processor
   burst     1,000 creations from 16 client threads while fetchPendingTasks is
             called every 10 ms: the fetch latency (avg, max) and the create rate
+  users     user creates (20/s for 15 s, a new connection each) against a web process at default
+            settings: with nothing else running; with 64 processors' long polls (128 requests with
+            waitMs 30000, both integrations, fetch and claim, honouring a `retryAfterMs` hint);
+            with 40 slowloris sockets (silent, stalled mid-headers, trickling a byte a second).
+            p99 and max latency, failures
   fetch     fetchPendingTasks queries at 10,000 / 100,000 / 1,000,000 rows
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import sqlite3
@@ -77,7 +83,9 @@ class Phase:
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_path = str(folder / "app.db")
         self.temporal = temporal
-        self.env = {"INTERNAL_API_TOKEN": TOKEN, "CLIENT_API_KEYS": CLIENT_KEY,
+        # Caps above any backlog: the dispatch phases measure Temporal's start rate, not a provider's limit.
+        self.env = {"INTERNAL_API_TOKEN": TOKEN, "CLIENT_API_KEYS": CLIENT_KEY, "FANGZHOU_MAX_ACTIVE": "100000",
+                    "NANOBANANA_MAX_ACTIVE": "100000",
                     "DASHBOARD_PASSWORD": "bench-dashboard-password", "DATABASE_PATH": self.db_path,
                     "MAIN_ENDPOINT": self.url,
                     "TEMPORAL_ADDRESS": temporal, "FANGZHOU_API_KEY": KEY, "NANOBANANA_API_KEY": KEY,
@@ -363,6 +371,222 @@ def burst_phase(folder: Path, temporal: str, count: int = 1000) -> dict:
         phase.close()
 
 
+# -- users: a person's request while many processors wait and while slow clients hold sockets --
+
+LONG_POLLING_PROCESSORS = 64  # each keeps one long poll per integration open: 128 waiting requests
+SLOW_SOCKETS = 40
+INTEGRATIONS = (VIDEO_NS, "nanobanana2ImageGeneration")
+
+
+def _request_bytes(method: str, path: str, host: str, body: bytes | None = None) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {TOKEN}"]
+    if body is not None:
+        head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
+
+
+async def _read_answer(reader) -> tuple[int, dict]:
+    """One HTTP/1.1 answer with a Content-Length body: (status, JSON body)."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, json.loads(await reader.readexactly(length)) if length else {}
+
+
+def _hold_long_polls(url: str, processors: int, seconds: float, wait_ms: int = 30_000) -> dict:
+    """Run in a child process: `processors` simulated processors, each with one long poll per integration.
+
+    Like a processor, each poll claims what a fetch found and honours a hint to come back later
+    (`retryAfterMs`) by sleeping; they alternate between a long-polled fetch and a long-polled claim.
+    Returns counts of answers by kind; any answer but a 200 with a task list is an error.
+    """
+    host, port = url.removeprefix("http://").split(":")
+
+    async def one(integration: str, n: int, counts: collections.Counter, stop_at: float) -> None:
+        connection = None
+
+        async def ask(request: bytes) -> tuple[int, dict]:
+            """Send on the kept-alive connection; if the server closed it meanwhile (its keep-alive
+            timeout, while this poll slept), once more on a new one, as an HTTP client does."""
+            nonlocal connection
+            for fresh in (False, True):
+                if connection is None or fresh:
+                    if connection is not None:
+                        connection[1].close()
+                    connection = await asyncio.open_connection(host, int(port))
+                reader, writer = connection
+                writer.write(request)
+                try:
+                    return await _read_answer(reader)
+                except (ConnectionError, asyncio.IncompleteReadError, IndexError):
+                    if fresh:
+                        raise
+                    counts["reconnects"] += 1
+            raise AssertionError("unreachable")
+
+        fetch = f"/api/{integration}/fetchPendingTasks?limit=1&waitMs={wait_ms}"
+        claim = f"/api/{integration}/claimPendingTasks"
+        try:
+            while time.monotonic() < stop_at:
+                if n % 2:
+                    status, answer = await ask(_request_bytes("GET", fetch, host))
+                else:
+                    status, answer = await ask(_request_bytes("POST", claim, host,
+                                                              json.dumps({"waitMs": wait_ms}).encode()))
+                n += 1
+                if status != 200 or not isinstance(answer.get("tasks"), list):
+                    counts["errors"] += 1
+                    await asyncio.sleep(1)
+                    continue
+                counts["answers"] += 1
+                if answer.get("retryAfterMs"):
+                    counts["declined"] += 1
+                    await asyncio.sleep(answer["retryAfterMs"] / 1000)
+                elif answer["tasks"] and "attempt" not in answer["tasks"][0]:  # a fetch found work: claim it
+                    status, answer = await ask(_request_bytes("POST", claim, host, b"{}"))
+                    counts["answers" if status == 200 else "errors"] += 1
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            counts[f"failed: {type(exc).__name__}"] += 1
+        finally:
+            if connection is not None:
+                connection[1].close()
+
+    async def main() -> dict:
+        counts: collections.Counter = collections.Counter()
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(one(integration, n, counts, stop_at)
+                               for n in range(processors) for integration in INTEGRATIONS))
+        return dict(counts)
+
+    return asyncio.run(main())
+
+
+def _hold_slow_sockets(url: str, count: int, seconds: float) -> dict:
+    """Run in a child process: `count` slowloris sockets for `seconds`, reopened when the server drops one.
+
+    A third send nothing, a third stop in the middle of a request's headers, a third
+    trickle one byte of an endless header every second. Returns how many times the
+    server closed one (it may, to protect itself).
+    """
+    host, port = url.removeprefix("http://").split(":")
+    partial = f"POST /api/video/generate HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer ".encode()
+
+    async def one(kind: int, counts: collections.Counter, stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                counts["refused"] += 1
+                await asyncio.sleep(0.5)
+                continue
+            counts["opened"] += 1
+            try:
+                if kind:
+                    writer.write(partial)
+                while time.monotonic() < stop_at:
+                    if kind == 2:
+                        writer.write(b"x")
+                        await writer.drain()
+                    try:  # the server closing the socket (or answering) ends this one
+                        if await asyncio.wait_for(reader.read(1024), 1.0) == b"":
+                            counts["closed by server"] += 1
+                            break
+                        counts["answered"] += 1
+                        break
+                    except TimeoutError:
+                        pass
+            except OSError:
+                counts["closed by server"] += 1
+            finally:
+                writer.close()
+
+    async def main() -> dict:
+        counts: collections.Counter = collections.Counter()
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(one(n % 3, counts, stop_at) for n in range(count)))
+        return dict(counts)
+
+    return asyncio.run(main())
+
+
+def _user_latencies(url: str, seconds: float, rate: float = 20.0) -> tuple[list[float], int]:
+    """Creates at `rate`/s for `seconds`, each on a new connection (a person, not a processor), on a
+    schedule that does not wait for slow answers: (each one's latency in ms, how many failed)."""
+    latencies: list[float] = []
+    failures = 0
+
+    def create(n: int) -> None:
+        nonlocal failures
+        began = time.perf_counter()
+        try:
+            response = requests.post(f"{url}/api/video/generate", json={"prompt": f"user {n}"}, headers=USER,
+                                     timeout=60)
+            if response.status_code != 201:
+                raise RuntimeError(response.status_code)
+        except Exception:
+            failures += 1
+        latencies.append((time.perf_counter() - began) * 1000)  # a failure counts with its time to fail
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        for n in range(int(seconds * rate)):
+            time.sleep(max(0.0, started + n / rate - time.monotonic()))
+            pool.submit(create, n)
+    return latencies, failures
+
+
+def _waiting_polls(url: str) -> int:
+    """Long polls the web process holds now (its web_long_polls_waiting gauge, all workers)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("web_long_polls_waiting{")))
+
+
+def users_phase(folder: Path, seconds: float = 15.0) -> dict:
+    """User create latency on a web process at default settings: idle, with 64 processors' long polls
+    waiting, and with 40 slowloris sockets open. The load runs in child processes (their own GIL)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    phase = Phase(folder, "127.0.0.1:1")  # no Temporal: the web process never calls it
+    try:
+        results: dict[str, float] = {}
+
+        def measure(label: str) -> tuple[list[float], int]:
+            meter = CpuMeter({"web": (phase.web.pid, True)})
+            meter.start()
+            took, failed = _user_latencies(phase.url, seconds)
+            cpu = meter.stop()["web"] / seconds * 100
+            print(f"  {label}: user create p50 {percentile(took, 50):.1f} ms, p99 {percentile(took, 99):.1f} ms, "
+                  f"max {max(took):.0f} ms, {failed} of {len(took)} failed; web CPU {cpu:.0f}% of a core", flush=True)
+            return took, failed
+
+        idle, failed = measure("idle")
+        results.update(user_p99_ms_idle=percentile(idle, 99), user_failed_idle=failed)
+        with ProcessPoolExecutor(1) as load:
+            polls = load.submit(_hold_long_polls, phase.url, LONG_POLLING_PROCESSORS, seconds + 5)
+            time.sleep(3)  # every poll sent and waiting (or declined)
+            held = _waiting_polls(phase.url)
+            busy, failed = measure(f"64 processors ({held} polls held by the web process)")
+            poll_counts = polls.result()
+        poll_errors = sum(v for k, v in poll_counts.items() if k == "errors" or k.startswith("failed"))
+        print(f"    long polls: {poll_counts}", flush=True)
+        results.update(user_p99_ms_64_processors=percentile(busy, 99), user_max_ms_64_processors=max(busy),
+                       user_failed_64_processors=failed, long_poll_errors_64_processors=poll_errors)
+        with ProcessPoolExecutor(1) as load:
+            slow = load.submit(_hold_slow_sockets, phase.url, SLOW_SOCKETS, seconds + 5)
+            time.sleep(3)
+            slowed, failed = measure("40 slowloris sockets")
+            print(f"    slow sockets: {slow.result()}", flush=True)
+        results.update(user_p99_ms_slowloris=percentile(slowed, 99), user_max_ms_slowloris=max(slowed),
+                       user_failed_slowloris=failed)
+        return results
+    finally:
+        phase.close()
+
+
 def percentile(values: list[float], pct: float) -> float:
     if not values:
         return float("nan")
@@ -420,6 +644,12 @@ GOALS = [  # key, what it is, goal text, check
     ("fetch_p99_ms_10k", "fetch query p99 at 10k rows (ms)", "", None),
     ("fetch_p99_ms_1m", "fetch query p99 at 1M rows (ms)", "<= 5", lambda v: v <= 5),
     ("create_rate", "task creation over HTTP (tasks/s)", "", None),
+    ("user_p99_ms_idle", "user create p99, no processors (ms)", "", None),
+    ("user_p99_ms_64_processors", "user create p99, 64 processors' long polls (ms)", "<= 100", lambda v: v <= 100),
+    ("user_failed_64_processors", "  user creates failed", "0", lambda v: v == 0),
+    ("long_poll_errors_64_processors", "  long polls answered with an error", "0", lambda v: v == 0),
+    ("user_max_ms_slowloris", "user create max, 40 slowloris sockets (ms)", "<= 1000", lambda v: v <= 1000),
+    ("user_failed_slowloris", "  user creates failed", "0", lambda v: v == 0),
     ("idle_web_cpu_pct", "web CPU, 2 processors idle (% of a core)", "", None),
     ("idle_processor_cpu_pct", "one idle processor's CPU (% of a core)", "", None),
     ("processor_peak_mb", "processor peak RSS (MB)", "<= 100", lambda v: v <= 100),
@@ -430,7 +660,7 @@ GOALS = [  # key, what it is, goal text, check
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--only", default="dispatch,latency,idle,burst,fetch")
+    parser.add_argument("--only", default="dispatch,latency,idle,burst,users,fetch")
     parser.add_argument("--rounds", type=int, default=3, help="dispatch rounds; medians are reported")
     args = parser.parse_args()
     phases = set(args.only.split(","))
@@ -439,7 +669,9 @@ def main() -> None:
     fetch_p99: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        with temporal_server(None, tmp / "temporal.log") as temporal:
+        with ExitStack() as stack:
+            if phases & {"dispatch", "latency", "idle", "burst"}:
+                temporal = stack.enter_context(temporal_server(None, tmp / "temporal.log"))
             if "dispatch" in phases:
                 results.update(dispatch_rounds(tmp, args.tasks, args.rounds))
             if "latency" in phases:
@@ -456,12 +688,17 @@ def main() -> None:
                 burst = burst_phase(tmp / "burst", temporal)
                 results.update(poll_latency_avg_ms=burst["poll_avg"], poll_latency_max_ms=burst["poll_max"],
                                create_rate=burst["create_rate"])
+        if "users" in phases:
+            results.update(users_phase(tmp / "users"))
         if "fetch" in phases:
             fetch_p99 = fetch_phase(tmp)
             results.update(fetch_p99_ms_10k=fetch_p99[10_000], fetch_p99_ms_100k=fetch_p99[100_000],
                            fetch_p99_ms_1m=fetch_p99[1_000_000])
     report(results)
-    (HERE / "results.json").write_text(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2) + "\n")
+    # Phases not run this time keep their last figures: `--only users` adds its keys, drops none.
+    path = HERE / "results.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **{k: round(v, 3) for k, v in results.items()}}, indent=2) + "\n")
     if latencies or fetch_p99:
         chart(results, latencies, fetch_p99, HERE / "results.png")
     print(f"\nwrote {HERE / 'results.json'}" + (f" and {HERE / 'results.png'}" if latencies or fetch_p99 else ""))

@@ -57,7 +57,7 @@ def test_fetch_carries_limit_and_token(web, temporal):
     events = app.events("queued")
     assert len(events) == 3 and {e["attempt"] for e in events} == {1}
 
-    intruder = processor_for(app.url, temporal, INTERNAL_API_TOKEN="wrong")
+    intruder = processor_for(app.url, temporal, INTERNAL_API_TOKEN="a-wrong-internal-token")
     try:
         with pytest.raises(RuntimeError, match="401"):
             intruder.run_once()
@@ -172,7 +172,9 @@ def test_start_failure_is_reported_as_failed(web, temporal):
     task = app.task(task_id)
     assert task["status"] == "failed"
     assert task["attempts"] == 1
-    assert "Workflow start failed" in task["error"] and "no-such-namespace" in task["error"]
+    assert task["error"] == "The provider is unavailable; retrying"  # users: the public message
+    stored = app.rows()[task_id]["error"]  # operators: the whole text
+    assert stored.startswith("Workflow start failed: ") and "no-such-namespace" in stored
     assert [e["status"] for e in app.events() if e["task_id"] == task_id] == ["pending", "queued", "failed"]
 
 
@@ -332,3 +334,48 @@ def test_sigterm_mid_batch_exits_zero_and_leaves_no_claim_without_a_workflow(web
     assert all(row["attempts"] == 0 for row in rows.values() if row["status"] == "pending")
     runs = workflow_runs(temporal, [wf_id(VIDEO, t) for t in queued])
     assert all(len(r) == 1 for r in runs.values()), [t for t, r in runs.items() if len(r) != 1]
+
+
+def test_a_declined_long_poll_waits_in_the_processor_without_spinning(web, temporal):
+    """A web process that holds no long poll (WEB_LONG_POLLS=0) answers each at once with `retryAfterMs`:
+    the processor then waits on its own side, whether it waits with a fetch or inside a claim (a proof
+    of Temporal's health kept fresh, as under steady work), so it asks a few times a second, not
+    hundreds; it still claims work as it comes, and stops at once."""
+    app = web(WEB_LONG_POLLS=0, GUNICORN_CMD_ARGS="--access-logfile -")
+    log = app.db_path.replace("app.db", "gunicorn.log")
+
+    def polls() -> int:
+        with open(log) as lines:
+            return sum("PendingTasks" in line for line in lines)
+
+    processor = processor_for(app.url, temporal, POLL_INTERVAL_MS=1000)
+    processor.start(processor.pull_configs)
+    fresh, stop_refreshing = threading.Event(), threading.Event()
+
+    def keep_proof_fresh():
+        while not stop_refreshing.wait(0.02):
+            if fresh.is_set():
+                processor.bridge.succeeded()
+
+    refresher = threading.Thread(target=keep_proof_fresh, daemon=True)
+    refresher.start()
+    rates = {}
+    try:
+        for way in ("fetch", "claim"):  # with no fresh proof it waits with a fetch; with one, in the claim
+            if way == "claim":
+                fresh.set()
+            time.sleep(1.5)
+            before, began = polls(), time.monotonic()
+            time.sleep(3)
+            rates[way] = (polls() - before) / (time.monotonic() - began)
+        task_id = app.create()
+        wait_until(lambda: app.task(task_id)["status"] == "queued", timeout=5, message="a declined poll claims")
+    finally:
+        stop_refreshing.set()
+        began = time.monotonic()
+        processor.stop()
+        stopped_in = time.monotonic() - began
+    # Declined, a fetch of waitMs 1000 waits 0.5-1 s here and a claim of waitMs <= 240 at most that
+    # long: two integrations make ~3 and ~12 requests a second. Spinning would be hundreds.
+    assert rates["fetch"] < 6 and rates["claim"] < 25, rates
+    assert stopped_in < 3, stopped_in

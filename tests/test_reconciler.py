@@ -98,7 +98,10 @@ def healed(stack, task_id, since):
     task = wait_until(lambda: (t := stack.task(task_id))["status"] == "completed" and t, timeout=90,
                       message="completed on the next attempt")
     [failed] = [e for e in events(stack, task_id) if e["status"] == "failed"]
-    assert failed["attempt"] == 1 and "reconciler" in failed["error"]
+    assert failed["attempt"] == 1 and failed["error"] == "The provider is unavailable; retrying"  # users
+    with sqlite3.connect(stack.db_path) as conn:  # operators keep the whole text
+        [(stored,)] = conn.execute("SELECT error FROM task_events WHERE task_id = ? AND status = 'failed'", (task_id,))
+    assert stored.startswith("Workflow gone: ") and "reconciler" in stored
     assert task["attempts"] == 2
     # The run was gone AFTER_SECONDS after the task's last change; the reconciler found it within an interval.
     assert failed["createdAt"] - since <= AFTER_SECONDS + INTERVAL_SECONDS + 5

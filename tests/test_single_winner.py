@@ -11,6 +11,8 @@ import requests
 from dev.stack import gunicorn
 from tests.conftest import SECRETS, TOKEN, USER
 
+UNCAPPED = {**SECRETS, "FANGZHOU_MAX_ACTIVE": "100000"}  # every task may be claimed at once
+
 TASKS = 20
 CLAIMS_PER_TASK = 32
 REPORT = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
@@ -20,7 +22,7 @@ REPORT = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
 def test_single_winner_across_gunicorn_workers(tmp_path):
     db_path = str(tmp_path / "app.db")
     log_path = tmp_path / "gunicorn.log"
-    with gunicorn(db_path, log_path, workers=4, env=SECRETS) as url:
+    with gunicorn(db_path, log_path, workers=4, env=UNCAPPED) as url:
         task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(TASKS)]
         claims = [task_id for task_id in task_ids for _ in range(CLAIMS_PER_TASK)]
@@ -60,7 +62,7 @@ def test_single_winner_across_gunicorn_workers(tmp_path):
 def test_single_winner_across_concurrent_batch_claims(tmp_path):
     """Processors claim a batch per request: 32 concurrent batches of the same 20 tasks, one winner each."""
     db_path = str(tmp_path / "app.db")
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=SECRETS) as url:
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=UNCAPPED) as url:
         task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(TASKS)]
 
@@ -92,7 +94,7 @@ def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path):
     """
     db_path = str(tmp_path / "app.db")
     tasks = 300
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=SECRETS) as url:
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=UNCAPPED) as url:
         task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(tasks)]
 

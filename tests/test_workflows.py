@@ -52,7 +52,7 @@ REPORT = "reportTaskEvent"
 
 @pytest.fixture(scope="module")
 def providers(tmp_path_factory, temporal):
-    """The two fakes and one worker serving this module's own task queues."""
+    """The two fakes, and one worker serving this module's own task queues (see Providers.serve)."""
     folder = tmp_path_factory.mktemp("providers")
     suffix = uuid.uuid4().hex[:8]
     with fake_provider("ark", folder / "ark.log", ARK_KEY) as ark, \
@@ -63,14 +63,32 @@ def providers(tmp_path_factory, temporal):
                "FANGZHOU_TASK_QUEUE": f"video-{suffix}", "NANOBANANA_TASK_QUEUE": f"image-{suffix}",
                "FANGZHOU_POLL_INTERVAL_SECONDS": "0.2", "NANOBANANA_POLL_INTERVAL_SECONDS": "0.2",
                "FANGZHOU_DEADLINE_SECONDS": "60", "NANOBANANA_DEADLINE_SECONDS": "60"}
-        with python_process(["workflows.py"], folder / "worker.log", env) as worker:
-            yield Providers(ark, banana, env, temporal, worker, folder / "worker.log")
+        providers = Providers(ark, banana, env, temporal, folder / "worker.log")
+        try:
+            yield providers
+        finally:
+            providers.stop_worker()
 
 
 class Providers:
-    def __init__(self, ark, banana, env, temporal, worker, worker_log):
+    def __init__(self, ark, banana, env, temporal, worker_log):
         self.ark, self.banana, self.env, self.temporal = ark, banana, env, temporal
-        self.worker, self.worker_log = worker, worker_log
+        self.worker, self.worker_log = None, worker_log
+        self.main_endpoint, self._running = None, None
+
+    def serve(self, web_url):
+        """The worker, told this web process's URL as MAIN_ENDPOINT: it sends the internal token (so its
+        reports) to that origin only. Each test has its own web process, so the worker follows it."""
+        if self.main_endpoint == web_url and self.worker.poll() is None:
+            return
+        self.stop_worker()
+        self._running = python_process(["workflows.py"], self.worker_log, {**self.env, "MAIN_ENDPOINT": web_url})
+        self.worker, self.main_endpoint = self._running.__enter__(), web_url
+
+    def stop_worker(self):
+        if self._running is not None:
+            self._running.__exit__(None, None, None)
+            self._running = None
 
     def pull(self, namespace, web_url, **env):
         overrides = {k: v for k, v in {**self.env, **env}.items()
@@ -83,6 +101,7 @@ class Providers:
 
     def start(self, app, namespace, prompt, **env):
         """Create, claim and start one task, as the processor would. Returns (task id, workflow id)."""
+        self.serve(app.url)
         task_id = app.create(namespace, prompt)
         attempt = app.report(task_id, "queued", namespace).json()["attempt"]
         pull = self.pull(namespace, app.url, **env)
@@ -363,7 +382,8 @@ def test_workflow_change_behind_patched_replays_release_1():
     assert {name: failure for name, failure in failures.items() if failure is not None} == {}
 
 
-def test_worker_survives_and_keeps_serving(providers):
+def test_worker_survives_and_keeps_serving(web, providers):
+    providers.serve(web().url)
     assert providers.worker.poll() is None
     log = wait_until(lambda: (text := providers.worker_log.read_text()) and "serving nanobanana2" in text and text,
                      message="worker serving both task queues")

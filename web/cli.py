@@ -1,7 +1,10 @@
 """Operator commands: `flask --app app tasks list|show|retry|fail|stats`.
 
 They read the database directly (they run beside the web process) and write
-only through web/task_store.py, like everything else.
+only through web/task_store.py, like everything else. They show the full
+stored detail (errors as written, not the public message users get), with
+every control character escaped (logs.escape_controls): text from providers or
+clients never drives the operator's terminal.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import click
 from flask.cli import AppGroup
 
+from logs import escape_controls
 from web import current, db, task_store
 from web.dashboard import age
 from web.task_store import Report, TransitionRefused
@@ -25,17 +29,26 @@ def pick(name: str | None) -> list:
     return [i for i in current.integrations() if name in (None, i.short_name, i.namespace)]
 
 
+def echo(text: str) -> None:
+    """Print one line for the operator, its control characters escaped."""
+    click.echo(escape_controls(text))
+
+
+def refuse(message: str) -> click.ClickException:
+    return click.ClickException(escape_controls(message))
+
+
 def find(task_id: str):
     integration, task = current.lookup(task_id)
     if task is None:
-        raise click.ClickException(f"No task with id {task_id!r}")
+        raise refuse(f"No task with id {task_id!r}")
     return integration, task
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[escape_controls(str(c)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
@@ -52,7 +65,7 @@ def list_command(status: str | None, integration: str | None, limit: int) -> Non
     rows = [[t["id"], i.short_name, t["status"], t["attempts"], age(t["createdAt"]), (t["error"] or "")[:60]]
             for i, t in found[:limit]]
     if not rows:
-        click.echo("No tasks match.")
+        echo("No tasks match.")
         return
     print_table(["ID", "INTEGRATION", "STATUS", "ATTEMPTS", "AGE", "LAST ERROR"], rows)
 
@@ -63,11 +76,11 @@ def show_command(task_id: str) -> None:
     """One task and its timeline of events."""
     integration, task = find(task_id)
     for key in ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt", "externalId", "error"):
-        click.echo(f"{key + ':':<15}{task.get(key) if task.get(key) is not None else '-'}")
-    click.echo(f"{'integration:':<15}{integration.namespace}")
-    click.echo(f"{'request:':<15}{json.dumps(task['requestParams'])}")
-    click.echo(f"{'result:':<15}{json.dumps(task['result']) if task['result'] is not None else '-'}")
-    click.echo("")
+        echo(f"{key + ':':<15}{task.get(key) if task.get(key) is not None else '-'}")
+    echo(f"{'integration:':<15}{integration.namespace}")
+    echo(f"{'request:':<15}{json.dumps(task['requestParams'])}")
+    echo(f"{'result:':<15}{json.dumps(task['result']) if task['result'] is not None else '-'}")
+    echo("")
     events = task_store.list_events(db.get_db(), task_id)
     print_table(["WHEN", "STATUS", "ATTEMPT", "DETAIL"],
           [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["createdAt"])), e["status"], e["attempt"],
@@ -83,9 +96,9 @@ def retry_command(task_id: str) -> None:
         outcome = task_store.transition(db.get_db(), current.table(integration.namespace), task_id,
                                         Report.operator_retry())
     except TransitionRefused as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"Task {task_id} is {outcome.status} again (attempts so far: {outcome.attempt}); "
-               f"a processor will claim it.")
+        raise refuse(str(exc)) from None
+    echo(f"Task {task_id} is {outcome.status} again (attempts so far: {outcome.attempt}); "
+         f"a processor will claim it.")
 
 
 @tasks_cli.command("fail")
@@ -103,16 +116,15 @@ def fail_command(task_id: str, reason: str, retry: bool) -> None:
     integration, task = find(task_id)
     table = current.table(integration.namespace)
     if task["status"] not in ("queued", "processing"):
-        raise click.ClickException(f"Cannot fail a {task['status']} task: only a queued or processing task can be "
-                                   f"failed")
+        raise refuse(f"Cannot fail a {task['status']} task: only a queued or processing task can be failed")
     report = Report.progress("failed", task["attempts"], error=reason, retryable=retry)
     try:
         outcome = task_store.transition(db.get_db(), table, task_id, report)
     except TransitionRefused as exc:  # it moved on since we looked
-        raise click.ClickException(str(exc)) from None
+        raise refuse(str(exc)) from None
     again = task_store.get_task(db.get_db(), table, task_id)["retryable"]
-    click.echo(f"Task {task_id} is {outcome.status} at attempt {outcome.attempt}; "
-               + ("a processor will claim it again." if again else "it will not run again."))
+    echo(f"Task {task_id} is {outcome.status} at attempt {outcome.attempt}; "
+         + ("a processor will claim it again." if again else "it will not run again."))
 
 
 @tasks_cli.command("stats")

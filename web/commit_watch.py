@@ -11,25 +11,42 @@ covers anything the watch could miss (the file replaced, say); where inotify is
 not available the wait falls back to the 1 ms poll.
 
 `long_poll` is the one wait of the internal API's long polls (fetch and claim).
+Two more things bound what a wait may cost the web process:
+
+* A **budget** of waiting polls per process (`limit_waiting`, set by gunicorn.conf.py to
+  half a worker's threads). Each waiting poll holds a gunicorn thread; past the budget
+  a poll is not held but answered at once with what its first look found and a hint,
+  `retryAfterMs`, of when to ask again (the processor then waits on its own side). No
+  integration takes more than its share of the budget.
+* A poll whose **client went away** (its socket hung up) stops waiting at once instead
+  of holding its thread until `waitMs` runs out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import random
 import select
+import socket
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, TypeVar
 
 IN_MODIFY = 0x00000002
 POLL_STEP_SECONDS = 0.001  # without inotify: how often to look (a ~5 µs pragma)
 SAFETY_CHECK_SECONDS = 0.05  # with inotify: look anyway this often
 SETTLE_SECONDS = 0.005  # after a WAL write: how long to watch for its commit to be published
 SETTLE_STEP_SECONDS = 0.0001
+CLIENT_CHECK_SECONDS = 0.05  # without hang-up events: look at a waiting poll's client socket this often
+POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer closed its side of a socket
+HANG_UP = POLLRDHUP | select.POLLHUP | select.POLLERR
 
 T = TypeVar("T")
 _local = threading.local()
@@ -57,6 +74,7 @@ class WalWatch:
         self.inode: int | None = None
         self.poller = select.poll()
         self.wakeups = 0  # times the thread woke up to look (for tests and curiosity)
+        self.hung_up = False  # the client watched (watch_client) hung up
 
     def ensure(self) -> bool:
         """(Re)attach the watch if the WAL file is missing from it; True if watching."""
@@ -91,16 +109,44 @@ class WalWatch:
             pass
 
     def sleep(self, timeout: float) -> bool:
-        """Until the WAL file is written (True), or `timeout` passes (capped by the safety check)."""
+        """Until the WAL file is written (True), or `timeout` passes (capped by the safety check).
+
+        A hang-up of the client watched meanwhile (`watch_client`) also ends the sleep, and sets
+        `hung_up`.
+        """
         self.wakeups += 1
         if self.fd is None:
             time.sleep(min(timeout, POLL_STEP_SECONDS))
             return False
-        if self.poller.poll(max(0.0, min(timeout, SAFETY_CHECK_SECONDS)) * 1000):
+        events = self.poller.poll(max(0.0, min(timeout, SAFETY_CHECK_SECONDS)) * 1000)
+        if not events:
+            self.ensure()  # a quiet spell: make sure the watch still sees the live file
+            return False
+        written = False
+        for fd, _ in events:
+            if fd == self.fd:
+                written = True
+            else:
+                self.hung_up = True
+        if written:
             self.drain()
-            return True
-        self.ensure()  # a quiet spell: make sure the watch still sees the live file
-        return False
+        return written
+
+    def watch_client(self, client: socket.socket) -> bool:
+        """Make `sleep` end when this socket's peer hangs up, until `unwatch_client`; False if it cannot
+        (no inotify, or no POLLRDHUP: not Linux)."""
+        self.hung_up = False
+        if self.fd is None or not POLLRDHUP:
+            return False
+        try:
+            self.poller.register(client.fileno(), HANG_UP)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def unwatch_client(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.poller.unregister(client.fileno())
 
     def close(self) -> None:
         if self.fd is not None:
@@ -119,23 +165,66 @@ def thread_watch(db_path: str) -> WalWatch:
     return watch
 
 
-class CommitWaiter:
-    """Tells a long poll when another connection has committed since it last looked."""
+def client_gone(client: socket.socket) -> bool:
+    """Whether the peer of this (blocking) request socket has closed it or reset it.
 
-    def __init__(self, conn: sqlite3.Connection, db_path: str):
+    Bytes waiting to be read (a pipelined request) mean it is still there.
+    """
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, ValueError):  # ValueError: TLS sockets take no flags
+        return False
+    except OSError:
+        return True  # reset, or not connected any more
+
+
+class CommitWaiter:
+    """Tells a long poll when another connection has committed since it last looked.
+
+    Given the request's `client` socket, the wait also ends (False, and `client_gone`
+    is set) as soon as the client hangs up: a poll nobody waits for must not hold its thread.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, db_path: str, client: socket.socket | None = None):
         self.conn = conn
+        self.client = client
+        self.client_gone = False
         self.watch = thread_watch(db_path)
         self.watch.ensure()
         self.watch.drain()  # before reading the version: a commit after this wakes us
         self.version = self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def wait(self, deadline: float) -> bool:
-        """Sleep until another connection commits (True) or `deadline` (monotonic) passes (False)."""
+        """Sleep until another connection commits (True), or `deadline` (monotonic) passes or the
+        client goes away (False)."""
+        # Linux: the client's hang-up wakes the sleep at once. Elsewhere (or if the WAL watch is
+        # lost meanwhile) its socket is looked at every 50 ms.
+        self.watch.hung_up = False
+        watched = self.client is not None and self.watch.watch_client(self.client)
+        try:
+            return self._wait(deadline, watched)
+        finally:
+            if watched:
+                self.watch.unwatch_client(self.client)
+
+    def _wait(self, deadline: float, watched: bool) -> bool:
+        look_at_client = time.monotonic() + CLIENT_CHECK_SECONDS
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             written = self.watch.sleep(remaining)
+            if self.watch.hung_up:
+                # The client shut its side, or reset: the wait ends as it is, and the answer goes
+                # out to nobody (or to a client that only stopped sending).
+                self.client_gone = True
+                return False
+            if self.client is not None and (not watched or self.watch.fd is None):
+                if time.monotonic() >= look_at_client:
+                    if client_gone(self.client):
+                        self.client_gone = True
+                        return False
+                    look_at_client = time.monotonic() + CLIENT_CHECK_SECONDS
             if self._committed():
                 return True
             if written:
@@ -154,11 +243,84 @@ class CommitWaiter:
         return changed
 
 
-def long_poll(conn: sqlite3.Connection, db_path: str, wait_ms: int, look: Callable[[], T]) -> T:
-    """`look()`, and while it finds nothing, again after each commit by another connection, up to `wait_ms`."""
-    commits = CommitWaiter(conn, db_path)  # before the first look: a commit after it wakes the wait
+class WaitBudget:
+    """How many long polls may wait at once in this process, and how many of one integration.
+
+    A waiting poll holds one of gunicorn's threads (8 a worker by default). Without a
+    bound, enough processors hold every thread and a user's request queues behind
+    their 30 s waits. `slots` None means no bound (the Flask dev server, tests).
+    An integration may take at most its share of the slots (rounded up), so one
+    integration's processors never crowd out the other's.
+    """
+
+    def __init__(self, slots: int | None = None):
+        self.slots = slots
+        self._lock = threading.Lock()
+        self._waiting: Counter[str] = Counter()
+
+    def take(self, key: str, keys: int) -> bool:
+        """Hold a slot for a poll of `key` (one of `keys` integrations); False if none is free."""
+        with self._lock:
+            if self.slots is not None:
+                share = -(-self.slots // max(1, keys))
+                if self._waiting.total() >= self.slots or self._waiting[key] >= share:
+                    return False
+            self._waiting[key] += 1
+            return True
+
+    def give_back(self, key: str) -> None:
+        with self._lock:
+            self._waiting[key] -= 1
+
+
+BUDGET = WaitBudget()
+
+
+def limit_waiting(slots: int | None) -> None:
+    """At most `slots` long polls of this process wait at once (gunicorn.conf.py: per worker); None: no limit."""
+    BUDGET.slots = slots
+
+
+def retry_after_ms(wait_ms: int) -> int:
+    """When a declined poll should ask again: what it was ready to wait, half of it to all of it, at random.
+
+    Declined, a processor waits as long as a poll that found nothing would have (so it
+    asks no more often than it would have), and the jitter spreads the processors'
+    next polls apart. Work is not missed meanwhile: the polls holding the slots wake
+    on every commit.
+    """
+    return max(1, round(wait_ms * random.uniform(0.5, 1.0)))
+
+
+class Waited(NamedTuple):
+    """What a long poll found, and how it ended."""
+
+    found: Any
+    retry_after_ms: int = 0  # declined (no slot to wait in): ask again after this long
+    client_gone: bool = False  # its client hung up while it waited
+
+
+def long_poll(conn: sqlite3.Connection, db_path: str, wait_ms: int, look: Callable[[], T], *,
+              key: str = "", keys: int = 1, client: socket.socket | None = None,
+              waiting: AbstractContextManager | None = None) -> Waited:
+    """`look()`, and while it finds nothing, again after each commit by another connection, up to `wait_ms`.
+
+    The wait needs a slot of the process's budget for `key` (one of `keys`); without
+    one it is declined: the answer is the first look's, with `retry_after_ms`. It
+    ends early if the `client` socket hangs up. `waiting` is entered for as long as
+    the poll holds a slot (the waiting-polls gauge).
+    """
+    commits = CommitWaiter(conn, db_path, client)  # before the first look: a commit after it wakes the wait
     found = look()
-    deadline = time.monotonic() + wait_ms / 1000
-    while not found and commits.wait(deadline):
-        found = look()
-    return found
+    if found or wait_ms <= 0:
+        return Waited(found)
+    if not BUDGET.take(key, keys):
+        return Waited(found, retry_after_ms=retry_after_ms(wait_ms))
+    try:
+        with waiting or contextlib.nullcontext():
+            deadline = time.monotonic() + wait_ms / 1000
+            while not found and commits.wait(deadline):
+                found = look()
+    finally:
+        BUDGET.give_back(key)
+    return Waited(found, client_gone=commits.client_gone)

@@ -2,39 +2,57 @@
 
 A client's mistake or attack is a clear 4xx and changes nothing: a body that is
 not `application/json` is 415 (so no cross-site form post reaches a write), one
-over the limit is 413 even when chunked, and malformed JSON, NaN or Infinity,
-nesting deeper than MAX_DEPTH and lone surrogates (which SQLite cannot store)
-are 400.
+over the limit is 413 even when chunked, and malformed JSON, NaN or Infinity
+(also a number too large for a float, such as 1e400), nesting deeper than
+MAX_DEPTH, lone surrogates (which SQLite cannot store) and NUL characters are 400.
+
+A JSON number is a number, however it is spelled: `5.0` and `5e0` are read as the
+integer 5 (as JSON Schema's `integer` says; web/openapi.json documents integers),
+so an integer field takes them; a fraction stays a float.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import abort, request
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_DEPTH = 32
+EXACT_FLOAT_INTEGERS = 2**53  # beyond this a float no longer spells every integer
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _number(literal: str) -> int | float:
+    """A JSON number written with a fraction or an exponent: a whole one is an int, an overflow is refused."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {literal[:50]} is too large")
+    if value.is_integer() and abs(value) <= EXACT_FLOAT_INTEGERS:
+        return int(value)
+    return value
+
+
 def json_body(allow_empty: bool = False) -> Any:
-    """The request's JSON body, checked; with `allow_empty`, an empty body is None."""
+    """The request's JSON body, checked; with `allow_empty`, an empty body is None (and JSON `null` a 400)."""
     raw = read_body()
     if not raw and allow_empty:
         return None
     if request.mimetype != "application/json":
         abort(415, "Send the body as JSON with Content-Type: application/json")
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_number)
     except RecursionError:
         abort(400, f"Body nests deeper than {MAX_DEPTH} levels")
     except (UnicodeDecodeError, ValueError) as exc:
         abort(400, f"Body is not valid JSON: {str(exc)[:200]}")
+    if value is None and allow_empty:  # else `null` would read as "no body"
+        abort(400, "Body is JSON null: send no body, or a JSON object")
     check_value(value)
     return value
 

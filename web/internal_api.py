@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 import logs
 from web import current, db, metrics, task_store
 from web.auth import require_internal_token
-from web.commit_watch import long_poll
+from web.commit_watch import Waited, long_poll
 from web.edge import json_body, query_int, text
 from web.task_store import Outcome, Report, ReportKind, TaskNotFound, TransitionRefused
 
@@ -41,10 +41,9 @@ def fetch_pending_tasks(name: str):
     wait_ms = query_int("waitMs", 0, MAX_WAIT_MS, 0)
     conn, table = db.get_db(), current.table(name)
     task_store.expire_stuck(conn, table)
-    with metrics.waiting(name):
-        tasks = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms,
-                          lambda: task_store.fetch_claimable(conn, table, limit))
-    return jsonify({"tasks": tasks})
+    waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms,
+                       lambda: task_store.fetch_claimable(conn, table, limit), **long_poll_context(name))
+    return long_poll_answer(name, {"tasks": waited.found}, waited)
 
 
 @bp.get("/api/<integration:name>/fetchDispatchedTasks")
@@ -97,14 +96,33 @@ def claim_pending_tasks(name: str):
         confirmed.extend(outcomes)
         return tasks
 
-    with metrics.waiting(name):
-        tasks = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, claim)
+    waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, claim, **long_poll_context(name))
+    tasks = waited.found
     for task in tasks:
         log_outcome(name, task["id"], Report.claim(), Outcome("queued", task["attempt"]))
     for (task_id, attempt), outcome in zip(confirmations, confirmed, strict=True):
         log_outcome(name, task_id, Report.dispatched(attempt), outcome)
-    return jsonify({"success": True, "tasks": tasks, "dispatched": [
-        _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)]})
+    return long_poll_answer(name, {"success": True, "tasks": tasks, "dispatched": [
+        _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)]},
+        waited)
+
+
+def long_poll_context(name: str) -> dict[str, Any]:
+    """long_poll's view of this request: its integration among the app's (for the budget's shares), the
+    client's socket (under gunicorn or the dev server: a hang-up ends the wait) and the waiting gauge."""
+    environ = request.environ
+    return {"key": name, "keys": len(current.tables()), "waiting": metrics.waiting(name),
+            "client": environ.get("gunicorn.socket") or environ.get("werkzeug.socket")}
+
+
+def long_poll_answer(name: str, body: dict, waited: Waited):
+    """The answer; a declined wait adds `retryAfterMs`: no slot was free to wait in, ask again after that long
+    (docs/design.md §5). Processors that do not know the field simply poll again."""
+    if waited.retry_after_ms:
+        body["retryAfterMs"] = waited.retry_after_ms
+    if waited.client_gone:
+        logs.event(log, "long poll ended: client gone", logging.DEBUG, integration=name)
+    return jsonify(body)
 
 
 @bp.post("/api/<integration:name>/<report:report_name>")
@@ -182,6 +200,8 @@ def parse_dispatched(items: Any) -> list[tuple[str, int]]:
             task_id, report = parse_report({**item, "status": "queued"})
         except HTTPException as exc:
             abort(400, f"dispatched[{index}]: {exc.description}")
+        if report.attempt is None:  # null reads as "no attempt", which would make the item a claim
+            abort(400, f"dispatched[{index}]: attempt must be a positive integer")
         confirmations.append((task_id, report.attempt))
     return confirmations
 

@@ -1,4 +1,4 @@
-"""The user API: create a task, read it and its events, and the health check (docs/design.md §5)."""
+"""The user API: create a task, read it and its events (docs/design.md §5); errors shown as web/public.py words them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from flask import Blueprint, abort, jsonify
 import logs
 from integrations import Integration
 from integrations.shared.validation import RequestInvalid
-from web import current, db, task_store
+from web import current, db, public, task_store
 from web.auth import require_client_key
 from web.edge import json_body
 
 log = logging.getLogger("app")
-PUBLIC_FIELDS = ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt",
-                 "requestParams", "externalId", "result", "error", "retryAt")
 
 bp = Blueprint("user_api", __name__)
 bp.before_request(require_client_key)
@@ -43,10 +41,10 @@ def show_task(task_id: str):
 
 @bp.get("/api/tasks/<task_id>/events")
 def show_events(task_id: str):
-    current.find_task(task_id)
-    return jsonify({"events": task_store.list_events(db.get_db(), task_id)})
+    _, task = current.find_task(task_id)
+    return jsonify({"events": public.events(task_store.list_events(db.get_db(), task_id), task)})
 
 
 def public_task(integration: Integration, task: dict) -> dict[str, Any]:
     """The task as users see it; `namespace` (a wire name) is the integration's name."""
-    return {"namespace": integration.namespace, **{k: task.get(k) for k in PUBLIC_FIELDS}}
+    return public.task(integration, task)

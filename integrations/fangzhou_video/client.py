@@ -6,7 +6,16 @@ from typing import Any
 
 import requests
 
-from integrations.shared.providers import JobApi, JobState, ProviderRejected, call, classify, json_body
+from integrations.shared.providers import (
+    JobApi,
+    JobState,
+    ProviderRejected,
+    call,
+    classify,
+    error_message,
+    json_body,
+)
+from integrations.shared.public_errors import provider_says
 
 TASKS_PATH = "/contents/generations/tasks"
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
@@ -56,8 +65,8 @@ class ArkClient(JobApi):
                 "videoUrl": content.get("video_url"), "lastFrameUrl": content.get("last_frame_url"),
                 "usage": task.get("usage"), "model": task.get("model"), "externalId": external_id})
         error = task.get("error") or {}
-        message = f"Ark task {status}: {error.get('code') or ''} {error.get('message') or ''}".strip()
-        return JobState(status, True, error=message)
+        message = f"Ark task {status}" + (f": {error['code']}" if error.get("code") else "")
+        return JobState(status, True, error=message + provider_says(error.get("message")))
 
     @staticmethod
     def _checked(response: requests.Response) -> dict[str, Any]:
@@ -66,5 +75,5 @@ class ArkClient(JobApi):
             return body
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         code = error.get("code")
-        message = f"Ark {response.status_code} {code or ''}: {error.get('message') or response.text[:200]}".strip()
+        message = error_message("Ark", response.status_code, code, error.get("message"), response.text)
         raise classify(response.status_code, message, code)

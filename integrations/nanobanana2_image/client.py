@@ -10,7 +10,16 @@ from typing import Any
 
 import requests
 
-from integrations.shared.providers import JobApi, JobState, ProviderRejected, call, classify, json_body
+from integrations.shared.providers import (
+    JobApi,
+    JobState,
+    ProviderRejected,
+    call,
+    classify,
+    error_message,
+    json_body,
+)
+from integrations.shared.public_errors import provider_says
 
 CREATE_PATH = "/api/v1/jobs/createTask"
 RECORD_PATH = "/api/v1/jobs/recordInfo"
@@ -62,8 +71,8 @@ class NanoBananaClient(JobApi):
         if state == "success":
             return JobState(state, True, True, result={"imageUrls": result_urls(record), "model": record.get("model"),
                                                        "externalId": external_id})
-        return JobState(state, True, error=f"job failed: {record.get('failCode') or ''} "
-                                           f"{record.get('failMsg') or ''}".strip())
+        message = f"Nano Banana job {state}" + (f": {record['failCode']}" if record.get("failCode") else "")
+        return JobState(state, True, error=message + provider_says(record.get("failMsg")))
 
     @staticmethod
     def _checked(response: requests.Response) -> dict[str, Any]:
@@ -75,4 +84,5 @@ class NanoBananaClient(JobApi):
         if 200 <= status < 300:
             data = body.get("data")
             return data if isinstance(data, dict) else {}
-        raise classify(status, f"Nano Banana {status}: {body.get('msg') or response.text[:200]}", str(code))
+        said = body.get("msg") if isinstance(body.get("msg"), str) else None
+        raise classify(status, error_message("Nano Banana", status, None, said, response.text), str(code))

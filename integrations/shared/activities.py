@@ -2,7 +2,8 @@
 
 Secrets (provider keys, the internal token) are read here, in the worker, from
 its own configuration: they never travel in workflow or activity arguments
-(docs/design.md §4.9).
+(docs/design.md §4.9). The internal token goes only to the configured main
+endpoint's origin (MAIN_ENDPOINT), whatever `reportUrl` a workflow's input names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from prometheus_client import Counter, Histogram
@@ -28,6 +30,7 @@ REJECTED = "ProviderRejected"
 TRANSIENT = "ProviderTransient"
 NOT_DONE = "ProviderJobNotDone"
 REPORT_REFUSED = "ReportRefused"
+REPORT_URL_REFUSED = "ReportUrlRefused"  # a reportUrl off the main endpoint's origin: nothing is sent
 BENIGN = ApplicationErrorCategory.BENIGN
 # The worker's own metrics (WORKER_METRICS_PORT), beside the SDK's: how the providers answer.
 PROVIDER_CALLS = Histogram("worker_provider_call_seconds", "Provider calls by integration, operation and outcome",
@@ -153,10 +156,39 @@ def job_activities(namespace: str, api: type[JobApi]) -> list[Callable]:
 
 @functools.lru_cache(maxsize=1)
 def _session() -> requests.Session:
-    session = requests.Session()
-    token = worker_config().require("components.asyncTask.internalApiToken")
-    session.headers["Authorization"] = f"Bearer {token}"
-    return session
+    return requests.Session()  # no Authorization by default: report_task_event adds it where it may go
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a plain http(s) URL, the port made explicit; None for anything else.
+
+    Plain: no user info, no backslash, space or control character, on which URL
+    parsers disagree about where the host is.
+    """
+    if not isinstance(url, str) or any(c in url for c in "\\ ") or any(ord(c) < 32 or ord(c) == 127 for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
+
+
+def report_target(report_url: str, main_endpoint: str) -> str | None:
+    """Where to POST a report: `report_url` on the main endpoint's origin, or None if it is elsewhere.
+
+    The URL returned is rebuilt on the main endpoint's own scheme and host, so
+    the request goes exactly where the comparison said.
+    """
+    main = origin(main_endpoint)
+    if main is None or origin(report_url) != main:
+        return None
+    base, wanted = urlsplit(main_endpoint), urlsplit(report_url)
+    return urlunsplit((base.scheme, base.netloc, wanted.path, wanted.query, ""))
 
 
 @activity.defn(name="reportTaskEvent")
@@ -165,15 +197,32 @@ def report_task_event(report: ReportInput) -> dict:
 
     404/409/400/401 are final (the task is gone, superseded or the report is
     wrong): raised as non-retryable so the workflow stops instead of looping.
+    A `reportUrl` off the main endpoint's origin (MAIN_ENDPOINT) is refused the
+    same way, before anything is sent: anyone able to start a workflow on the
+    task queue could otherwise name a URL and receive the internal token.
     """
+    config = worker_config()
+    main_endpoint = config.require("components.main.endpoint")
+    target = report_target(report.report_url, main_endpoint)
+    if target is None:
+        fields = {"task": report.api_call_id, "attempt": report.attempt, "status": report.status,
+                  "report_origin": _shown_origin(report.report_url), "main_endpoint": main_endpoint}
+        activity.logger.error("report not sent: its URL is not on the main endpoint's origin (MAIN_ENDPOINT)",
+                              extra={"fields": fields})
+        raise ApplicationError(
+            f"report {report.status} not sent: reportUrl {_shown_origin(report.report_url)} is not on the main "
+            f"endpoint's origin {_shown_origin(main_endpoint)} (MAIN_ENDPOINT); the internal token goes only there",
+            type=REPORT_URL_REFUSED, non_retryable=True)
+    token = config.require("components.asyncTask.internalApiToken")
     body: dict[str, Any] = {"apiCallId": report.api_call_id, "status": report.status, "attempt": report.attempt}
     for key, value in (("taskId", report.external_id), ("data", report.data), ("error", report.error)):
         if value is not None:
             body[key] = value
     if report.status == "failed":
         body["retryable"] = report.retryable
-    try:
-        response = _session().post(report.report_url, json=body, timeout=REPORT_TIMEOUT)
+    try:  # no redirects: a redirect must not carry the token to another origin
+        response = _session().post(target, json=body, headers={"Authorization": f"Bearer {token}"},
+                                   timeout=REPORT_TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
         raise ApplicationError(f"report {report.status} failed: {type(exc).__name__}: {exc}") from exc
     if 200 <= response.status_code < 300:
@@ -182,3 +231,12 @@ def report_task_event(report: ReportInput) -> dict:
     if response.status_code >= 500 or response.status_code == 429:
         raise ApplicationError(message)
     raise ApplicationError(message, type=REPORT_REFUSED, non_retryable=True)
+
+
+def _shown_origin(url: str) -> str:
+    """A URL's origin as scheme://host:port for messages (never its path or query), or its repr if it has none."""
+    found = origin(url)
+    if found is None:
+        return repr(url)[:200]
+    scheme, host, port = found
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

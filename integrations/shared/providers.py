@@ -5,7 +5,9 @@
     │                       prompt): failing the task at once; retrying would not help
     └── ProviderTransient   429, 5xx, a timeout, a refused connection: worth retrying
 
-requests' exceptions are translated here, at one boundary.
+requests' exceptions are translated here, at one boundary. Error messages are for
+operators; the provider's own words in them are marked for users only where they
+are about the request (integrations/shared/public_errors.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+
+from integrations.shared.public_errors import provider_says
 
 TIMEOUT = (3.05, 10)  # (connect, read) seconds on every provider call; async job APIs answer fast
 TRANSIENT_STATUS = {408, 409, 425, 429}
@@ -52,6 +56,14 @@ def classify(status: int, message: str, code: str | None = None) -> ProviderErro
     if status in TRANSIENT_STATUS or status >= 500:
         return ProviderTransient(message, status, code)
     return ProviderRejected(message, status, code)
+
+
+def error_message(label: str, status: int, code: str | None, said: str | None, raw: str = "") -> str:
+    """`{label} {status} {code}` and the provider's message: marked as its own words for users when the
+    status says the request itself was refused (public_errors.provider_says), plain otherwise (or the raw
+    body, when it gave no message), for operators only."""
+    head = f"{label} {status}{f' {code}' if code else ''}"
+    return (head + (provider_says(said, status) or f": {said or raw[:200]}")).strip()
 
 
 def json_body(response: requests.Response) -> dict:

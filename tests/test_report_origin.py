@@ -1,0 +1,169 @@
+"""The worker's report activity sends the internal token only to the main endpoint's origin (MAIN_ENDPOINT).
+
+Anyone who can start a workflow on the worker's task queue chooses its input,
+`reportUrl` included. The activity runs here for real (temporalio's
+ActivityEnvironment) against two real HTTP listeners that record what reaches
+them: the configured one, and a foreign one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from integrations.shared import activities
+from integrations.shared.activities import REPORT_REFUSED, REPORT_URL_REFUSED, ReportInput, origin, report_target
+from settings import load_config
+from tests.conftest import TOKEN, VIDEO
+
+PATH = f"/api/{VIDEO}/reportFangzhouVideoResult"
+
+
+class Listener:
+    """A real HTTP server on a free loopback port that records every request (method, path, headers, body).
+
+    `answer`: (status, JSON body), or a function of the request's (method, path) giving one.
+    """
+
+    def __init__(self, answer=(200, {"success": True, "status": "processing", "attempt": 1, "duplicate": False}),
+                 headers=None):
+        self.seen: list[dict] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                listener.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                      "body": json.loads(self.rfile.read(length) or b"null")})
+                status, body = answer(self.command, self.path) if callable(answer) else answer
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listeners():
+    made: list[Listener] = []
+
+    def make(**kwargs) -> Listener:
+        made.append(Listener(**kwargs))
+        return made[-1]
+
+    yield make
+    for listener in made:
+        listener.close()
+
+
+@pytest.fixture
+def worker_with(monkeypatch):
+    """Configure the worker's activities as `python workflows.py` would be, with this MAIN_ENDPOINT."""
+
+    def configure(main_endpoint: str):
+        config = load_config(overrides={"MAIN_ENDPOINT": main_endpoint, "INTERNAL_API_TOKEN": TOKEN})
+        monkeypatch.setattr(activities, "worker_config", lambda: config)
+
+    return configure
+
+
+def report(url: str, status: str = "processing") -> dict:
+    return ActivityEnvironment().run(activities.report_task_event,
+                                     ReportInput(url, "task-1", 1, status, external_id="cgt-1"))
+
+
+def test_the_configured_origin_gets_the_token_and_the_report(listeners, worker_with):
+    main = listeners()
+    worker_with(main.url)
+    assert report(main.url + PATH)["success"] is True
+    [seen] = main.seen
+    assert seen["path"] == PATH
+    assert seen["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert seen["body"] == {"apiCallId": "task-1", "status": "processing", "attempt": 1, "taskId": "cgt-1"}
+
+
+def test_a_foreign_report_url_gets_no_request_and_the_activity_fails_for_good(listeners, worker_with, caplog):
+    main, foreign = listeners(), listeners()
+    worker_with(main.url)
+    with caplog.at_level(logging.ERROR), pytest.raises(ApplicationError) as refused:
+        report(foreign.url + PATH)
+    assert foreign.seen == [] and main.seen == []  # nothing sent anywhere, the token least of all
+    assert refused.value.non_retryable and refused.value.type == REPORT_URL_REFUSED
+    assert f"reportUrl {foreign.url}" in refused.value.message and f"origin {main.url}" in refused.value.message
+    assert "MAIN_ENDPOINT" in refused.value.message and TOKEN not in refused.value.message
+    [line] = [r for r in caplog.records if "report not sent" in r.getMessage()]
+    assert line.fields["report_origin"] == foreign.url and line.fields["main_endpoint"] == main.url
+    assert line.fields["task"] == "task-1" and line.fields["attempt"] == 1
+
+
+@pytest.mark.parametrize("make_url", [
+    lambda main, foreign: f"http://localhost:{main.port}{PATH}",  # another host name for the same machine
+    lambda main, foreign: f"https://127.0.0.1:{main.port}{PATH}",  # another scheme
+    lambda main, foreign: f"http://127.0.0.1:{foreign.port}{PATH}",  # another port
+    lambda main, foreign: f"http://127.0.0.1:{main.port}@127.0.0.1:{foreign.port}{PATH}",  # user info
+    lambda main, foreign: f"http://127.0.0.1:{foreign.port}\\@127.0.0.1:{main.port}{PATH}",  # parsers disagree
+    lambda main, foreign: f"http://127.0.0.1:{foreign.port}#@127.0.0.1:{main.port}{PATH}",
+    lambda main, foreign: f" http://127.0.0.1:{main.port}{PATH}",
+    lambda main, foreign: f"http://127.0.0.1:{main.port}\r\nX: y{PATH}",
+    lambda main, foreign: "file:///etc/passwd",
+    lambda main, foreign: "",
+], ids=["host", "scheme", "port", "userinfo", "backslash", "fragment", "space", "crlf", "file", "empty"])
+def test_every_other_origin_is_refused_before_sending(listeners, worker_with, make_url):
+    main, foreign = listeners(), listeners()
+    worker_with(main.url)
+    with pytest.raises(ApplicationError) as refused:
+        report(make_url(main, foreign))
+    assert refused.value.type == REPORT_URL_REFUSED and refused.value.non_retryable
+    assert main.seen == [] and foreign.seen == []
+
+
+def test_a_redirect_is_not_followed(listeners, worker_with):
+    """A 307 from the main endpoint would re-send the body (and, to a same-host redirect, the token) elsewhere."""
+    foreign = listeners()
+    main = listeners(answer=(307, {}), headers={"Location": foreign.url + PATH})
+    worker_with(main.url)
+    with pytest.raises(ApplicationError) as refused:
+        report(main.url + PATH)
+    assert len(main.seen) == 1 and foreign.seen == []
+    assert refused.value.type == REPORT_REFUSED and refused.value.non_retryable
+
+
+def test_a_misconfigured_main_endpoint_refuses_every_report(listeners, worker_with):
+    main = listeners()
+    worker_with(f"127.0.0.1:{main.port}")  # no scheme: not an origin at all
+    with pytest.raises(ApplicationError) as refused:
+        report(main.url + PATH)
+    assert refused.value.type == REPORT_URL_REFUSED and main.seen == []
+
+
+def test_origins_compare_scheme_host_and_port_with_default_ports():
+    assert origin("HTTP://Web.Example:80/api") == origin("http://web.example/other?x=1") == ("http", "web.example", 80)
+    assert origin("https://web.example/") == ("https", "web.example", 443)
+    assert origin("http://[::1]:5000/x") == ("http", "::1", 5000)
+    assert origin("http://web.example:99999/") is None and origin("ftp://web.example/") is None
+    assert report_target("http://web.example/api/x?y=1", "HTTP://web.example:80") == "http://web.example:80/api/x?y=1"
+    assert report_target("http://web.example:81/api/x", "http://web.example") is None
