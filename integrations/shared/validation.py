@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 MAX_PROMPT_CHARS = 4000
 MAX_URL_CHARS = 2048
+# A character that shows: not whitespace (as JSON Schema's ECMAScript `\s` counts it, written out so the
+# OpenAPI document's pattern says exactly the same) and not a control character.
+VISIBLE_CHAR = r"[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\u0000-\u001f\u007f-\u009f]"
+_VISIBLE = re.compile(VISIBLE_CHAR)
 
 
 class RequestInvalid(ValueError):
@@ -48,7 +53,7 @@ def _check(name: str, value: Any, field: Field) -> Any:
         expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
         raise RequestInvalid(f"'{name}' must be {expected}")
     if isinstance(value, str):
-        if field.required and not value.strip():
+        if field.required and not _VISIBLE.search(value):
             raise RequestInvalid(f"'{name}' must not be empty")
         if field.max_chars and len(value) > field.max_chars:
             raise RequestInvalid(f"'{name}' is too long ({len(value)} characters; at most {field.max_chars})")
