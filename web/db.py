@@ -106,7 +106,11 @@ def statements(script: str) -> Iterator[str]:
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the write lock up front (no lock upgrade deadlocks).
+
+    Some errors end SQLite's transaction themselves; then there is nothing left to roll back.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -160,7 +164,7 @@ def upgrade(path: str, folder: Path = MIGRATIONS, echo: Callable[[str], None] = 
     conn = connect(path)
     try:
         while True:
-            with _transaction(conn):
+            with immediate(conn):
                 version = _version(conn)
                 if version > target:
                     raise SchemaError(_describe(path, version, target, True))

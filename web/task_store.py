@@ -23,12 +23,12 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from settings import Config
+from web.db import immediate
 
 STATUSES = ("pending", "queued", "processing", "completed", "failed")
 # Progress reports (a workflow's, or an operator's `tasks fail`): the statuses each status may move to.
@@ -165,18 +165,6 @@ class Outcome:
     status: str
     attempt: int
     duplicate: bool = False
-
-
-@contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the write lock up front (no lock upgrade deadlocks)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
