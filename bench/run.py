@@ -60,6 +60,7 @@ from dev.stack import (
     free_port,
     gunicorn_command,
     python_process,
+    read_http_answer,
     stop,
     temporal_server,
     wait_for_http,
@@ -385,17 +386,6 @@ def _request_bytes(method: str, path: str, host: str, body: bytes | None = None)
     return ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
 
 
-async def _read_answer(reader) -> tuple[int, dict]:
-    """One HTTP/1.1 answer with a Content-Length body: (status, JSON body)."""
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    return status, json.loads(await reader.readexactly(length)) if length else {}
-
-
 def _hold_long_polls(url: str, processors: int, seconds: float, wait_ms: int = 30_000) -> dict:
     """Run in a child process: `processors` simulated processors, each with one long poll per integration.
 
@@ -420,7 +410,7 @@ def _hold_long_polls(url: str, processors: int, seconds: float, wait_ms: int = 3
                 reader, writer = connection
                 writer.write(request)
                 try:
-                    return await _read_answer(reader)
+                    return await read_http_answer(reader)
                 except (ConnectionError, asyncio.IncompleteReadError, IndexError):
                     if fresh:
                         raise

@@ -6,6 +6,7 @@ stopped by its process id.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,17 @@ def wait_for_http(url: str, timeout: float = 20.0, process: subprocess.Popen | N
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+async def read_http_answer(reader) -> tuple[int, dict]:
+    """One HTTP/1.1 answer with a Content-Length body from an asyncio stream: (status, JSON body or {})."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, json.loads(await reader.readexactly(length)) if length else {}
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from dev.stack import gunicorn
+from dev.stack import read_http_answer as read_answer
 from settings import ROOT
 from tests.conftest import AUTH, IMAGE, SECRETS, USER, VIDEO, wait_until
 
@@ -78,16 +79,6 @@ def request_bytes(url: str, method: str, path: str, body: dict | None = None) ->
 
 
 AUTH_LINE = f"Authorization: {AUTH['Authorization']}"
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict]:
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    return status, json.loads(await reader.readexactly(length))
 
 
 def address(url: str) -> tuple[str, int]:
