@@ -24,7 +24,7 @@ from integrations import load_integrations
 from settings import ConfigError, load_config
 from web import dashboard, db, internal_api, metrics, openapi, user_api
 from web.auth import Credentials
-from web.cli import tasks_cli
+from web.cli import integrations_cli, tasks_cli
 from web.edge import MAX_BODY_BYTES
 from web.task_store import TaskTable
 
@@ -73,6 +73,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     db.init_app(app)
     db.check_at_start(app.config["DATABASE_PATH"], exit_on_error=test_config is None)
     app.cli.add_command(tasks_cli)
+    app.cli.add_command(integrations_cli)
     _register_errors(app)
     app.after_request(_secure)
     app.add_url_rule("/healthz", view_func=_healthz)

@@ -2,7 +2,8 @@
 -- Times are epoch seconds: created_at/updated_at as REAL (sub-second FIFO order),
 -- started_at as INTEGER (set at each claim). retry_at: when a retryable failure may be
 -- claimed again (backoff; added by migration 0004's ADD COLUMN, hence last and spelt as SQLite
--- stores it). dispatched_at is set when the processor
+-- stores it). attempts_refunded (0005): claims handed back because the integration was blocked;
+-- the attempt limit counts attempts - attempts_refunded. dispatched_at is set when the processor
 -- confirms that the claim's workflow is started: from then on Temporal owns the
 -- attempt and the claim is never "stuck". request_params/result are JSON text.
 
@@ -20,7 +21,7 @@ CREATE TABLE IF NOT EXISTS video_tasks (
     dispatched_at  REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL
-, retry_at REAL);
+, retry_at REAL, attempts_refunded INTEGER NOT NULL DEFAULT 0);
 
 CREATE TABLE IF NOT EXISTS image_tasks (
     id             TEXT PRIMARY KEY,
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS image_tasks (
     dispatched_at  REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL
-, retry_at REAL);
+, retry_at REAL, attempts_refunded INTEGER NOT NULL DEFAULT 0);
 
 -- fetchPendingTasks runs one indexed range per claimable kind, each read in index
 -- order and cut by LIMIT, so its cost follows the batch size, not the table size
@@ -69,6 +70,17 @@ CREATE TABLE IF NOT EXISTS task_events (
 );
 
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, id);
+
+-- A blocked integration (docs/design.md §3.4): nothing of it is claimed but one probe per interval.
+CREATE TABLE IF NOT EXISTS integration_blocks (
+    integration TEXT PRIMARY KEY,
+    reason      TEXT NOT NULL,
+    code        TEXT,
+    task_id     TEXT,
+    since       REAL NOT NULL,
+    probe_at    REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
 
 -- Append-only: every accepted transition is history, never rewritten.
 CREATE TRIGGER IF NOT EXISTS task_events_no_update BEFORE UPDATE ON task_events

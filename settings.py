@@ -70,6 +70,12 @@ SETTINGS = [
             "the longest wait between two attempts"),
     Setting("FANGZHOU_MAX_ACTIVE", f"{VIDEO}.maxActiveTasks", int, "most video tasks queued + processing at once"),
     Setting("NANOBANANA_MAX_ACTIVE", f"{IMAGE}.maxActiveTasks", int, "most image tasks queued + processing at once"),
+    Setting("PROBE_SECONDS", "components.asyncTask.pullMode.probeSeconds", int,
+            "a blocked integration (credits, quota, account) lets one task through this often to see if it is over"),
+    Setting("FANGZHOU_CALLS_PER_SECOND", f"{VIDEO}.callsPerSecond", float,
+            "most Ark API calls per second, per worker process"),
+    Setting("NANOBANANA_CALLS_PER_SECOND", f"{IMAGE}.callsPerSecond", float,
+            "most Nano Banana API calls per second, per worker process"),
     Setting("RECONCILE_ENABLED", "components.asyncTask.reconciler.enabled", bool,
             "whether the processor heals tasks whose workflow is gone"),
     Setting("RECONCILE_AFTER_SECONDS", "components.asyncTask.reconciler.afterSeconds", int,
@@ -220,6 +226,7 @@ _BOUNDS = {
     "components.metrics.workerPort": (1, 65535),
     "components.asyncTask.pullMode.maxAttempts": (1, 1000),
     "components.asyncTask.pullMode.stuckTimeoutSeconds": (1, 86_400 * 7),
+    "components.asyncTask.pullMode.probeSeconds": (1, 3600),
 }
 
 
@@ -362,7 +369,8 @@ def describe_temporal_error(exc: BaseException) -> str:
 
 def _validate(config: Config) -> None:
     for namespace in ("fangzhouVideoGeneration", "nanobanana2ImageGeneration"):
-        for key, (low, high) in {"pollIntervalSeconds": (0.05, 3600), "deadlineSeconds": (1, 86_400 * 2)}.items():
+        for key, (low, high) in {"pollIntervalSeconds": (0.05, 3600), "deadlineSeconds": (1, 86_400 * 2),
+                                 "callsPerSecond": (0.01, 10_000)}.items():
             path = f"integrations.{namespace}.{key}"
             value = config.get(path)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -29,58 +29,73 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from integrations.base import WorkflowInput
-    from integrations.fangzhou_video import activities as video_activities
-    from integrations.fangzhou_video.activities import create_video_task, poll_video_task
-    from integrations.nanobanana2_image import activities as image_activities
-    from integrations.nanobanana2_image.activities import create_image_task, poll_image_task
+    from integrations.fangzhou_video.activities import ACTIVITIES as VIDEO_ACTIVITIES
+    from integrations.nanobanana2_image.activities import ACTIVITIES as IMAGE_ACTIVITIES
     from integrations.shared import public_errors as text  # the failure texts' prefixes: what users are told
     from integrations.shared.activities import (
+        BLOCKED,
+        JOB_FAILED,
         NOT_DONE,
         REJECTED,
         REPORT_REFUSED,
         CreateInput,
+        JobActivities,
         PollInput,
+        PollOutcome,
         ReportInput,
         report_task_event,
     )
+    from integrations.shared.providers import LONGEST_CREATE_SECONDS, LOOK_SECONDS
 
 CREATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), maximum_attempts=6,
-                           non_retryable_error_types=[REJECTED])
+                           non_retryable_error_types=[REJECTED, BLOCKED, JOB_FAILED])
+LOOK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(seconds=30), maximum_attempts=6,
+                         non_retryable_error_types=[BLOCKED])
+CANCEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=10), maximum_attempts=4)
 REPORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[REPORT_REFUSED])
 REPORT_GIVE_UP = timedelta(hours=24)  # the web process may be down for a while; then the stuck rescue takes over
-CALL_TIMEOUT = timedelta(seconds=20)  # one provider or main-app call (HTTP timeouts are 3 s + 10 s)
+CALL_TIMEOUT = timedelta(seconds=60)  # one status query or report (HTTP timeouts: 10 s connect + 30 s read)
+CANCEL_TIMEOUT = timedelta(seconds=2 * LOOK_SECONDS + 20)  # Ark's cancel looks at the job, then DELETEs it
+# A create waits for the provider's answer as long as the slowest client's HTTP timeout (Ark: the official SDK's
+# 600 s): a slow answer is waited for, never retried into a second job (integrations/shared/providers.py).
+CREATE_TIMEOUT = timedelta(seconds=LONGEST_CREATE_SECONDS + 30)
+CREATE_HEARTBEAT = timedelta(seconds=10)  # the create heartbeats every 2 s: a worker lost mid-call shows in 10 s
 TASK_FAILED = "TaskFailed"
+INTEGRATION_BLOCKED = "IntegrationBlocked"
+# workflow.patched() ids: runs recorded before a change replay without it (tests/histories).
+RESUME_PATCH = "resume-earlier-job"
+CANCEL_PATCH = "cancel-at-deadline"
 
 
 class PollingRun:
     """One run of a polling workflow: its input, and how it reports."""
 
-    def __init__(self, params: WorkflowInput, create_activity, poll_activity):
+    def __init__(self, params: WorkflowInput, activities: JobActivities):
         self.params = params
-        self.create_activity, self.poll_activity = create_activity, poll_activity
+        self.activities = activities
         self.task_id, self.attempt = params.task_id, params.attempt
         self.interval = timedelta(seconds=params.pollIntervalSeconds)
         self.deadline = timedelta(seconds=params.deadlineSeconds)
 
     async def run(self) -> dict:
-        try:
-            external_id = await workflow.execute_activity(
-                self.create_activity, CreateInput(self.task_id, self.attempt, self.params.requestParams),
-                start_to_close_timeout=CALL_TIMEOUT, retry_policy=CREATE_RETRY)
-        except ActivityError as err:
-            rejected = _error_type(err) == REJECTED
-            prefix = text.REJECTED if rejected else text.CREATE_FAILED
-            await self.fail(f"{prefix}{_message(err)}", retryable=not rejected)
-
-        self.log("provider job created", external_id=external_id)
+        external_id = None
+        if self.params.resumeExternalId and workflow.patched(RESUME_PATCH):
+            external_id, ended = await self.resume(self.params.resumeExternalId)
+            if ended is not None:
+                return await self.finish(external_id, ended)
+        if external_id is None:
+            external_id = await self.create()
+            self.log("provider job created", external_id=external_id)
         await self.report("processing", external_id=external_id)
         poll_retry = RetryPolicy(initial_interval=self.interval, backoff_coefficient=1.0,
-                                 maximum_interval=self.interval, non_retryable_error_types=[REJECTED])
+                                 maximum_interval=self.interval, non_retryable_error_types=[REJECTED, BLOCKED])
         try:
             outcome = await workflow.execute_activity(
-                self.poll_activity, PollInput(self.task_id, self.attempt, external_id),
+                self.activities.poll, PollInput(self.task_id, self.attempt, external_id),
                 start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=self.deadline,
                 retry_policy=poll_retry)
         except ActivityError as err:
@@ -88,14 +103,83 @@ class PollingRun:
             # would not schedule the next poll past it (the last "not done" answer).
             if isinstance(err.cause, TemporalTimeoutError) or _error_type(err) == NOT_DONE:
                 late = text.DEADLINE.format(seconds=self.deadline.total_seconds())
-                await self.fail(f"{text.JOB_TIMED_OUT}{external_id} {late}", external_id=external_id)
+                await self.fail(f"{text.JOB_TIMED_OUT}{external_id} {late}{await self.cancel(external_id)}",
+                                external_id=external_id)
+            if _error_type(err) == BLOCKED:  # the job lives on: the probe's attempt resumes it
+                await self.hand_back(_message(err))
             await self.fail(f"{text.POLL_FAILED}{external_id}: {_message(err)}", external_id=external_id)
+        return await self.finish(external_id, outcome)
 
+    async def create(self) -> str:
+        """Create the provider's job: its id. Refusals end the attempt here (fail() and hand_back() never return)."""
+        try:
+            return await workflow.execute_activity(
+                self.activities.create,
+                CreateInput(self.task_id, self.attempt, self.params.requestParams, self.params.deadlineSeconds),
+                start_to_close_timeout=CREATE_TIMEOUT, heartbeat_timeout=CREATE_HEARTBEAT, retry_policy=CREATE_RETRY)
+        except ActivityError as err:
+            kind = _error_type(err)
+            if kind == BLOCKED:
+                await self.hand_back(_message(err))
+            if kind == JOB_FAILED:
+                await self.fail(f"{text.JOB_FAILED}{_message(err)}")
+            rejected = kind == REJECTED
+            prefix = text.REJECTED if rejected else text.CREATE_FAILED
+            await self.fail(f"{prefix}{_message(err)}", retryable=not rejected)
+
+    async def resume(self, earlier: str) -> tuple[str | None, PollOutcome | None]:
+        """Look at the previous attempt's job before creating another: (its id, None) if it is still alive,
+        so this attempt polls it; (its id, outcome) if it ended in success while nobody watched;
+        (None, None) if it failed or is gone, so a new job is created."""
+        try:
+            look = await workflow.execute_activity(
+                self.activities.look, PollInput(self.task_id, self.attempt, earlier),
+                start_to_close_timeout=CALL_TIMEOUT, retry_policy=LOOK_RETRY)
+        except ActivityError as err:
+            if _error_type(err) == BLOCKED:
+                await self.hand_back(_message(err))
+            await self.fail(f"{text.POLL_FAILED}{earlier}: {_message(err)}", external_id=earlier)
+        if look.alive:
+            self.log("resuming the previous attempt's provider job", external_id=earlier, status=look.status)
+            return earlier, None
+        if look.outcome is not None and look.outcome.succeeded:
+            self.log("the previous attempt's provider job succeeded", external_id=earlier)
+            return earlier, look.outcome
+        self.log("the previous attempt's provider job is over; creating a new one", external_id=earlier,
+                 status=look.status)
+        return None, None
+
+    async def finish(self, external_id: str, outcome: PollOutcome) -> dict:
+        """Report how the job ended: `completed` with its result, or `failed` (for good if retrying is futile)."""
         if not outcome.succeeded:
-            await self.fail(f"{text.JOB_FAILED}{outcome.error or 'no message'}", external_id=external_id)
+            await self.fail(f"{text.JOB_FAILED}{outcome.error or 'no message'}", external_id=external_id,
+                            retryable=outcome.retryable)
         await self.report("completed", external_id=external_id, data=outcome.result)
         self.log("task completed", external_id=external_id)
         return outcome.result or {}
+
+    async def cancel(self, external_id: str) -> str:
+        """At the deadline, cancel the job where the provider still can (Ark: while queued), so a retry never
+        runs beside it; what happened, as the end of the failure's text."""
+        if not workflow.patched(CANCEL_PATCH):
+            return ""
+        try:
+            cancelled = await workflow.execute_activity(
+                self.activities.cancel, PollInput(self.task_id, self.attempt, external_id),
+                start_to_close_timeout=CANCEL_TIMEOUT, retry_policy=CANCEL_RETRY)
+        except ActivityError:
+            cancelled = False
+        self.log("provider job cancelled at the deadline" if cancelled else "provider job left running",
+                 external_id=external_id)
+        return ("; cancelled at the provider" if cancelled
+                else "; still running at the provider: the next attempt resumes it")
+
+    async def hand_back(self, reason: str) -> NoReturn:
+        """The provider refuses the account (credits, quota, key, feature): report `blocked`, which hands the
+        claim back with its attempt refunded and blocks the integration, then end this run in failure."""
+        await self.report("blocked", error=reason)
+        self.log("integration blocked; claim handed back", error=reason)
+        raise ApplicationError(reason, type=INTEGRATION_BLOCKED, non_retryable=True)
 
     def log(self, message: str, **fields: Any) -> None:
         """A workflow log line (not repeated on replay) with the task and attempt on it."""
@@ -132,7 +216,7 @@ class VideoPollingWorkflow:
 
     @workflow.run
     async def run(self, params: WorkflowInput) -> dict:
-        return await PollingRun(params, create_video_task, poll_video_task).run()
+        return await PollingRun(params, VIDEO_ACTIVITIES).run()
 
 
 @workflow.defn(name="ImagePollingWorkflow")
@@ -141,13 +225,13 @@ class ImagePollingWorkflow:
 
     @workflow.run
     async def run(self, params: WorkflowInput) -> dict:
-        return await PollingRun(params, create_image_task, poll_image_task).run()
+        return await PollingRun(params, IMAGE_ACTIVITIES).run()
 
 
 # integration -> (workflow class, its provider activities); reportTaskEvent serves both.
 REGISTRY = {
-    "fangzhouVideoGeneration": (VideoPollingWorkflow, video_activities.ACTIVITIES),
-    "nanobanana2ImageGeneration": (ImagePollingWorkflow, image_activities.ACTIVITIES),
+    "fangzhouVideoGeneration": (VideoPollingWorkflow, list(VIDEO_ACTIVITIES)),
+    "nanobanana2ImageGeneration": (ImagePollingWorkflow, list(IMAGE_ACTIVITIES)),
 }
 
 

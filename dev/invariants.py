@@ -6,8 +6,8 @@ Without TEMPORAL_ADDRESS it reads the configured Temporal as the processor and t
 (settings.temporal_connection: TLS, mTLS, API key, Temporal's TOML profiles); with one, that plain
 host:port (a local dev server).
 
-Each task must be settled: completed, or failed for good (attempts exhausted,
-or rejected as not retryable). Every attempt has exactly one `queued` event.
+Each task must be settled: completed, or failed for good (attempts exhausted, less
+those refunded by a blocked integration, or rejected as not retryable). Every attempt has exactly one `queued` event.
 A task's workflow runs never overlap (each run closed before the next
 started) and none is open at the end. A completed task completed once: one
 `completed` event, one completed run, and no run started after it.
@@ -91,7 +91,8 @@ def check(db_path: str, address: str | None, max_attempts: int = 5, settle_secon
         status, attempts = task["status"], task["attempts"]
         if status == "completed":
             found.completed += 1
-        elif status == "failed" and (attempts >= max_attempts or not task["retryable"]):
+        elif status == "failed" and (attempts - (task.get("attempts_refunded") or 0) >= max_attempts
+                                     or not task["retryable"]):
             found.failed_for_good += 1
         else:
             found.violations["lost"].append(f"{task_id} {status} attempts={attempts}")

@@ -483,10 +483,19 @@ class Stack:
         self.ports["temporal"] = int(address.rpartition(":")[2])
 
     def start_fakes(self) -> None:
-        for name, module in (("ark", "ark"), ("banana", "nanobanana")):
-            port = self.ports[name]
-            self._spawn(name, [sys.executable, "-m", f"fakes.{module}", "--port", str(port)],
-                        ready_url=f"http://127.0.0.1:{port}/_fake/health")
+        self.start_fake("ark")
+        self.start_fake("banana")
+
+    def start_fake(self, name: str) -> None:
+        """One fake provider ("ark" or "banana") on its port: a restart after kill() is the same provider back."""
+        port = self.ports[name]
+        module = {"ark": "ark", "banana": "nanobanana"}[name]
+        self._spawn(name, [sys.executable, "-m", f"fakes.{module}", "--port", str(port)],
+                    ready_url=f"http://127.0.0.1:{port}/_fake/health")
+
+    def fake(self, name: str) -> str:
+        """A fake provider's base URL, for its /_fake/ test endpoints."""
+        return f"http://127.0.0.1:{self.ports[name]}"
 
     def start_web(self, workers: int = 2) -> None:
         self._spawn("web", gunicorn_command(self.ports["web"], workers), ready_url=f"{self.web_url}/healthz")

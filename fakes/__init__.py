@@ -6,7 +6,8 @@ They follow /work/shared/research/providers.md: kie.ai's error codes inside HTTP
 501, 505) and its recordInfo states and fields; Ark's error envelope, its 429 family, the 120-queued-task limit,
 `expired` tasks, cancel-only-while-queued, `last_frame_url` only when asked, strict parameter validation. Prompt
 markers (`[fail]`, `[credits]`, `[quota:2]`, `[slowcreate:5]`, ...) steer one job; `POST /_fake/mode` switches
-the whole fake (an outage, a credit top-up); `GET /_fake/stats` counts the jobs unfinished now and at the peak.
-Settings (FAKE_STEP_SECONDS, FAKE_QUEUED_SECONDS, FAKE_RUNNING_SECONDS, FAKE_TIMINGS=realistic,
-FAKE_EXPIRY_SCALE, ...) and the full marker table: fakes/common.py.
+the whole fake (an outage, a credit top-up, `Retry-After` on every 429 and 503); `GET /_fake/stats` counts the
+jobs unfinished now and at the peak, and the cancels. Settings (FAKE_STEP_SECONDS, FAKE_QUEUED_SECONDS,
+FAKE_RUNNING_SECONDS, FAKE_TIMINGS=realistic, FAKE_EXPIRY_SCALE, FAKE_RETRY_AFTER, ...) and the full marker
+table: fakes/common.py.
 """

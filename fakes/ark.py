@@ -5,6 +5,7 @@ Source tags point at /work/shared/research/providers.md §5; fakes/common.py has
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -59,6 +60,9 @@ ERRORS = {
                               "(safe experience mode); the model is paused.", "TooManyRequests"),
     "overloaded": lambda: error(429, "ServerOverloaded",
                                 "The service is currently overloaded. Please try again later.", "TooManyRequests"),
+    # An unknown or not activated model [S4][S5]; the message is ours.
+    "nomodel": lambda: error(404, "InvalidEndpointOrModel.NotFound",
+                             "The model or endpoint does not exist or you do not have access to it.", "NotFound"),
     "invalid": lambda: error(400, "InvalidParameter", "A parameter specified in the request is not valid.",
                              param="content"),
     "down": lambda: html_error(503, "Service Temporarily Unavailable"),
@@ -214,19 +218,22 @@ def get_task(task_id: str):
 
 @app.delete(f"{BASE}/<task_id>")
 def cancel_task(task_id: str):
+    """queued -> cancelled; succeeded, failed or expired -> the record is deleted; running or cancelled -> not
+    allowed [S2]. "No response parameters" [S2]: `{}`."""
     job = book.find(task_id)
     if job is None:
         return error(404, "ResourceNotFound", f"The specified task {task_id} is not found.", "NotFound")
-    now = time.time()
-    status = job.phase(now)
-    if status == "queued":  # queued -> cancelled; the record is deleted 24 h later [S2][S3]
-        job.cancelled_at = now
-        job.gone_at = min(job.gone_at or now + CANCELLED_KEPT * book.expiry_scale,
-                          now + CANCELLED_KEPT * book.expiry_scale)
-        return jsonify({})  # "no response parameters" [S2]
-    if status in ("succeeded", "failed", "expired"):  # a finished task's record is deleted [S2]
-        job.gone_at = now
-        return jsonify({})
+    with book.lock:  # two DELETEs at once cancel it once
+        now = time.time()
+        status = job.phase(now)
+        if status == "queued":  # the record of a cancelled task is deleted 24 h later [S3]
+            job.cancelled_at = now
+            job.gone_at = min(job.gone_at or math.inf, now + CANCELLED_KEPT * book.expiry_scale)
+            book.cancelled += 1
+            return jsonify({})
+        if status in ("succeeded", "failed", "expired"):  # a finished task's record is deleted [S2]
+            job.gone_at = now
+            return jsonify({})
     # running or cancelled: "not allowed" [S2]; the error code is unconfirmed (§6), InvalidAction chosen.
     return error(400, "InvalidAction", f"Only queued tasks can be cancelled; task {task_id} is {status}.")
 

@@ -26,6 +26,8 @@ Markers in the prompt steer one request or job. Create errors: `[name]` refuses 
     [closed]          400 InvalidEndpoint.ClosedEndpoint [S4]    -
     [quota]           429 QuotaExceeded [S5b]                    -
     [setlimit]        429 SetLimitExceeded [S5b]                 -
+    [nomodel]         404 InvalidEndpointOrModel.NotFound        -
+                      (model unknown or not activated) [S4][S5]
     [overloaded]      429 ServerOverloaded [S5b]                 -
     [disabled]        -                                          code 505 Feature Disabled [S6]
     [error501]        -                                          code 501 Generation Failed at create [S6]
@@ -67,6 +69,9 @@ Settings (environment):
                           HTTP status as well (the old behaviour)
     FAKE_KIE_FAIL_CODE    kie: body code of recordInfo for a job failed by [fail], [failfirst:N], [moderated] or
                           FAKE_FAIL_RATE: 200 (default, as before) or 501 (the form of [S8]'s failure callback)
+    FAKE_RETRY_AFTER      adds `Retry-After: <value>` to every 429 and 503 answer (HTTP status, or kie's body
+                          code inside HTTP 200); unset (default): none. Whether the real APIs send it is
+                          unconfirmed (chosen); the value goes as given (seconds, an HTTP-date, or garbage)
 
 Test endpoints (never logged as requests):
     GET  /_fake/requests  every API request seen since the last reset (method, path, query, headers, json, at)
@@ -76,14 +81,15 @@ Test endpoints (never logged as requests):
     GET  /_fake/stats     about the jobs created since the last reset: "created"; "queued", "running" and
                           "unfinished" (queued + running) now; "peak_unfinished" and "peak_running", the most at
                           any one moment; "by_status" (the provider's words); "refused": creates refused, by
-                          error name ("queue_limit" for Ark's queue limit)
+                          error name ("queue_limit" for Ark's queue limit); "cancelled": jobs cancelled since
+                          the reset (Ark's DELETE of a queued task)
     GET  /_fake/mode      the switches now
     POST /_fake/mode      change switches until changed back (or reset), e.g.
                           {"create": "credits"} every create answers that error (any create-error name above
                           the fake has, or "ok"; it does not use up a prompt's [name:N]); {"poll": "down"} the
                           same for every status query; "queued_seconds",
-                          "running_seconds", "jitter", "create_seconds"; Ark: "queue_limit"; kie:
-                          "http_status" ("200"|"code"), "fail_code" (200|501)
+                          "running_seconds", "jitter", "create_seconds"; "retry_after" (as FAKE_RETRY_AFTER;
+                          null: none); Ark: "queue_limit"; kie: "http_status" ("200"|"code"), "fail_code" (200|501)
 """
 
 from __future__ import annotations
@@ -107,12 +113,24 @@ OUTCOME_MARKERS = ("reject", "fail", "failfirst", "hang", "hangfirst", "slow", "
                    "genfail", "genfailfirst", "expire", "slowcreate")
 # Create errors, in the order they are tried: the first whose count is not used up answers.
 CREATE_ERRORS = ("ratelimit", "error500", "credits", "maintenance", "closed", "quota", "setlimit", "overloaded",
-                 "disabled", "error501", "invalid", "down")
+                 "nomodel", "disabled", "error501", "invalid", "down")
 ONCE_WHEN_BARE = frozenset({"ratelimit", "error500"})  # `[ratelimit]` meant `[ratelimit:1]` before; it still does
 MARKER = re.compile(r"\[(" + "|".join(sorted(OUTCOME_MARKERS + CREATE_ERRORS, key=len, reverse=True))
                     + r")(?::([\d.]+))?\]")
 FINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 DAY = 86400.0
+RETRY_AFTER_STATUSES = frozenset({429, 503})  # the answers FAKE_RETRY_AFTER puts Retry-After on
+
+
+def retry_after_value(value: Any) -> str | None:
+    """The `retry_after` switch: None (or "") for none; a number as seconds; any other string as it is."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError("retry_after must be a number of seconds, a string or null")
+    if isinstance(value, (int, float)):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return str(value)
 
 
 @dataclass
@@ -196,6 +214,7 @@ class Book:
         self.jobs: dict[str, Job] = {}
         self.counts: Counter = Counter()
         self.refused: Counter = Counter()
+        self.cancelled = 0  # jobs cancelled since the reset
         self.requests: list[dict] = []
         self.since = time.time()
         self.api_key = os.environ.get("FAKE_API_KEY", "fake-key")
@@ -212,9 +231,11 @@ class Book:
                                                     timings.get("running_seconds", self.step_seconds))),
             "jitter": float(os.environ.get("FAKE_JITTER", timings.get("jitter", 0))),
             "create_seconds": float(os.environ.get("FAKE_CREATE_SECONDS", "0")),
+            "retry_after": retry_after_value(os.environ.get("FAKE_RETRY_AFTER")),
         }
         self.adjustable: dict[str, Callable] = {"queued_seconds": float, "running_seconds": float,
-                                                "jitter": float, "create_seconds": float, **(adjustable or {})}
+                                                "jitter": float, "create_seconds": float,
+                                                "retry_after": retry_after_value, **(adjustable or {})}
         self.errors: dict[str, Callable[[], Any]] = {}  # create-error name -> its answer; set by the fake
         self.mode: dict[str, Any] = {}
 
@@ -322,6 +343,7 @@ class Book:
         with self.lock:
             jobs = list(self.jobs.values())
             refused = dict(self.refused)
+            cancelled = self.cancelled
             since = self.since
         jobs = [job for job in jobs if job.created >= since]
         phases = Counter(job.phase(now) for job in jobs)
@@ -333,6 +355,7 @@ class Book:
             "unfinished": phases["queued"] + phases["running"],
             "peak_unfinished": peak(unfinished), "peak_running": peak(running),
             "refused": refused,
+            "cancelled": cancelled,
             "by_status": dict(Counter(status_of(job, now) for job in jobs)),
             "since": since,
         }
@@ -359,6 +382,18 @@ def create_fake_app(name: str, realistic: dict[str, float] | None = None,
                                   "json": request.get_json(silent=True), "at": time.time()})
         return None
 
+    @app.after_request
+    def add_retry_after(response: Response) -> Response:
+        """FAKE_RETRY_AFTER: Retry-After on every 429 and 503, whether HTTP status or kie's body code."""
+        value = book.mode.get("retry_after")
+        if value is None or request.path.startswith("/_fake"):
+            return response
+        body = response.get_json(silent=True) if response.is_json else None
+        code = body.get("code") if isinstance(body, dict) else None
+        if response.status_code in RETRY_AFTER_STATUSES or code in RETRY_AFTER_STATUSES:
+            response.headers["Retry-After"] = value
+        return response
+
     @app.get("/_fake/requests")
     def requests_seen():
         with book.lock:
@@ -370,6 +405,7 @@ def create_fake_app(name: str, realistic: dict[str, float] | None = None,
             book.requests.clear()
             book.counts.clear()
             book.refused.clear()
+            book.cancelled = 0
             book.since = time.time()
         book.reset_mode()
         return jsonify({"ok": True})

@@ -42,7 +42,8 @@ class WorkflowInput:
     requestParams: dict[str, Any]
     reportUrl: str
     pollIntervalSeconds: float = 5.0
-    deadlineSeconds: float = 1800.0
+    deadlineSeconds: float = 1800.0  # the default of runs started before 3600 became the configured one
+    resumeExternalId: str | None = None  # the previous attempt's provider job: resumed if it is still alive
 
     @property
     def task_id(self) -> str:
@@ -119,14 +120,14 @@ class Integration:
         report_url = self.endpoint_url(self.report_api_name)
         namespace = self.namespace
         poll_interval = float(self.settings.get("pollIntervalSeconds", 5))
-        deadline = float(self.settings.get("deadlineSeconds", 1800))
+        deadline = float(self.settings.get("deadlineSeconds", 3600))
 
         def build_workflow_id(task: dict) -> str:
             return f"{namespace}:{task['id']}"
 
         def build_workflow_params(task: dict) -> WorkflowInput:
             return WorkflowInput(namespace, task["id"], task["attempt"], task.get("requestParams") or {},
-                                 report_url, poll_interval, deadline)
+                                 report_url, poll_interval, deadline, task.get("externalId"))
 
         return PullModeConfig(
             integration=namespace,

@@ -323,6 +323,7 @@ def test_ark_last_frame_only_when_asked(ark):
     ("ratelimit:1", 429, "RateLimitExceeded.EndpointRPMExceeded"),  # [S5a]
     ("quota", 429, "QuotaExceeded"),  # [S5b]
     ("setlimit", 429, "SetLimitExceeded"),  # [S5b]
+    ("nomodel", 404, "InvalidEndpointOrModel.NotFound"),  # [S4][S5]
     ("overloaded", 429, "ServerOverloaded"),  # [S5b]
     ("closed", 400, "InvalidEndpoint.ClosedEndpoint"),  # [S4]
     ("maintenance", 400, "InvalidEndpoint.ClosedEndpoint"),
@@ -450,6 +451,21 @@ def test_ark_cancel_only_while_queued_and_delete_when_finished(ark):
     assert ark_get(ark, done).status_code == 404
 
 
+def test_ark_stats_count_cancels(ark):
+    requests.post(f"{ark}/_fake/reset", timeout=5)
+    queued = [ark_task(ark, "to cancel [slow:30]") for _ in range(2)]
+    for task_id in queued:
+        assert requests.delete(f"{ark}{TASKS}/{task_id}", headers=AUTH, timeout=10).status_code == 200
+    assert requests.delete(f"{ark}{TASKS}/{queued[0]}", headers=AUTH, timeout=10).status_code == 400  # once only
+    done = ark_task(ark, "done")
+    wait_until(lambda: ark_status(ark, done) == "succeeded", message="succeeded")
+    assert requests.delete(f"{ark}{TASKS}/{done}", headers=AUTH, timeout=10).status_code == 200  # deleted, not
+    now = stats(ark)  # cancelled
+    assert (now["cancelled"], now["by_status"]["cancelled"]) == (2, 2)
+    requests.post(f"{ark}/_fake/reset", timeout=5)
+    assert stats(ark)["cancelled"] == 0
+
+
 def test_ark_cancelled_task_is_deleted_after_24_hours(short):
     fake = short["ark"]
     started = time.monotonic()
@@ -540,8 +556,8 @@ def test_stats_count_unfinished_jobs_and_their_peak(fakes, which):
     assert (after["created"], after["peak_unfinished"], after["peak_running"]) == (4, 3, 3)
     requests.post(f"{fake}/_fake/reset", timeout=5)
     assert stats(fake) | {"since": 0} == {"created": 0, "queued": 0, "running": 0, "unfinished": 0,
-                                          "peak_unfinished": 0, "peak_running": 0, "refused": {}, "by_status": {},
-                                          "since": 0}  # the stats cover the jobs created since the reset
+                                          "peak_unfinished": 0, "peak_running": 0, "refused": {}, "cancelled": 0,
+                                          "by_status": {}, "since": 0}  # the jobs created since the reset
 
 
 def test_timings_are_configurable(tmp_path):
@@ -560,3 +576,37 @@ def test_timings_are_configurable(tmp_path):
         quick = ark_task(ark, "a quick fox")
         wait_until(lambda: ark_status(ark, quick) == "succeeded", message="succeeded")
         assert ark_status(ark, task_id) == "queued"  # a job keeps the times it was created with
+
+
+# -- Retry-After (FAKE_RETRY_AFTER, the `retry_after` switch; chosen: whether the real APIs send it is unconfirmed)
+
+@pytest.mark.parametrize("which, marker, status", [
+    ("ark", "ratelimit:1", 429), ("ark", "quota", 429), ("ark", "down", 503),
+    ("kie", "ratelimit:1", 200),  # code 429 inside HTTP 200 [S9]
+    ("kie", "down", 503),
+])
+def test_retry_after_switch_marks_every_429_and_503(fakes, which, marker, status):
+    fake = fakes[which]
+    create = ark_create if which == "ark" else kie_create
+    try:
+        assert mode(fake, retry_after=7)["retry_after"] == "7"
+        response = create(fake, f"busy [{marker}]")
+        assert response.status_code == status and response.headers["Retry-After"] == "7"
+        assert "Retry-After" not in create(fake, "fine").headers  # not on a success
+        assert "Retry-After" not in create(fake, "bad [invalid]").headers  # nor on other errors
+        mode(fake, retry_after="Wed, 21 Oct 2099 07:28:00 GMT")
+        assert create(fake, f"busy [{marker}]").headers["Retry-After"] == "Wed, 21 Oct 2099 07:28:00 GMT"
+        mode(fake, retry_after=None)
+        assert "Retry-After" not in create(fake, f"busy [{marker}]").headers
+    finally:
+        requests.post(f"{fake}/_fake/reset", timeout=5)
+
+
+def test_retry_after_setting_and_reset(tmp_path):
+    with fake_provider("ark", tmp_path / "ark.log", KEY, FAKE_RETRY_AFTER="3") as fake:
+        assert ark_create(fake, "busy [overloaded]").headers["Retry-After"] == "3"
+        mode(fake, retry_after=None)
+        assert "Retry-After" not in ark_create(fake, "busy [overloaded]").headers
+        requests.post(f"{fake}/_fake/reset", timeout=5)  # back to the setting
+        assert ark_create(fake, "busy [overloaded]").headers["Retry-After"] == "3"
+        assert requests.post(f"{fake}/_fake/mode", json={"retry_after": True}, timeout=5).status_code == 400

@@ -366,6 +366,20 @@ CLAIM = "POST /api/{integration}/claimPendingTasks"
 # show it. The fuzz leaves those inputs out (it checks everything else), and an xfail test below sends one
 # and expects the conformant answer, so the fix turns it into an XPASS (strict: remove it then).
 KNOWN: dict = {}
+
+
+def decided_by_the_model(case) -> bool:
+    """A video create whose fate the configured model decides (FANGZHOU_MODEL; integrations/fangzhou_video
+    model_limits): a duration below 2 (-1 is Seedance 1.5's "the model chooses", refused by 1.0) or `adaptive`
+    without a first frame (refused by 1.0). One static document cannot say it for every model; the
+    integration's tests cover it (tests/test_provider_clients.py)."""
+    body = case.body if isinstance(case.body, dict) else {}
+    duration = body.get("duration")
+    short = isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration < 2
+    return short or (body.get("ratio") == "adaptive" and not body.get("firstFrameUrl"))
+
+
+MODEL_DECIDES = {"POST /api/video/generate": decided_by_the_model}
 SEEN: dict[str, set[int]] = {}  # operation -> the statuses its fuzz got (checked by a test after the fuzz)
 
 
@@ -443,6 +457,8 @@ def bounded_wait(case) -> None:
 @FUZZ.parametrize()
 def test_every_answer_conforms_to_the_document(case: schemathesis.Case, live: str):
     if any(shows(case) for shows in KNOWN.get(case.operation.label, ())):
+        return
+    if MODEL_DECIDES.get(case.operation.label, lambda case: False)(case):
         return
     bounded_wait(case)
     response = case.call_and_validate(base_url=live, checks=CHECKS)

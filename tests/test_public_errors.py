@@ -24,9 +24,8 @@ from dev.stack import fake_provider, free_port, python_process
 from integrations import load_integrations
 from integrations.fangzhou_video.client import ArkClient
 from integrations.nanobanana2_image.client import NanoBananaClient
-from integrations.shared import providers
 from integrations.shared import public_errors as pe
-from integrations.shared.providers import ProviderError, ProviderRejected, ProviderTransient
+from integrations.shared.providers import ProviderBlocked, ProviderError, ProviderRejected, ProviderTransient
 from integrations.shared.public_errors import UNAVAILABLE_RETRYING, public_error
 from reconciler import Reconciler, ReconcilerSettings
 from settings import load_config
@@ -174,8 +173,10 @@ def test_a_refused_request_shows_the_providers_own_words(provider, create, answe
     (banana_create, (403, "<html>forbidden by proxy 10.0.0.7</html>"), "forbidden by proxy 10.0.0.7"),
 ], ids=["ark-401", "ark-404", "kie-402", "html-403"])
 def test_a_refusal_about_our_account_or_setup_shows_no_provider_words(provider, create, answer, detail):
+    """Such a refusal blocks the integration (docs/design.md §3.4): the task waits, its text is the operator's.
+    Had one ever failed a task, users would still see no provider words."""
     error = create(provider(lambda method, path: answer))
-    assert isinstance(error, ProviderRejected)
+    assert isinstance(error, ProviderBlocked)
     assert detail in str(error)  # for operators
     assert public_error(pe.REJECTED + str(error), False) == "The task failed: the provider refused the request"
 
@@ -207,7 +208,7 @@ def slow_answer(method, path):
     slow_answer,  # no answer within the read timeout
 ], ids=["5xx", "429", "refused", "timeout"])
 def test_a_transient_create_failure_says_unavailable_retrying(provider, monkeypatch, answer):
-    monkeypatch.setattr(providers, "TIMEOUT", (1.0, 0.2))
+    monkeypatch.setattr(ArkClient, "create_timeout", (1.0, 0.2))
     if answer is None:
         url = f"http://127.0.0.1:{free_port()}"
     else:

@@ -90,13 +90,18 @@ def events(stack, task_id):
 
 
 def processing(stack, task_id):
-    return wait_until(lambda: stack.task(task_id)["status"] == "processing", timeout=60, message="processing")
+    """Wait for the task to be processing; its provider job id."""
+    task = wait_until(lambda: (t := stack.task(task_id))["status"] == "processing" and t, timeout=60,
+                      message="processing")
+    return task["externalId"]
 
 
-def healed(stack, task_id, since):
-    """The task was failed (retryable) at attempt 1 by the reconciler, then completed at attempt 2."""
+def healed(stack, task_id, since, first_job):
+    """The task was failed (retryable) at attempt 1 by the reconciler, then completed at attempt 2, which
+    took up attempt 1's provider job (still running) instead of creating another."""
     task = wait_until(lambda: (t := stack.task(task_id))["status"] == "completed" and t, timeout=90,
                       message="completed on the next attempt")
+    assert task["externalId"] == first_job
     [failed] = [e for e in events(stack, task_id) if e["status"] == "failed"]
     assert failed["attempt"] == 1 and failed["error"] == "The provider is unavailable; retrying"  # users
     with sqlite3.connect(stack.db_path) as conn:  # operators keep the whole text
@@ -115,15 +120,15 @@ def test_a_workflow_terminated_in_temporal_is_healed(tmp_path):
     from temporalio.client import Client
 
     with Stack(tmp_path, **RECONCILE).start_all() as stack:
-        task_id = stack.create("video", "a heron [hangfirst:1]")  # attempt 1's job never ends
-        processing(stack, task_id)
+        task_id = stack.create("video", "a heron [slow:10]")  # a 20 s job: alive when attempt 2 starts
+        first_job = processing(stack, task_id)
 
         async def terminate():
             client = await Client.connect(stack.temporal_address)
             await client.get_workflow_handle(f"{VIDEO}:{task_id}").terminate(reason="an operator in the UI")
 
         asyncio.run(terminate())
-        healed(stack, task_id, since=time.time())
+        healed(stack, task_id, since=time.time(), first_job=first_job)
         processor_log = (tmp_path / "processor.log").read_text()
         assert "workflow gone; task failed for a retry" in processor_log and "found=TERMINATED" in processor_log
 
@@ -131,10 +136,10 @@ def test_a_workflow_terminated_in_temporal_is_healed(tmp_path):
 @pytest.mark.slow
 def test_a_workflow_lost_with_temporals_state_is_healed(tmp_path):
     with Stack(tmp_path, **RECONCILE).start_all() as stack:
-        task_id = stack.create("image", "a lighthouse [hangfirst:1]")
-        processing(stack, task_id)
+        task_id = stack.create("image", "a lighthouse [slow:10]")
+        first_job = processing(stack, task_id)
         stack.kill("temporal")
         (tmp_path / "temporal.db").unlink()  # Temporal comes back with none of its state
         stack.start_temporal()
-        healed(stack, task_id, since=time.time())
+        healed(stack, task_id, since=time.time(), first_job=first_job)
         assert "found=NOT_FOUND" in (tmp_path / "processor.log").read_text()

@@ -34,7 +34,7 @@ from integrations.base import WorkflowInput
 from processor import start_workflow
 from settings import load_config
 from tests.conftest import IMAGE, SECRETS, TOKEN, VIDEO, Web, wait_until
-from workflows import ImagePollingWorkflow, PollingRun, VideoPollingWorkflow, create_video_task, poll_video_task
+from workflows import VIDEO_ACTIVITIES, ImagePollingWorkflow, PollingRun, VideoPollingWorkflow
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +98,14 @@ class Providers:
 
     def requests_seen(self, fake):
         return requests.get(f"{fake}/_fake/requests", timeout=5).json()
+
+    def fake(self, namespace):
+        """The fake provider of an integration."""
+        return self.ark if namespace == VIDEO else self.banana
+
+    def creates(self, fake, prompt):
+        """The create requests `fake` saw for `prompt`."""
+        return [r for r in self.requests_seen(fake) if r["method"] == "POST" and prompt in json.dumps(r["json"])]
 
     def start(self, app, namespace, prompt, **env):
         """Create, claim and start one task, as the processor would. Returns (task id, workflow id)."""
@@ -226,9 +234,67 @@ def test_provider_failure_fails_the_task_retryably(web, providers, namespace):
 
 
 @pytest.mark.parametrize("namespace", [VIDEO, IMAGE])
+def test_job_failed_by_moderation_is_not_retried(web, providers, namespace):
+    """The provider ran the job and refused its output: the same prompt would meet the same refusal."""
+    app = web()
+    task, events, (status, _), _ = providers.run(app, namespace, f"too much {uuid.uuid4().hex[:6]} [moderated]")
+    assert status == "FAILED"
+    assert events == [("pending", 0), ("queued", 1), ("processing", 1), ("failed", 1)]
+    assert app.rows(namespace)[task["id"]]["retryable"] == 0
+
+
+def test_failed_kie_job_with_body_code_501_fails_with_its_message_not_at_the_deadline(web, providers):
+    """kie.ai answers a failed job's recordInfo with body code 501 beside `state: fail`: the state is read
+    first, so the task fails at once with the provider's failMsg (it used to poll until the deadline)."""
+    app = web()
+    began = time.monotonic()
+    task, events, (status, _), _ = providers.run(app, IMAGE, f"broken {uuid.uuid4().hex[:6]} [genfail]")
+    assert status == "FAILED" and time.monotonic() - began < 30  # the deadline is 60 s
+    assert events[-1] == ("failed", 1)
+    assert "Internal server error (fake)" in task["error"] and "deadline" not in task["error"]
+    assert app.rows(IMAGE)[task["id"]]["retryable"] == 1
+
+
+@pytest.mark.parametrize("namespace, marker", [(VIDEO, "quota"), (VIDEO, "credits"), (IMAGE, "credits"),
+                                               (IMAGE, "disabled")])
+def test_account_refusal_hands_the_claim_back(web, providers, namespace, marker):
+    """An account-level refusal at create (Ark 429 QuotaExceeded, 403 AccountOverdueError; kie 402, 505):
+    the workflow reports `blocked` and ends; the task is pending again, its attempt refunded, and the
+    integration blocked. One create was sent: nothing retried a refusal that would not clear."""
+    app = web()
+    fake = providers.fake(namespace)
+    prompt = f"no money {uuid.uuid4().hex[:6]} [{marker}]"
+    task, events, (status, message), _ = providers.run(app, namespace, prompt)
+    assert status == "FAILED"
+    assert events == [("pending", 0), ("queued", 1), ("pending", 1)]
+    row = app.rows(namespace)[task["id"]]
+    assert (row["status"], row["attempts"], row["attempts_refunded"]) == ("pending", 1, 1)
+    assert len(providers.creates(fake, prompt)) == 1
+    fetched = requests.get(f"{app.url}/api/{namespace}/fetchPendingTasks", headers={"Authorization": f"Bearer {TOKEN}"},
+                           timeout=10).json()
+    assert fetched["tasks"] == [] and fetched["blocked"]["reason"]
+
+
+@pytest.mark.parametrize("namespace", [VIDEO, IMAGE])
+def test_retry_after_is_honoured(web, providers, namespace):
+    """A 429 with `Retry-After: 4`: the create is tried again after 4 s, not after the policy's 1 s."""
+    app = web()
+    fake = providers.fake(namespace)
+    prompt = f"later please {uuid.uuid4().hex[:6]} [ratelimit:1]"
+    requests.post(f"{fake}/_fake/mode", json={"retry_after": 4}, timeout=5).raise_for_status()
+    try:
+        task, _, (status, _), _ = providers.run(app, namespace, prompt)
+    finally:
+        requests.post(f"{fake}/_fake/mode", json={"retry_after": None}, timeout=5).raise_for_status()
+    assert status == "COMPLETED"
+    first, second = [r["at"] for r in providers.creates(fake, prompt)]
+    assert second - first >= 3.9
+
+
+@pytest.mark.parametrize("namespace", [VIDEO, IMAGE])
 def test_rejected_request_fails_at_once_for_good(web, providers, namespace):
     app = web()
-    fake = providers.ark if namespace == VIDEO else providers.banana
+    fake = providers.fake(namespace)
     prompt = f"forbidden {uuid.uuid4().hex[:6]} [reject]"
     task, events, (status, _), _ = providers.run(app, namespace, prompt)
     assert status == "FAILED"
@@ -236,7 +302,7 @@ def test_rejected_request_fails_at_once_for_good(web, providers, namespace):
     assert task["error"].startswith("Provider rejected the request")
     assert ("sensitive" in task["error"]) if namespace == VIDEO else ("content policy" in task["error"])
     assert app.rows(namespace)[task["id"]]["retryable"] == 0  # never claimed again
-    creates = [r for r in providers.requests_seen(fake) if r["method"] == "POST" and prompt in json.dumps(r["json"])]
+    creates = providers.creates(fake, prompt)
     assert len(creates) == 1  # no retries burned on a rejection
 
 
@@ -244,12 +310,12 @@ def test_rejected_request_fails_at_once_for_good(web, providers, namespace):
 @pytest.mark.parametrize("marker, calls", [("ratelimit:2", 3), ("error500:2", 3)])
 def test_transient_create_errors_are_retried_then_succeed(web, providers, namespace, marker, calls):
     app = web()
-    fake = providers.ark if namespace == VIDEO else providers.banana
+    fake = providers.fake(namespace)
     prompt = f"busy {uuid.uuid4().hex[:6]} [{marker}]"
     task, events, (status, _), _ = providers.run(app, namespace, prompt)
     assert status == "COMPLETED"
     assert events == [("pending", 0), ("queued", 1), ("processing", 1), ("completed", 1)]
-    creates = [r for r in providers.requests_seen(fake) if r["method"] == "POST" and prompt in json.dumps(r["json"])]
+    creates = providers.creates(fake, prompt)
     assert len(creates) == calls
 
 
@@ -350,7 +416,7 @@ class VideoWaitsFirstUnguarded:
     @workflow.run
     async def run(self, params: WorkflowInput) -> dict:
         await workflow.sleep(timedelta(seconds=1))
-        return await PollingRun(params, create_video_task, poll_video_task).run()
+        return await PollingRun(params, VIDEO_ACTIVITIES).run()
 
 
 @workflow.defn(name="VideoPollingWorkflow", sandboxed=False)
@@ -361,7 +427,7 @@ class VideoWaitsFirstPatched:
     async def run(self, params: WorkflowInput) -> dict:
         if workflow.patched("wait-before-create"):
             await workflow.sleep(timedelta(seconds=1))
-        return await PollingRun(params, create_video_task, poll_video_task).run()
+        return await PollingRun(params, VIDEO_ACTIVITIES).run()
 
 
 def test_unguarded_workflow_change_fails_replay_of_release_1():

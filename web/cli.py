@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app app tasks list|show|retry|fail|stats`.
+"""Operator commands: `flask --app app tasks list|show|retry|fail|stats` and `integrations status|resume`.
 
 They read the database directly (they run beside the web process) and write
 only through web/task_store.py, like everything else. They show the full
@@ -10,11 +10,13 @@ clients never drives the operator's terminal.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import click
 from flask.cli import AppGroup
 
+import logs
 from logs import escape_controls
 from web import current, db, task_store
 from web.dashboard import age
@@ -75,7 +77,8 @@ def list_command(status: str | None, integration: str | None, limit: int) -> Non
 def show_command(task_id: str) -> None:
     """One task and its timeline of events."""
     integration, task = find(task_id)
-    for key in ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt", "externalId", "error"):
+    for key in ("id", "status", "attempts", "attemptsRefunded", "startedAt", "createdAt", "updatedAt", "retryAt",
+                "externalId", "error"):
         echo(f"{key + ':':<15}{task.get(key) if task.get(key) is not None else '-'}")
     echo(f"{'integration:':<15}{integration.namespace}")
     echo(f"{'request:':<15}{json.dumps(task['requestParams'])}")
@@ -139,3 +142,36 @@ def stats_command() -> None:
         rows.append([integration.short_name, *(counts[s] for s in task_store.STATUSES), sum(counts.values()),
                      age(oldest, now)])
     print_table(["INTEGRATION", *(s.upper() for s in task_store.STATUSES), "TOTAL", "OLDEST PENDING"], rows)
+
+
+integrations_cli = AppGroup("integrations", help="See which integrations are blocked by their provider; resume one.")
+
+
+@integrations_cli.command("status")
+def integrations_status_command() -> None:
+    """Each integration: running, or blocked since when, why, and when the next probe is due."""
+    now = time.time()
+    rows = []
+    for integration in current.integrations():
+        block = task_store.get_block(db.get_db(), integration.namespace)
+        if block is None:
+            rows.append([integration.short_name, "running", "", "", ""])
+        else:
+            probe = max(block["probeAt"] - now, 0)
+            rows.append([integration.short_name, "blocked", age(block["since"], now), f"in {probe:.0f}s",
+                         block["reason"]])
+    print_table(["INTEGRATION", "STATE", "BLOCKED FOR", "NEXT PROBE", "WHY"], rows)
+
+
+@integrations_cli.command("resume")
+@click.argument("name", type=click.Choice(INTEGRATION_NAMES))
+def integrations_resume_command(name: str) -> None:
+    """End a block now (after a top-up, say): its tasks are claimed again at once."""
+    integration = pick(name)[0]
+    block = task_store.resume_integration(db.get_db(), integration.namespace)
+    if block is None:
+        echo(f"{integration.short_name} is not blocked; nothing to do.")
+        return
+    logs.event(logging.getLogger("web.tasks"), "integration resumed by an operator", logging.WARNING,
+               integration=integration.namespace, reason=block["reason"])
+    echo(f"{integration.short_name} resumed (it was blocked for {age(block['since'])}: {block['reason']}).")

@@ -35,7 +35,9 @@ def index():
     recent = [(i, t) for i in current.integrations() if chosen in (None, i.short_name)
               for t in task_store.list_tasks(conn, current.table(i.namespace), status, RECENT)]
     recent.sort(key=lambda pair: pair[1]["createdAt"], reverse=True)
-    return render_template("dashboard.html", counts=counts, statuses=task_store.STATUSES,
+    short = {i.namespace: i.short_name for i in current.integrations()}
+    blocks = [(short.get(b["integration"], b["integration"]), b) for b in task_store.list_blocks(conn)]
+    return render_template("dashboard.html", counts=counts, statuses=task_store.STATUSES, blocks=blocks,
                            recent=recent[:RECENT], status=status, chosen=chosen, names=sorted(names),
                            now=time.time(), refresh=REFRESH_SECONDS)
 

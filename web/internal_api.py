@@ -27,7 +27,7 @@ MAX_WAIT_MS = 30_000
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
 REPORT_FIELDS = ("apiCallId", "status", "attempt", "taskId", "data", "error", "retryable")
-REPORTABLE = ("queued", "processing", "completed", "failed")
+REPORTABLE = ("queued", "processing", "completed", "failed", "blocked")
 log = logging.getLogger("web.tasks")
 
 bp = Blueprint("internal_api", __name__)
@@ -43,7 +43,7 @@ def fetch_pending_tasks(name: str):
     task_store.expire_stuck(conn, table)
     waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms,
                        lambda: task_store.fetch_claimable(conn, table, limit), **long_poll_context(name))
-    return long_poll_answer(name, {"tasks": waited.found}, waited)
+    return long_poll_answer(name, {"tasks": waited.found}, waited, conn)
 
 
 @bp.get("/api/<integration:name>/fetchDispatchedTasks")
@@ -104,7 +104,7 @@ def claim_pending_tasks(name: str):
         log_outcome(name, task_id, Report.dispatched(attempt), outcome)
     return long_poll_answer(name, {"success": True, "tasks": tasks, "dispatched": [
         _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)]},
-        waited)
+        waited, conn)
 
 
 def long_poll_context(name: str) -> dict[str, Any]:
@@ -115,9 +115,13 @@ def long_poll_context(name: str) -> dict[str, Any]:
             "client": environ.get("gunicorn.socket") or environ.get("werkzeug.socket")}
 
 
-def long_poll_answer(name: str, body: dict, waited: Waited):
+def long_poll_answer(name: str, body: dict, waited: Waited, conn):
     """The answer; a declined wait adds `retryAfterMs`: no slot was free to wait in, ask again after that long
-    (docs/design.md §5). Processors that do not know the field simply poll again."""
+    (docs/design.md §5). Processors that do not know the field simply poll again. A blocked integration
+    adds `blocked` (reason, since, probeAt), so a processor can say why it claims nothing."""
+    block = task_store.get_block(conn, name)
+    if block is not None:
+        body["blocked"] = {key: block[key] for key in ("reason", "since", "probeAt")}
     if waited.retry_after_ms:
         body["retryAfterMs"] = waited.retry_after_ms
     if waited.client_gone:
@@ -242,6 +246,8 @@ def parse_report(body: Any) -> tuple[str, Report]:
         abort(400, "data must be an object or a list")
     if status == "queued":
         return task_id, Report.claim() if attempt is None else Report.dispatched(attempt)
+    if status == "blocked":  # the create met an account-level refusal: hand the claim back, block the integration
+        return task_id, Report.blocked(attempt, error)
     return task_id, Report.progress(status, attempt, external_id, data, error, retryable)
 
 
@@ -260,6 +266,12 @@ def log_outcome(integration: str, task_id: str, report: Report, outcome) -> None
                    else "duplicate report" if outcome.duplicate else f"task {outcome.status}")
         logs.event(log, message, task=task_id, attempt=outcome.attempt, integration=integration,
                    external_id=report.external_id, error=report.error if report.status == "failed" else None)
+        if report.kind is ReportKind.BLOCKED and not outcome.duplicate:
+            logs.event(log, "integration blocked: no task is claimed but one probe per interval; the attempt is "
+                       "refunded", logging.WARNING, integration=integration, task=task_id, reason=report.error)
+        if outcome.resumed:
+            logs.event(log, "integration resumed: the provider accepted a job", logging.WARNING,
+                       integration=integration, task=task_id)
     else:
         logs.event(log, "report refused", logging.DEBUG, task=task_id, attempt=report.attempt,
                    integration=integration, status=report.status, reason=str(outcome))

@@ -14,9 +14,10 @@ from typing import Any
 from integrations import Integration
 from integrations.shared.public_errors import public_error
 
-FIELDS = ("id", "status", "attempts", "startedAt", "createdAt", "updatedAt",
+FIELDS = ("id", "status", "attempts", "attemptsRefunded", "startedAt", "createdAt", "updatedAt",
           "requestParams", "externalId", "result", "error", "retryAt")
 EVENT_FIELDS = ("status", "attempt", "externalId", "data", "error", "createdAt")
+WAITING_FOR_PROVIDER = "The provider is not accepting new work for now; the task waits its turn"
 
 
 def will_retry(task: dict) -> bool:
@@ -27,7 +28,10 @@ def will_retry(task: dict) -> bool:
 def task(integration: Integration, task: dict) -> dict[str, Any]:
     """The task as users see it; `namespace` (a wire name) is the integration's name."""
     shown = {"namespace": integration.namespace, **{k: task.get(k) for k in FIELDS}}
-    shown["error"] = public_error(task.get("error"), will_retry(task))
+    if task.get("status") == "failed":
+        shown["error"] = public_error(task.get("error"), will_retry(task))
+    else:  # only a claim handed back by a blocked integration leaves a text on a task that has not failed
+        shown["error"] = WAITING_FOR_PROVIDER if task.get("error") else None
     return shown
 
 

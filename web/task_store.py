@@ -34,7 +34,7 @@ STATUSES = ("pending", "queued", "processing", "completed", "failed")
 # Progress reports (a workflow's, or an operator's `tasks fail`): the statuses each status may move to.
 ALLOWED = {"queued": ("processing", "completed", "failed"), "processing": ("completed", "failed")}
 FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt",
-          "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt", "retryAt")
+          "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt", "retryAt", "attemptsRefunded")
 ACTIVE = ("queued", "processing")
 EXPIRE_BATCH = 100
 
@@ -70,13 +70,15 @@ class EntityMapping:
 @dataclass(frozen=True)
 class Policy:
     """How many claims a task gets, when a claim counts as abandoned, how long a retry waits,
-    and how many tasks may be active (queued + processing) at once (None: no cap)."""
+    how many tasks may be active (queued + processing) at once (None: no cap), and how often a
+    blocked integration lets one task through as a probe."""
 
     max_attempts: int = 5
     stuck_timeout_seconds: int = 300
     retry_base_seconds: float = 240.0
     retry_max_seconds: float = 3600.0
     max_active: int | None = None
+    probe_seconds: float = 30.0
 
     def retry_delay(self, task_id: str, attempt: int) -> float:
         """How long a task whose attempt `attempt` failed waits before its next claim.
@@ -107,13 +109,14 @@ class TaskTable:
                    EntityMapping.from_config(config.section(f"components.main.integrations.{integration}")),
                    Policy(int(pull.get("maxAttempts", 5)), int(pull.get("stuckTimeoutSeconds", 300)),
                           float(pull.get("retryBaseSeconds", 240)), float(pull.get("retryMaxSeconds", 3600)),
-                          None if cap is None else int(cap)))
+                          None if cap is None else int(cap), float(pull.get("probeSeconds", 30))))
 
 
 class ReportKind(enum.Enum):
     CLAIM = "claim"  # a processor takes the task: a new attempt
     DISPATCHED = "dispatch confirmation"  # the claim's workflow is started: Temporal owns the attempt
     PROGRESS = "progress"  # processing / completed / failed, fenced by the attempt
+    BLOCKED = "integration blocked"  # the provider refuses the account: the claim is handed back, fenced
     RETRY = "operator retry"  # a failed task becomes pending again (the CLI; not reachable over HTTP)
 
 
@@ -143,6 +146,11 @@ class Report:
         return cls(ReportKind.PROGRESS, status, attempt, external_id, data, error, retryable)
 
     @classmethod
+    def blocked(cls, attempt: int, error: str | None = None) -> Report:
+        """The attempt's create met an account-level refusal (credits, quota, ...): `error` says which."""
+        return cls(ReportKind.BLOCKED, "pending", attempt, error=error)
+
+    @classmethod
     def operator_retry(cls) -> Report:
         return cls(ReportKind.RETRY, "pending")
 
@@ -155,6 +163,8 @@ class Decision:
     event: str | None = None
     note: str | None = None  # the event's error text when the change itself sets none
     duplicate: bool = False
+    blocks: bool = False  # the integration is blocked by it (BLOCKED)
+    unblocks: bool = False  # the provider accepted a job: a block of the integration ends
 
 
 DUPLICATE = Decision({}, duplicate=True)
@@ -165,6 +175,12 @@ class Outcome:
     status: str
     attempt: int
     duplicate: bool = False
+    resumed: bool = False  # it ended a block of its integration
+
+
+def spent(task: dict) -> int:
+    """The attempts that count against the limit: claims, less those handed back by a blocked integration."""
+    return task["attempts"] - (task.get("attemptsRefunded") or 0)
 
 
 def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
@@ -176,13 +192,28 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
                         "retried by an operator")
     if report.kind is ReportKind.CLAIM:
         _check_claimable(task, policy, now)
+        # externalId stays: the previous attempt's provider job, which the new one resumes if it is alive
         return Decision({"status": "queued", "attempts": task["attempts"] + 1, "startedAt": int(now),
-                         "dispatchedAt": None, "externalId": None, "result": None, "error": None,
-                         "retryAt": None}, "queued")
+                         "dispatchedAt": None, "result": None, "error": None, "retryAt": None}, "queued")
     _check_attempt(task, report)
     if report.kind is ReportKind.DISPATCHED:
         return _confirm_dispatch(task, now)
+    if report.kind is ReportKind.BLOCKED:
+        return _hand_back(task, report)
     return _progress(task, report, policy, now)
+
+
+def _hand_back(task: dict, report: Report) -> Decision:
+    """The attempt's create met a blocked integration: the task waits as pending again, at the head of
+    the FIFO (createdAt is kept), and the attempt is refunded. No provider job exists for it."""
+    current = task["status"]
+    if current == "pending":
+        return DUPLICATE  # the same report again (the fence says it is this attempt's)
+    if current not in ACTIVE:  # queued: the create met the block; processing: a poll did (the job lives on)
+        raise TransitionRefused(f"Cannot hand back a {current} task: only an active attempt meets a block")
+    why = f"integration blocked: {report.error or 'the provider refuses the account'}"
+    return Decision({"status": "pending", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
+                     "dispatchedAt": None, "error": why}, "pending", blocks=True)
 
 
 def _check_attempt(task: dict, report: Report) -> None:
@@ -213,6 +244,7 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
     if report.status not in ALLOWED.get(current, ()):
         raise TransitionRefused(f"Cannot transition to {report.status} from {current}")
     changes: dict[str, Any] = {"status": report.status}
+    unblocks = report.status in ("processing", "completed")  # the provider took (or finished) a job
     if report.external_id is not None:
         changes["externalId"] = report.external_id
     if report.status == "completed":
@@ -221,10 +253,10 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
         changes["error"] = report.error or "failed (no message given)"
         # Failed for good is decided here, once: the retry index then never holds it. A retryable
         # failure waits for its retryAt: an outage spends time, not attempts.
-        again = report.retryable and task["attempts"] < policy.max_attempts
+        again = report.retryable and spent(task) < policy.max_attempts
         changes["retryable"] = 1 if again else 0
-        changes["retryAt"] = now + policy.retry_delay(task["id"], task["attempts"]) if again else None
-    return Decision(changes, report.status)
+        changes["retryAt"] = now + policy.retry_delay(task["id"], spent(task)) if again else None
+    return Decision(changes, report.status, unblocks=unblocks)
 
 
 def _check_claimable(task: dict, policy: Policy, now: float) -> None:
@@ -235,7 +267,7 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
     if current == "failed":
         if not task["retryable"]:
             raise TransitionRefused(f"{refusal}: the task failed for good (not retryable)", "not_claimable")
-        if attempts >= policy.max_attempts:
+        if spent(task) >= policy.max_attempts:
             raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used", "not_claimable")
         if task["retryAt"] is not None and task["retryAt"] > now:
             raise TransitionRefused(f"{refusal}: its retry is due in {task['retryAt'] - now:.0f}s", "not_claimable")
@@ -244,7 +276,7 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
         if task["dispatchedAt"] is not None:
             raise TransitionRefused(f"{refusal}: attempt {attempts}'s workflow is started; Temporal owns it",
                                     "not_claimable")
-        if attempts >= policy.max_attempts:
+        if spent(task) >= policy.max_attempts:
             raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used", "not_claimable")
         if (task["startedAt"] or 0) < now - policy.stuck_timeout_seconds:
             return
@@ -301,7 +333,11 @@ def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmat
     with immediate(conn):
         confirmed = _apply_each(conn, table, [(task_id, Report.dispatched(attempt))
                                               for task_id, attempt in confirmations], now)
-        for task in fetch_claimable(conn, table, limit, now):
+        found = fetch_claimable(conn, table, limit, now)
+        if found and get_block(conn, table.integration) is not None:  # a probe: the next one an interval on
+            conn.execute("UPDATE integration_blocks SET probe_at = ?, task_id = ? WHERE integration = ?",
+                         (now + table.policy.probe_seconds, found[0]["id"], table.integration))
+        for task in found:
             try:
                 outcome = _apply(conn, table, task["id"], Report.claim(), now)
             except TransitionRefused:  # cannot happen under the lock; if it did, claim the others
@@ -325,7 +361,47 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
         _append_event(conn, table.integration, task_id, decision.event, attempt, now,
                       external_id=changes.get("externalId"), data=changes.get("result"),
                       error=changes.get("error") or decision.note)
-    return Outcome(status, attempt)
+    if decision.blocks:
+        _block(conn, table, task_id, report.error or "", now)
+    resumed = decision.unblocks and conn.execute(
+        "DELETE FROM integration_blocks WHERE integration = ?", (table.integration,)).rowcount > 0
+    return Outcome(status, attempt, resumed=resumed)
+
+
+# -- blocked integrations (docs/design.md §3.4) --
+
+def _block(conn: sqlite3.Connection, table: TaskTable, task_id: str, reason: str, now: float) -> None:
+    """Block the integration (or refresh its block): nothing is claimed until the next probe is due."""
+    conn.execute(
+        "INSERT INTO integration_blocks (integration, reason, task_id, since, probe_at, updated_at) "
+        "VALUES (:name, :reason, :task, :now, :probe, :now) ON CONFLICT (integration) DO UPDATE SET "
+        "reason = excluded.reason, task_id = excluded.task_id, probe_at = excluded.probe_at, "
+        "updated_at = excluded.updated_at",
+        {"name": table.integration, "reason": reason or "the provider refuses the account", "task": task_id,
+         "now": now, "probe": now + table.policy.probe_seconds})
+
+
+def get_block(conn: sqlite3.Connection, integration: str) -> dict | None:
+    """The integration's block ({integration, reason, taskId, since, probeAt, updatedAt}), or None."""
+    row = conn.execute("SELECT integration, reason, task_id AS taskId, since, probe_at AS probeAt, "
+                       "updated_at AS updatedAt FROM integration_blocks WHERE integration = ?",
+                       (integration,)).fetchone()
+    return dict(row) if row else None
+
+
+def list_blocks(conn: sqlite3.Connection) -> list[dict]:
+    """Every blocked integration, oldest block first."""
+    return [dict(row) for row in conn.execute(
+        "SELECT integration, reason, task_id AS taskId, since, probe_at AS probeAt, updated_at AS updatedAt "
+        "FROM integration_blocks ORDER BY since")]
+
+
+def resume_integration(conn: sqlite3.Connection, integration: str) -> dict | None:
+    """An operator ends the integration's block; returns the block it ended (None: it was not blocked)."""
+    with immediate(conn):
+        block = get_block(conn, integration)
+        conn.execute("DELETE FROM integration_blocks WHERE integration = ?", (integration,))
+    return block
 
 
 def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict, now: float | None = None) -> dict:
@@ -353,15 +429,16 @@ def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None =
     candidates = [row[0] for row in conn.execute(
         f"SELECT {_q(c('id'))} FROM {_q(entity.table)} WHERE {_q(c('status'))} = 'queued' "
         f"AND {_q(c('attempts'))} >= ? AND +{_q(c('startedAt'))} < ? "  # + : use the attempts index
+        f"AND +{_q(c('attempts'))} - {_q(c('attemptsRefunded'))} >= ? "  # refunds: spent attempts decide
         f"AND {_q(c('dispatchedAt'))} IS NULL LIMIT ?",
-        (policy.max_attempts, cutoff, EXPIRE_BATCH),
+        (policy.max_attempts, cutoff, policy.max_attempts, EXPIRE_BATCH),
     )]
     expired = []
     for task_id in candidates:
         with immediate(conn):
             task = _select(conn, entity, task_id)
             if not (task and task["status"] == "queued" and (task["startedAt"] or 0) < cutoff
-                    and task["attempts"] >= policy.max_attempts and task["dispatchedAt"] is None):
+                    and spent(task) >= policy.max_attempts and task["dispatchedAt"] is None):
                 continue
             error = (f"Attempt {task['attempts']} of {policy.max_attempts} made no progress within "
                      f"{policy.stuck_timeout_seconds}s of its claim; no attempts left")
@@ -384,21 +461,32 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     follows `limit`, not the table size. Due retries are picked oldest-due first and
     stuck claims oldest claim first (their index orders); the merged batch is ordered
     by createdAt. The unary `+` on attempts keeps the planner on each kind's index.
+
+    A blocked integration yields nothing until its probe is due, then one task (claim_next
+    moves the probe on when it claims it). Spent attempts (attempts less the refunded ones)
+    count against the limit. Each task carries `externalId`: the previous attempt's job.
     """
     now = time.time() if now is None else now
+    block = get_block(conn, table.integration)
+    if block is not None:
+        if block["probeAt"] > now:
+            return []
+        limit = 1
     c = lambda name: _q(table.entity.column(name))
     select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('startedAt')} AS startedAt, "
-              f"{c('attempts')} AS attempts, {c('requestParams')} AS requestParams, "
+              f"{c('attempts')} AS attempts, {c('attemptsRefunded')} AS attemptsRefunded, "
+              f"{c('requestParams')} AS requestParams, {c('externalId')} AS externalId, "
               f"{c('createdAt')} AS createdAt FROM {_q(table.entity.table)}")
     sql = f"""
         SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'pending'
                                       ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'failed' AND {c('retryable')} = 1
-                       AND {c('retryAt')} <= :now AND +{c('attempts')} < :max ORDER BY {c('retryAt')} LIMIT :limit)
+                       AND {c('retryAt')} <= :now AND +{c('attempts')} - {c('attemptsRefunded')} < :max
+                       ORDER BY {c('retryAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NULL
-                       AND {c('startedAt')} < :cutoff AND +{c('attempts')} < :max
+                       AND {c('startedAt')} < :cutoff AND +{c('attempts')} - {c('attemptsRefunded')} < :max
                        ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """

@@ -9,11 +9,13 @@ endpoint's origin (MAIN_ENDPOINT), whatever `reportUrl` a workflow's input names
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -21,13 +23,22 @@ from prometheus_client import Counter, Histogram
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from integrations.shared.providers import JobApi, ProviderError, ProviderRejected, ProviderTransient
+from integrations.shared.providers import (
+    JobApi,
+    ProviderBlocked,
+    ProviderError,
+    ProviderJobFailed,
+    ProviderRejected,
+    ProviderTransient,
+)
 from settings import Config, load_config
 
 REPORT_TIMEOUT = (3.05, 10)
 # Error types a workflow reads off a failed activity.
 REJECTED = "ProviderRejected"
 TRANSIENT = "ProviderTransient"
+BLOCKED = "ProviderBlocked"  # the account cannot work now (credits, quota, key, feature): the integration blocks
+JOB_FAILED = "ProviderJobFailed"  # the provider ran the job and it failed
 NOT_DONE = "ProviderJobNotDone"
 REPORT_REFUSED = "ReportRefused"
 REPORT_URL_REFUSED = "ReportUrlRefused"  # a reportUrl off the main endpoint's origin: nothing is sent
@@ -45,6 +56,7 @@ class CreateInput:
     api_call_id: str
     attempt: int
     request_params: dict[str, Any]
+    deadline_seconds: float | None = None  # the attempt's deadline: the job's expiry where the API takes one
 
 
 @dataclass
@@ -61,6 +73,16 @@ class PollOutcome:
     succeeded: bool
     result: dict[str, Any] | None = None
     error: str | None = None
+    retryable: bool = True  # False: retrying would fail the same way (moderation)
+
+
+@dataclass
+class JobLook:
+    """One look at an earlier attempt's job: still alive (resume it), ended (with its outcome), or gone."""
+
+    status: str
+    alive: bool
+    outcome: PollOutcome | None = None
 
 
 @dataclass
@@ -88,9 +110,17 @@ def provider_errors(about: CreateInput | PollInput):
     except ProviderRejected as exc:
         _warn("provider rejected the request", exc, about)
         raise ApplicationError(str(exc), type=REJECTED, non_retryable=True, category=BENIGN) from exc
+    except ProviderBlocked as exc:
+        _warn("provider refuses the account; the integration blocks", exc, about)
+        raise ApplicationError(str(exc), type=BLOCKED, non_retryable=True, category=BENIGN) from exc
+    except ProviderJobFailed as exc:
+        _warn("provider job failed", exc, about)
+        raise ApplicationError(str(exc), type=JOB_FAILED, non_retryable=True, category=BENIGN) from exc
     except ProviderTransient as exc:
-        _warn("provider call failed; will retry", exc, about)
-        raise ApplicationError(str(exc), type=TRANSIENT, category=BENIGN) from exc
+        wait = getattr(exc, "retry_after", None)
+        _warn("provider call failed; will retry" + (f" after {wait:g}s (Retry-After)" if wait else ""), exc, about)
+        raise ApplicationError(str(exc), type=TRANSIENT, category=BENIGN,
+                               next_retry_delay=timedelta(seconds=wait) if wait else None) from exc
 
 
 def _warn(message: str, exc: Exception, about: CreateInput | PollInput) -> None:
@@ -120,26 +150,102 @@ def measured(integration: str, operation: str) -> Iterator[None]:
     try:
         yield
     except ProviderError as exc:
-        outcome = "rejected" if isinstance(exc, ProviderRejected) else "transient"
+        outcome = {ProviderRejected: "rejected", ProviderBlocked: "blocked",
+                   ProviderJobFailed: "job_failed"}.get(type(exc), "transient")
         PROVIDER_ERRORS.labels(integration, operation, str(exc.status or "network"), str(exc.code or "")).inc()
         raise
     finally:
         PROVIDER_CALLS.labels(integration, operation, outcome).observe(time.monotonic() - began)
 
 
-def job_activities(namespace: str, api: type[JobApi]) -> list[Callable]:
-    """An integration's two provider activities, `{namespace}.createTask` and `{namespace}.pollTask`."""
+class Throttle:
+    """At most `rate` calls per second (a token bucket of one second's worth), shared by a worker's threads."""
+
+    def __init__(self, rate: float):
+        self.rate, self.tokens, self.at = rate, max(rate, 1.0), time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Take a token, sleeping until one is there."""
+        with self.lock:  # callers queue here in turn: the first waits for the next token, then the next
+            now = time.monotonic()
+            self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens < 1:
+                time.sleep((1 - self.tokens) / self.rate)
+                self.tokens, self.at = 1.0, time.monotonic()
+            self.tokens -= 1
+
+
+class ThrottledSession(requests.Session):
+    """A session whose every request first takes a token of its integration's Throttle."""
+
+    def __init__(self, throttle: Throttle):
+        super().__init__()
+        self.throttle = throttle
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        self.throttle.wait()
+        return super().request(*args, **kwargs)
+
+
+@functools.cache
+def throttle(namespace: str) -> Throttle:
+    """The integration's provider call cap in this worker (`callsPerSecond`, default 10)."""
+    return Throttle(float(provider_settings(namespace).get("callsPerSecond", 10)))
+
+
+HEARTBEAT_SECONDS = 2.0  # the create's heartbeat; the workflow's heartbeat timeout is a few of these
+
+
+def while_heartbeating(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)` in a helper thread while this activity heartbeats.
+
+    A create waits up to 10 minutes for a slow provider's answer, so its start-to-close timeout is long;
+    the heartbeat lets Temporal see within seconds that a worker died mid-call and retry it elsewhere,
+    instead of after that timeout.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args, **kwargs)
+        except BaseException as exc:  # handed to the activity thread below
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=run, name="provider-call", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        activity.heartbeat()
+        helper.join(HEARTBEAT_SECONDS)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+class JobActivities(NamedTuple):
+    """An integration's provider activities: create a job, wait for it, look at an earlier one, cancel one."""
+
+    create: Callable
+    poll: Callable
+    look: Callable
+    cancel: Callable
+
+
+def job_activities(namespace: str, api: type[JobApi]) -> JobActivities:
+    """`{namespace}.createTask`, `.pollTask`, `.lookTask` and `.cancelTask`."""
 
     def connect() -> tuple[JobApi, str]:
         settings = provider_settings(namespace)
-        return api(settings["baseUrl"], settings["apiKey"]), settings["model"]
+        return api(settings["baseUrl"], settings["apiKey"], ThrottledSession(throttle(namespace))), settings["model"]
 
     @activity.defn(name=f"{namespace}.createTask")
     def create_task(task: CreateInput) -> str:
         """Create the provider's job; return its id (the external id)."""
         client, model = connect()
         with provider_errors(task), measured(namespace, "create"):
-            return client.create_job(model, task.request_params)
+            return while_heartbeating(client.create_job, model, task.request_params,
+                                      deadline_seconds=task.deadline_seconds)
 
     @activity.defn(name=f"{namespace}.pollTask")
     def poll_task(poll: PollInput) -> PollOutcome:
@@ -149,9 +255,38 @@ def job_activities(namespace: str, api: type[JobApi]) -> list[Callable]:
             job = client.look(poll.external_id)
         if not job.finished:
             raise not_done(f"{client.job_label} {poll.external_id} is {job.status}")
-        return PollOutcome(job.succeeded, result=job.result, error=job.error)
+        return PollOutcome(job.succeeded, result=job.result, error=job.error, retryable=job.retryable)
 
-    return [create_task, poll_task]
+    @activity.defn(name=f"{namespace}.lookTask")
+    def look_task(look: PollInput) -> JobLook:
+        """One look at an earlier attempt's job, before a new attempt creates another: a job the provider
+        no longer knows (404, 422) is `gone`; account refusals and passing failures raise as usual."""
+        client, _ = connect()
+        with provider_errors(look), measured(namespace, "look"):
+            try:
+                job = client.look(look.external_id)
+            except ProviderRejected:
+                return JobLook("gone", alive=False)
+        if not job.finished:
+            return JobLook(job.status, alive=True)
+        return JobLook(job.status, alive=False, outcome=PollOutcome(job.succeeded, job.result, job.error,
+                                                                    job.retryable))
+
+    @activity.defn(name=f"{namespace}.cancelTask")
+    def cancel_task(cancel: PollInput) -> bool:
+        """Cancel the job at the provider if it still can be (Ark: while queued); True if it was."""
+        client, _ = connect()
+        try:
+            with measured(namespace, "cancel"):
+                return client.cancel(cancel.external_id)
+        except (ProviderRejected, ProviderBlocked) as exc:
+            _warn("provider would not cancel the job", exc, cancel)
+            return False
+        except ProviderTransient as exc:
+            _warn("provider cancel failed; will retry", exc, cancel)
+            raise ApplicationError(str(exc), type=TRANSIENT, category=BENIGN) from exc
+
+    return JobActivities(create_task, poll_task, look_task, cancel_task)
 
 
 @functools.lru_cache(maxsize=1)

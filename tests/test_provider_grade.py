@@ -1,0 +1,173 @@
+"""Provider-grade execution through the whole stack (web, processors, worker, Temporal, fake providers):
+outages spend time, not attempts; nothing is created or billed twice; a blocked account stops claiming and
+resumes by itself; the active cap holds across processors (issue 14, docs/design.md §3.4 and §7)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from dev.invariants import check
+from dev.stack import ROOT, Stack, local_environ
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def settled(stack, task_ids, timeout=90.0):
+    """The tasks once each is completed or failed for good (a failure waiting for its retryAt is not)."""
+    def done():
+        tasks = [stack.task(t) for t in task_ids]
+        return all(t["status"] == "completed" or (t["status"] == "failed" and t["retryAt"] is None)
+                   for t in tasks) and tasks
+    return wait_until(done, timeout=timeout, interval=0.3, message="tasks settled")
+
+
+def events(stack, task_id):
+    with sqlite3.connect(stack.db_path) as conn:
+        return conn.execute("SELECT status, attempt, external_id, error FROM task_events WHERE task_id = ? "
+                            "ORDER BY id", (task_id,)).fetchall()
+
+
+def creates(stack, fake, prompt):
+    """The create requests the fake saw for `prompt`."""
+    seen = requests.get(f"{stack.fake(fake)}/_fake/requests", timeout=5).json()
+    return [r for r in seen if r["method"] == "POST" and prompt in json.dumps(r["json"])]
+
+
+def switch(stack, fake, **mode):
+    answer = requests.post(f"{stack.fake(fake)}/_fake/mode", json=mode, timeout=5)
+    assert answer.status_code == 200, answer.text
+
+
+def flask_cli(stack, *args):
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=local_environ(stack.env), timeout=60)
+
+
+def test_outage_longer_than_the_old_retries_fails_no_task_for_good(tmp_path):
+    """The video provider is gone (connection refused) for 170 s, longer than the 5 x 31 s in which the
+    previous release burned all five attempts. With backoff between attempts (base 30 s, shortened from
+    240 s) no task fails for good, and each completes once the provider is back."""
+    with Stack(tmp_path, RETRY_BASE_SECONDS=30, RETRY_MAX_SECONDS=120).start_all() as stack:
+        stack.kill("ark")
+        outage_began = time.monotonic()
+        ids = [stack.create("video", f"through the outage {n}") for n in range(6)]
+        while time.monotonic() - outage_began < 170:  # watch the whole outage: no task may fail for good
+            tasks = [stack.task(t) for t in ids]
+            assert not [t for t in tasks if t["status"] == "failed" and t["retryAt"] is None], tasks
+            time.sleep(5)
+        assert all(t["attempts"] >= 2 for t in tasks)  # the outage did fail attempts: they waited it out
+        spent = {t: stack.task(t)["attempts"] for t in ids}
+        assert max(spent.values()) < 5, spent
+        stack.start_fake("ark")
+        tasks = settled(stack, ids, timeout=240)
+        assert [t["status"] for t in tasks] == ["completed"] * 6
+        assert all(t["attempts"] <= 5 for t in tasks)
+        findings = check(stack.db_path, stack.temporal_address)
+        assert findings.ok, findings.summary()
+        print(f"\nattempts used through a 170 s outage: {sorted(t['attempts'] for t in tasks)}")
+
+
+def test_slow_create_lands_once(tmp_path):
+    """The create answers after 15 s, beyond the 10 s read timeout that used to retry it into a second job."""
+    with Stack(tmp_path).start_all() as stack:
+        prompt = "a slow answer [slowcreate:15]"
+        [task] = settled(stack, [stack.create("video", prompt)], timeout=90)
+        assert task["status"] == "completed" and task["attempts"] == 1
+        assert len(creates(stack, "ark", prompt)) == 1
+
+
+def test_worker_loss_resumes_the_earlier_job(tmp_path):
+    """The worker dies while the job runs and stays away past the attempt's deadline. The attempt fails
+    (the job can no longer be cancelled), and the next attempt takes up the same job instead of creating
+    another: one job at the provider, the task completed with it."""
+    with Stack(tmp_path, FANGZHOU_DEADLINE_SECONDS=8).start_all() as stack:
+        prompt = "a job that outlives its worker [slow:3]"
+        task_id = stack.create("video", prompt)
+        processing = wait_until(lambda: stack.task(task_id)["status"] == "processing" and stack.task(task_id),
+                                timeout=30, interval=0.1, message="processing")
+        first_job = processing["externalId"]
+        stack.kill("worker", signal.SIGKILL)
+        time.sleep(9)  # past the deadline: the worker is away, nothing can poll
+        stack.start_worker()
+        [task] = settled(stack, [task_id], timeout=90)
+        assert task["status"] == "completed", task
+        assert task["externalId"] == first_job and task["attempts"] >= 2
+        assert len(creates(stack, "ark", prompt)) == 1
+        history = events(stack, task_id)
+        assert ("failed", 1) in [(s, a) for s, a, _, _ in history]
+        assert [e for e in history if e[0] == "completed"][0][2] == first_job
+        findings = check(stack.db_path, stack.temporal_address)
+        assert findings.ok, findings.summary()
+
+
+def test_job_still_queued_at_the_deadline_is_cancelled(tmp_path):
+    """Ark can cancel a queued job: at the deadline it is, before the task fails, so no retry runs beside it."""
+    with Stack(tmp_path, FANGZHOU_DEADLINE_SECONDS=3, MAX_ATTEMPTS=1).start_all() as stack:
+        prompt = "a long queue [slow:60]"
+        [task] = settled(stack, [stack.create("video", prompt)], timeout=60)
+        assert task["status"] == "failed"
+        stored = events(stack, task["id"])[-1][3]
+        assert "cancelled at the provider" in stored, stored
+        job = requests.get(f"{stack.fake('ark')}/api/v3/contents/generations/tasks/{task['externalId']}",
+                           headers={"Authorization": f"Bearer {stack.env['FAKE_API_KEY']}"}, timeout=5).json()
+        assert job["status"] == "cancelled"
+        assert requests.get(f"{stack.fake('ark')}/_fake/stats", timeout=5).json()["cancelled"] == 1
+
+
+def test_blocked_by_credits_resumes_with_no_attempt_spent(tmp_path):
+    """kie.ai answers 402 Insufficient Credits (inside HTTP 200). The image integration stops claiming, the
+    dashboard and the CLI say why, no task spends an attempt; after the top-up, a probe at the default
+    interval finds the provider accepting again and every task completes within a minute."""
+    with Stack(tmp_path).start_all() as stack:
+        switch(stack, "banana", create="credits")
+        ids = [stack.create("image", f"no credits {n}") for n in range(4)]
+        video = stack.create("video", "another integration runs on")
+        wait_until(lambda: "integration blocked" in (tmp_path / "web.log").read_text(), timeout=30,
+                   message="the block")
+        page = requests.get(f"{stack.web_url}/", auth=stack.DASHBOARD, timeout=5).text
+        assert 'data-blocked="image"' in page and "402" in page
+        status = flask_cli(stack, "integrations", "status")
+        assert status.returncode == 0, status.stderr
+        assert "blocked" in status.stdout and "Insufficient Credits" in status.stdout
+        assert settled(stack, [video])[0]["status"] == "completed"
+        wait_until(lambda: {stack.task(t)["status"] for t in ids} == {"pending"}, timeout=30,
+                   message="every claim handed back")
+        refused = requests.get(f"{stack.fake('banana')}/_fake/stats", timeout=5).json()["refused"]
+        time.sleep(3)  # the claims stay shut: no create is sent while the probe is not due
+        assert requests.get(f"{stack.fake('banana')}/_fake/stats", timeout=5).json()["refused"] == refused
+        assert 1 <= sum(refused.values()) <= 4, refused
+
+        switch(stack, "banana", create="ok")  # the top-up
+        topped_up = time.monotonic()
+        tasks = settled(stack, ids, timeout=60)
+        assert time.monotonic() - topped_up < 60
+        assert [t["status"] for t in tasks] == ["completed"] * 4
+        assert [t["attempts"] - t["attemptsRefunded"] for t in tasks] == [1] * 4
+        assert "integration resumed" in (tmp_path / "web.log").read_text()
+        findings = check(stack.db_path, stack.temporal_address)
+        assert findings.ok, findings.summary()
+
+
+def test_active_cap_never_exceeded_with_two_processors(tmp_path):
+    """NANOBANANA_MAX_ACTIVE=3 and FANGZHOU_MAX_ACTIVE=2 with two processors and 30 tasks: the fakes, which
+    count unfinished jobs, never see more at once; every task completes."""
+    with Stack(tmp_path, NANOBANANA_MAX_ACTIVE=3, FANGZHOU_MAX_ACTIVE=2, BATCH_SIZE=10).start_all() as stack:
+        stack.start_processor("second")
+        ids = [stack.create("image" if n % 3 else "video", f"capped {n}") for n in range(30)]
+        tasks = settled(stack, ids, timeout=180)
+        assert {t["status"] for t in tasks} == {"completed"}
+        banana = requests.get(f"{stack.fake('banana')}/_fake/stats", timeout=5).json()
+        ark = requests.get(f"{stack.fake('ark')}/_fake/stats", timeout=5).json()
+        assert (banana["created"], ark["created"]) == (20, 10)
+        assert 1 < banana["peak_unfinished"] <= 3 and 1 < ark["peak_unfinished"] <= 2, (banana, ark)
+        findings = check(stack.db_path, stack.temporal_address)
+        assert findings.ok, findings.summary()
