@@ -11,6 +11,7 @@ prints p50/p99 per size, their ratio, and the query plan.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -41,7 +42,11 @@ QUERIES = 2000
 
 
 def video_table() -> TaskTable:
-    return TaskTable.from_config(load_config(environ={"INTERNAL_API_TOKEN": "bench"}), "fangzhouVideoGeneration")
+    """The video table at default settings, without its active cap: the mix below holds far more active tasks
+    than the cap (100), which would leave the fetch nothing to find but rescues. The cap adds one count of the
+    active tasks (at most the cap, whatever the table's size), not measured here."""
+    table = TaskTable.from_config(load_config(environ={"INTERNAL_API_TOKEN": "bench"}), "fangzhouVideoGeneration")
+    return dataclasses.replace(table, policy=dataclasses.replace(table.policy, max_active=None))
 
 
 def build(path: str, rows: int) -> None:
