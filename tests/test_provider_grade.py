@@ -171,3 +171,16 @@ def test_active_cap_never_exceeded_with_two_processors(tmp_path):
         assert 1 < banana["peak_unfinished"] <= 3 and 1 < ark["peak_unfinished"] <= 2, (banana, ark)
         findings = check(stack.db_path, stack.temporal_address)
         assert findings.ok, findings.summary()
+
+
+def test_provider_calls_per_second_are_capped_in_the_worker(tmp_path):
+    """FANGZHOU_CALLS_PER_SECOND=3: whatever the backlog, the fake Ark never sees more than a second's burst
+    plus 3 calls in any one second from the worker (creates and polls alike)."""
+    with Stack(tmp_path, FANGZHOU_CALLS_PER_SECOND=3).start_all() as stack:
+        ids = [stack.create("video", f"throttled {n}") for n in range(12)]
+        tasks = settled(stack, ids, timeout=120)
+        assert {t["status"] for t in tasks} == {"completed"}
+        seen = sorted(r["at"] for r in requests.get(f"{stack.fake('ark')}/_fake/requests", timeout=5).json())
+        busiest = max(sum(1 for t in seen if start <= t < start + 1) for start in seen)
+        assert 3 <= busiest <= 3 + 3 + 1, busiest  # without the cap, 12 creates land in the same second
+        print(f"\nbusiest second at 3 calls/s: {busiest} calls of {len(seen)}")
