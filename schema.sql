@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS integration_blocks (
     updated_at  REAL NOT NULL
 );
 
+-- Idempotency-Key on create (docs/design.md §5): a key and body seen within 24 h answer the same task.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
+
 -- Append-only: every accepted transition is history, never rewritten.
 CREATE TRIGGER IF NOT EXISTS task_events_no_update BEFORE UPDATE ON task_events
 BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;

@@ -13,6 +13,7 @@ Exceptions (the HTTP layer maps them to status codes):
 
     TaskNotFound        404  no task with that id in this table
     TransitionRefused   409  the state machine refuses the report (incl. stale attempts)
+    KeyReused           422  an Idempotency-Key seen with another request
 """
 
 from __future__ import annotations
@@ -39,8 +40,16 @@ ACTIVE = ("queued", "processing")
 EXPIRE_BATCH = 100
 
 
+IDEMPOTENCY_SECONDS = 86_400  # an Idempotency-Key answers the same task for this long
+EXPIRED_KEYS_BATCH = 100  # expired keys deleted per create: the table stays about one day of creates
+
+
 class TaskNotFound(Exception):
     """Task not found"""
+
+
+class KeyReused(Exception):
+    """This Idempotency-Key was used within 24 h for a different request."""
 
 
 class TransitionRefused(Exception):
@@ -407,6 +416,38 @@ def resume_integration(conn: sqlite3.Connection, integration: str) -> dict | Non
 def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict, now: float | None = None) -> dict:
     """Insert a pending task and its `pending` event; return the task."""
     now = time.time() if now is None else now
+    with immediate(conn):
+        task_id = _insert_task(conn, table, request_params, now)
+    return get_task(conn, table, task_id)
+
+
+def create_task_once(conn: sqlite3.Connection, table: TaskTable, request_params: dict, scope: str, key: str,
+                     fingerprint: str, now: float | None = None) -> tuple[str, bool]:
+    """create_task under an Idempotency-Key: (task id, True) for a new task; (the first task's id, False) if
+    `scope` (the client) used `key` for the same request (`fingerprint`) within IDEMPOTENCY_SECONDS.
+
+    The look-up and the insert share one write transaction, so concurrent duplicates make one task.
+    Raises KeyReused if the key was used for another request.
+    """
+    now = time.time() if now is None else now
+    with immediate(conn):
+        seen = conn.execute("SELECT fingerprint, task_id FROM idempotency_keys WHERE scope = ? AND key = ? "
+                            "AND created_at > ?", (scope, key, now - IDEMPOTENCY_SECONDS)).fetchone()
+        if seen is not None:
+            if seen[0] != fingerprint:
+                raise KeyReused("This Idempotency-Key was used for a different request in the last 24 hours")
+            return seen[1], False
+        conn.execute("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys "
+                     "WHERE created_at <= ? ORDER BY created_at LIMIT ?)", (now - IDEMPOTENCY_SECONDS,
+                                                                         EXPIRED_KEYS_BATCH))
+        task_id = _insert_task(conn, table, request_params, now)
+        conn.execute("INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (scope, key, fingerprint, task_id, now))
+    return task_id, True
+
+
+def _insert_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict, now: float) -> str:
+    """The pending task's row and its `pending` event (inside the caller's transaction); its id."""
     task_id = str(uuid.uuid4())
     row = {
         "id": task_id, "status": "pending", "attempts": 0, "startedAt": None,
@@ -415,10 +456,9 @@ def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict
     }
     columns = ", ".join(_q(table.entity.column(f)) for f in row)
     marks = ", ".join("?" for _ in row)
-    with immediate(conn):
-        conn.execute(f"INSERT INTO {_q(table.entity.table)} ({columns}) VALUES ({marks})", list(row.values()))
-        _append_event(conn, table.integration, task_id, "pending", 0, now)
-    return get_task(conn, table, task_id)
+    conn.execute(f"INSERT INTO {_q(table.entity.table)} ({columns}) VALUES ({marks})", list(row.values()))
+    _append_event(conn, table.integration, task_id, "pending", 0, now)
+    return task_id
 
 
 def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None = None) -> list[str]:
