@@ -63,7 +63,8 @@ CANCEL_TIMEOUT = timedelta(seconds=2 * LOOK_SECONDS + 20)  # Ark's cancel looks 
 # A create waits for the provider's answer as long as the slowest client's HTTP timeout (Ark: the official SDK's
 # 600 s): a slow answer is waited for, never retried into a second job (integrations/shared/providers.py).
 CREATE_TIMEOUT = timedelta(seconds=LONGEST_CREATE_SECONDS + 30)
-CREATE_HEARTBEAT = timedelta(seconds=10)  # the create heartbeats every 2 s: a worker lost mid-call shows in 10 s
+CREATE_HEARTBEAT = timedelta(seconds=30)  # the create heartbeats every 2 s: a worker lost mid-call shows in 30 s
+ACTIVITY_THREADS = 64  # per task queue: its activity slots and threads (see serve)
 TASK_FAILED = "TaskFailed"
 INTEGRATION_BLOCKED = "IntegrationBlocked"
 # workflow.patched() ids: runs recorded before a change replay without it (tests/histories).
@@ -107,6 +108,8 @@ class PollingRun:
                                 external_id=external_id)
             if _error_type(err) == BLOCKED:  # the job lives on: the probe's attempt resumes it
                 await self.hand_back(_message(err))
+            if _error_type(err) == JOB_FAILED:  # kie's 501 with no state: the job ended, failed
+                await self.fail(f"{text.JOB_FAILED}{_message(err)}", external_id=external_id)
             await self.fail(f"{text.POLL_FAILED}{external_id}: {_message(err)}", external_id=external_id)
         return await self.finish(external_id, outcome)
 
@@ -129,8 +132,8 @@ class PollingRun:
 
     async def resume(self, earlier: str) -> tuple[str | None, PollOutcome | None]:
         """Look at the previous attempt's job before creating another: (its id, None) if it is still alive,
-        so this attempt polls it; (its id, outcome) if it ended in success while nobody watched;
-        (None, None) if it failed or is gone, so a new job is created."""
+        so this attempt polls it; (its id, outcome) if it ended in success while nobody watched, or failed
+        for good (moderation); (None, None) if it failed otherwise or is gone, so a new job is created."""
         try:
             look = await workflow.execute_activity(
                 self.activities.look, PollInput(self.task_id, self.attempt, earlier),
@@ -142,8 +145,9 @@ class PollingRun:
         if look.alive:
             self.log("resuming the previous attempt's provider job", external_id=earlier, status=look.status)
             return earlier, None
-        if look.outcome is not None and look.outcome.succeeded:
-            self.log("the previous attempt's provider job succeeded", external_id=earlier)
+        if look.outcome is not None and (look.outcome.succeeded or not look.outcome.retryable):
+            # Succeeded while nobody watched: its result. Refused for its content: a new job would be too.
+            self.log("the previous attempt's provider job ended", external_id=earlier, status=look.status)
             return earlier, look.outcome
         self.log("the previous attempt's provider job is over; creating a new one", external_id=earlier,
                  status=look.status)
@@ -330,19 +334,24 @@ async def serve(config, stop, served=None, connect=None, options=None) -> None:
             delay = min(delay * 2, 10.0)
     else:
         return
-    with ThreadPoolExecutor(max_workers=64, thread_name_prefix="activity") as executor:
-        async with AsyncExitStack() as stack:
-            for integration, queue, workflow_class, activities in served:
-                worker = Worker(client, task_queue=queue, workflows=[workflow_class],
-                                activities=[*activities, report_task_event], activity_executor=executor,
-                                graceful_shutdown_timeout=timedelta(seconds=5))
-                await stack.enter_async_context(worker)
-                log.info("serving %s on task queue %s (%s)", integration, queue,
-                         workflow_class.__temporal_workflow_definition.name)
-            workflow.logger.workflow_info_on_message = False  # the logfmt formatter reads it from extra
-            activity_logger.activity_info_on_message = False
-            await stop.wait()
-            log.info("shutting down")
+    async with AsyncExitStack() as stack:
+        for integration, queue, workflow_class, activities in served:
+            # Its own threads, as many as the activities it accepts: an accepted activity starts at once.
+            # Were there fewer, an accepted create could wait for a thread past its heartbeat timeout;
+            # Temporal would schedule it again and both would send the create.
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=ACTIVITY_THREADS,
+                                                              thread_name_prefix=f"activity-{integration}"))
+            worker = Worker(client, task_queue=queue, workflows=[workflow_class],
+                            activities=[*activities, report_task_event], activity_executor=executor,
+                            max_concurrent_activities=ACTIVITY_THREADS,
+                            graceful_shutdown_timeout=timedelta(seconds=5))
+            await stack.enter_async_context(worker)
+            log.info("serving %s on task queue %s (%s)", integration, queue,
+                     workflow_class.__temporal_workflow_definition.name)
+        workflow.logger.workflow_info_on_message = False  # the logfmt formatter reads it from extra
+        activity_logger.activity_info_on_message = False
+        await stop.wait()
+        log.info("shutting down")
 
 
 def main() -> int:

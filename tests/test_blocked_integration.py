@@ -54,18 +54,60 @@ def test_blocked_report_hands_the_claim_back_and_blocks_the_integration(app, tas
         video = tasks.create(VIDEO)
         assert claim(tasks, VIDEO) == [video]
 
-        # The probe: once due, one task (the head of the FIFO: the handed-back one), then none for an interval.
+        # The probe: once due, one task (of the oldest, the one handed back least: not the one that met the
+        # block), then none for an interval.
         clock.tick(31)
-        assert [t["id"] for t in tasks.fetch(IMAGE).json["tasks"]] == [task_id]
-        assert claim(tasks, IMAGE, limit=10) == [task_id]
+        assert [t["id"] for t in tasks.fetch(IMAGE).json["tasks"]] == [others[0]]
+        assert claim(tasks, IMAGE, limit=10) == [others[0]]
         assert claim(tasks, IMAGE, limit=10) == []
-        assert tasks.row(task_id, IMAGE)["attempts"] == 2
+        assert tasks.report(task_id, "queued", IMAGE).status_code == 409  # the single-claim path obeys it too
 
         # The provider accepts the probe's job: the block ends, every waiting task is claimable.
-        answer = tasks.report(task_id, "processing", IMAGE, attempt=2, taskId="nb2-1")
+        answer = tasks.report(others[0], "processing", IMAGE, attempt=1, taskId="nb2-1")
         assert answer.status_code == 200
         assert blocks(app) == []
-        assert sorted(claim(tasks, IMAGE, limit=10)) == sorted(others)
+        assert sorted(claim(tasks, IMAGE, limit=10)) == sorted([task_id, *others[1:]])
+
+
+def test_a_task_the_account_cannot_afford_does_not_hold_the_block(app, tasks):
+    """A 4K image on a balance that covers 1K ones: that task is refused on every probe, the next probe
+    takes another task, whose job the provider accepts, and the block ends."""
+    with freeze_time() as clock:
+        costly = block(tasks, prompt="a 4K panorama")
+        cheap = tasks.create(IMAGE, "a 1K sketch")
+        clock.tick(31)
+        assert claim(tasks, IMAGE) == [cheap]
+        assert tasks.report(cheap, "processing", IMAGE, attempt=1, taskId="nb2-2").status_code == 200
+        assert blocks(app) == [] and claim(tasks, IMAGE) == [costly]
+
+
+def test_only_a_new_job_ends_the_block(app, tasks):
+    """A job created before the block completing, or an earlier attempt's job taken up again (resumed), says
+    nothing about whether the provider accepts new work now."""
+    running = tasks.create(IMAGE, "an earlier job")
+    assert claim(tasks, IMAGE) == [running]
+    assert tasks.report(running, "processing", IMAGE, attempt=1, taskId="nb2-old").status_code == 200
+    block(tasks)
+    assert tasks.report(running, "completed", IMAGE, attempt=1, taskId="nb2-old").status_code == 200
+    assert len(blocks(app)) == 1
+
+    resumed = tasks.create(IMAGE, "its earlier attempt's job is alive")
+    with sqlite3.connect(tasks.db_path) as conn:
+        conn.execute("UPDATE image_tasks SET external_id = 'nb2-x' WHERE id = ?", (resumed,))
+    attempt = claim_unblocked(app, tasks, resumed)
+    assert tasks.report(resumed, "processing", IMAGE, attempt=attempt, taskId="nb2-x").status_code == 200
+    assert len(blocks(app)) == 1
+
+
+def claim_unblocked(app, tasks, task_id):
+    """Claim one task past the block (as if its probe were due); its new attempt."""
+    with app.app_context():
+        conn = db.get_db()
+        conn.execute("UPDATE integration_blocks SET probe_at = 0")
+        conn.commit()
+    answer = tasks.report(task_id, "queued", IMAGE)
+    assert answer.status_code == 200, answer.json
+    return answer.json["attempt"]
 
 
 def test_a_refused_probe_keeps_the_block_and_spends_no_attempt(app, tasks):

@@ -38,6 +38,7 @@ FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt",
           "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt", "retryAt", "attemptsRefunded")
 ACTIVE = ("queued", "processing")
 EXPIRE_BATCH = 100
+PROBE_CANDIDATES = 10  # a blocked integration's probe is the least handed-back of its oldest claimable tasks
 
 
 IDEMPOTENCY_SECONDS = 86_400  # an Idempotency-Key answers the same task for this long
@@ -253,7 +254,8 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
     if report.status not in ALLOWED.get(current, ()):
         raise TransitionRefused(f"Cannot transition to {report.status} from {current}")
     changes: dict[str, Any] = {"status": report.status}
-    unblocks = report.status in ("processing", "completed")  # the provider took (or finished) a job
+    # The provider took a new job (not the earlier attempt's, resumed; not a completion of an old one).
+    unblocks = report.status == "processing" and report.external_id not in (None, task["externalId"])
     if report.external_id is not None:
         changes["externalId"] = report.external_id
     if report.status == "completed":
@@ -342,11 +344,7 @@ def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmat
     with immediate(conn):
         confirmed = _apply_each(conn, table, [(task_id, Report.dispatched(attempt))
                                               for task_id, attempt in confirmations], now)
-        found = fetch_claimable(conn, table, limit, now)
-        if found and get_block(conn, table.integration) is not None:  # a probe: the next one an interval on
-            conn.execute("UPDATE integration_blocks SET probe_at = ?, task_id = ? WHERE integration = ?",
-                         (now + table.policy.probe_seconds, found[0]["id"], table.integration))
-        for task in found:
+        for task in fetch_claimable(conn, table, limit, now):
             try:
                 outcome = _apply(conn, table, task["id"], Report.claim(), now)
             except TransitionRefused:  # cannot happen under the lock; if it did, claim the others
@@ -361,6 +359,8 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
     if task is None:
         raise TaskNotFound("Task not found")
     decision = decide(task, report, table.policy, now)
+    if report.kind is ReportKind.CLAIM:
+        _take_probe(conn, table, task_id, now)
     if decision.duplicate:
         return Outcome(task["status"], task["attempts"], duplicate=True)
     changes = decision.changes
@@ -388,6 +388,19 @@ def _block(conn: sqlite3.Connection, table: TaskTable, task_id: str, reason: str
         "updated_at = excluded.updated_at",
         {"name": table.integration, "reason": reason or "the provider refuses the account", "task": task_id,
          "now": now, "probe": now + table.policy.probe_seconds})
+
+
+def _take_probe(conn: sqlite3.Connection, table: TaskTable, task_id: str, now: float) -> None:
+    """A claim of a blocked integration is its probe: refused until the probe is due; then taken, and the
+    next probe is an interval away. (Every claim path, batch or single, passes here.)"""
+    block = get_block(conn, table.integration)
+    if block is None:
+        return
+    if block["probeAt"] > now:
+        raise TransitionRefused(f"Cannot claim: the integration is blocked ({block['reason']}); its next probe "
+                                f"is due in {block['probeAt'] - now:.0f}s", "blocked")
+    conn.execute("UPDATE integration_blocks SET probe_at = ?, task_id = ? WHERE integration = ?",
+                 (now + table.policy.probe_seconds, task_id, table.integration))
 
 
 def get_block(conn: sqlite3.Connection, integration: str) -> dict | None:
@@ -511,7 +524,7 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     if block is not None:
         if block["probeAt"] > now:
             return []
-        limit = 1
+        limit = PROBE_CANDIDATES
     c = lambda name: _q(table.entity.column(name))
     select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('startedAt')} AS startedAt, "
               f"{c('attempts')} AS attempts, {c('attemptsRefunded')} AS attemptsRefunded, "
@@ -533,6 +546,10 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     params = {"limit": limit, "max": table.policy.max_attempts, "now": now,
               "cutoff": now - table.policy.stuck_timeout_seconds}
     found = [_decode(dict(row)) for row in conn.execute(sql, params)]
+    if block is not None and found:
+        # One probe: of the oldest few, the one handed back least often, so a task the account cannot afford
+        # (a 4K image on a low balance) does not hold the head of the line and keep the block for ever.
+        found = [min(found, key=lambda task: task["attemptsRefunded"] or 0)]
     return found if table.policy.max_active is None else _within_cap(conn, table, found)
 
 

@@ -124,7 +124,7 @@ class NanoBananaClient(JobApi):
         if 200 <= status < 300:
             return data if isinstance(data, dict) else {}
         said = body.get("msg") if isinstance(body.get("msg"), str) else None
-        kind = sort_error(status) if own_code else error_kind(status)  # no code of kie's: the HTTP status says
+        kind = sort_error(status)  # kie's code, or with none the HTTP status, read by the same table
         if kind is ProviderJobFailed:  # the words of a failed job are for users, like a failMsg
             message = f"Nano Banana {status}" + (provider_says(said) or f": {said or response.text[:200]}")
         else:

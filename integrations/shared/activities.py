@@ -39,6 +39,7 @@ REJECTED = "ProviderRejected"
 TRANSIENT = "ProviderTransient"
 BLOCKED = "ProviderBlocked"  # the account cannot work now (credits, quota, key, feature): the integration blocks
 JOB_FAILED = "ProviderJobFailed"  # the provider ran the job and it failed
+CREATE_UNANSWERED = "CreateUnanswered"  # a create sent whose answer was lost: not sent again in the attempt
 NOT_DONE = "ProviderJobNotDone"
 REPORT_REFUSED = "ReportRefused"
 REPORT_URL_REFUSED = "ReportUrlRefused"  # a reportUrl off the main endpoint's origin: nothing is sent
@@ -244,8 +245,18 @@ def job_activities(namespace: str, api: type[JobApi]) -> JobActivities:
         """Create the provider's job; return its id (the external id)."""
         client, model = connect()
         with provider_errors(task), measured(namespace, "create"):
-            return while_heartbeating(client.create_job, model, task.request_params,
-                                      deadline_seconds=task.deadline_seconds)
+            try:
+                return while_heartbeating(client.create_job, model, task.request_params,
+                                          deadline_seconds=task.deadline_seconds)
+            except ProviderTransient as exc:
+                if not exc.sent:
+                    raise
+                # The create went out and its answer was lost: sent again, it could make a second job. The
+                # attempt fails instead (retryable, after its retryAt); neither provider has an idempotency key.
+                _warn("create sent but unanswered; not sent again in this attempt", exc, task)
+                raise ApplicationError(f"{exc}; the create was sent and its answer lost, so it is not sent again "
+                                       "in this attempt", type=CREATE_UNANSWERED, non_retryable=True,
+                                       category=BENIGN) from exc
 
     @activity.defn(name=f"{namespace}.pollTask")
     def poll_task(poll: PollInput) -> PollOutcome:
@@ -267,6 +278,8 @@ def job_activities(namespace: str, api: type[JobApi]) -> JobActivities:
                 job = client.look(look.external_id)
             except ProviderRejected:
                 return JobLook("gone", alive=False)
+            except ProviderJobFailed as exc:  # kie's 501 with no state: the job ended, failed
+                return JobLook("failed", alive=False, outcome=PollOutcome(False, error=str(exc)))
         if not job.finished:
             return JobLook(job.status, alive=True)
         return JobLook(job.status, alive=False, outcome=PollOutcome(job.succeeded, job.result, job.error,

@@ -69,12 +69,14 @@ class ProviderRejected(ProviderError):
 
 class ProviderTransient(ProviderError):
     """A passing failure: rate limit, server error, timeout or network. `retry_after`: the seconds the provider
-    asked us to wait (its Retry-After header), or None."""
+    asked us to wait (its Retry-After header), or None. `sent`: the request went out and its answer was lost
+    (a read timeout, a connection dropped mid-answer), so a create may have made a job."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, sent: bool = False):
         super().__init__(message, status, code)
         self.retry_after = retry_after
+        self.sent = sent  # the request reached the provider and no answer came back: it may have acted on it
 
 
 class ProviderBlocked(ProviderError):
@@ -94,10 +96,21 @@ def call(session: requests.Session, method: str, url: str, **kwargs: Any) -> req
     kwargs.setdefault("timeout", LOOK_TIMEOUT)
     try:
         return session.request(method, url, **kwargs)
-    except requests.Timeout as exc:
-        raise ProviderTransient(f"{method} {url} timed out: {exc}") from exc
+    except requests.ConnectTimeout as exc:
+        raise ProviderTransient(f"{method} {url} timed out connecting: {exc}") from exc
+    except requests.Timeout as exc:  # the request was sent: the provider may have acted on it
+        raise ProviderTransient(f"{method} {url} timed out: {exc}", sent=True) from exc
     except requests.RequestException as exc:
-        raise ProviderTransient(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        raise ProviderTransient(f"{method} {url} failed: {type(exc).__name__}: {exc}",
+                                sent=not _never_connected(exc)) from exc
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """The connection was never made (refused, no such host, TLS failed): nothing reached the provider."""
+    text = str(exc)
+    return isinstance(exc, requests.exceptions.SSLError) or any(
+        sign in text for sign in ("Failed to establish a new connection", "NameResolutionError",
+                                  "Name or service not known", "Connection refused"))
 
 
 def error_kind(status: int) -> type[ProviderError]:
