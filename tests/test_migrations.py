@@ -356,6 +356,7 @@ def test_first_release_database_upgrades_and_serves_every_write_path(tmp_path, d
         f"{db_path}: applied 0003_dispatched_at.py (schema version 3 of 6)",
         f"{db_path}: applied 0004_retry_at.sql (schema version 4 of 6)",
         f"{db_path}: applied 0005_blocked_integrations.sql (schema version 5 of 6)",
+        f"{db_path}: applied 0006_idempotency_keys.sql (schema version 6 of 6)",
     ]
     assert contents(db_path) == before and schema(db_path) == expected_schema
     again = flask(db_path, "init-db")  # the old name of db upgrade
