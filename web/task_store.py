@@ -371,7 +371,7 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
                       external_id=changes.get("externalId"), data=changes.get("result"),
                       error=changes.get("error") or decision.note)
     if decision.blocks:
-        _block(conn, table, task_id, report.error or "", now)
+        _block(conn, table, task_id, report.error, now)
     resumed = decision.unblocks and conn.execute(
         "DELETE FROM integration_blocks WHERE integration = ?", (table.integration,)).rowcount > 0
     return Outcome(status, attempt, resumed=resumed)
@@ -379,7 +379,7 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
 
 # -- blocked integrations (docs/design.md §3.4) --
 
-def _block(conn: sqlite3.Connection, table: TaskTable, task_id: str, reason: str, now: float) -> None:
+def _block(conn: sqlite3.Connection, table: TaskTable, task_id: str, reason: str | None, now: float) -> None:
     """Block the integration (or refresh its block): nothing is claimed until the next probe is due."""
     conn.execute(
         "INSERT INTO integration_blocks (integration, reason, task_id, since, probe_at, updated_at) "
@@ -403,19 +403,19 @@ def _take_probe(conn: sqlite3.Connection, table: TaskTable, task_id: str, now: f
                  (now + table.policy.probe_seconds, task_id, table.integration))
 
 
+SELECT_BLOCKS = ("SELECT integration, reason, task_id AS taskId, since, probe_at AS probeAt, "
+                 "updated_at AS updatedAt FROM integration_blocks")
+
+
 def get_block(conn: sqlite3.Connection, integration: str) -> dict | None:
     """The integration's block ({integration, reason, taskId, since, probeAt, updatedAt}), or None."""
-    row = conn.execute("SELECT integration, reason, task_id AS taskId, since, probe_at AS probeAt, "
-                       "updated_at AS updatedAt FROM integration_blocks WHERE integration = ?",
-                       (integration,)).fetchone()
+    row = conn.execute(f"{SELECT_BLOCKS} WHERE integration = ?", (integration,)).fetchone()
     return dict(row) if row else None
 
 
 def list_blocks(conn: sqlite3.Connection) -> list[dict]:
     """Every blocked integration, oldest block first."""
-    return [dict(row) for row in conn.execute(
-        "SELECT integration, reason, task_id AS taskId, since, probe_at AS probeAt, updated_at AS updatedAt "
-        "FROM integration_blocks ORDER BY since")]
+    return [dict(row) for row in conn.execute(f"{SELECT_BLOCKS} ORDER BY since")]
 
 
 def resume_integration(conn: sqlite3.Connection, integration: str) -> dict | None:
@@ -515,9 +515,10 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     stuck claims oldest claim first (their index orders); the merged batch is ordered
     by createdAt. The unary `+` on attempts keeps the planner on each kind's index.
 
-    A blocked integration yields nothing until its probe is due, then one task (claim_next
-    moves the probe on when it claims it). Spent attempts (attempts less the refunded ones)
-    count against the limit. Each task carries `externalId`: the previous attempt's job.
+    A blocked integration yields nothing until its probe is due, then one task: of the oldest
+    PROBE_CANDIDATES, the one handed back least often (its claim moves the probe on, _take_probe).
+    Spent attempts (attempts less the refunded ones) count against the limit. Each task carries
+    `externalId`: the previous attempt's job.
     """
     now = time.time() if now is None else now
     block = get_block(conn, table.integration)
@@ -526,6 +527,7 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
             return []
         limit = PROBE_CANDIDATES
     c = lambda name: _q(table.entity.column(name))
+    spent_sql = f"+{c('attempts')} - {c('attemptsRefunded')}"  # spent(); the unary + keeps each kind's index
     select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('startedAt')} AS startedAt, "
               f"{c('attempts')} AS attempts, {c('attemptsRefunded')} AS attemptsRefunded, "
               f"{c('requestParams')} AS requestParams, {c('externalId')} AS externalId, "
@@ -535,11 +537,10 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
                                       ORDER BY {c('createdAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'failed' AND {c('retryable')} = 1
-                       AND {c('retryAt')} <= :now AND +{c('attempts')} - {c('attemptsRefunded')} < :max
-                       ORDER BY {c('retryAt')} LIMIT :limit)
+                       AND {c('retryAt')} <= :now AND {spent_sql} < :max ORDER BY {c('retryAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NULL
-                       AND {c('startedAt')} < :cutoff AND +{c('attempts')} - {c('attemptsRefunded')} < :max
+                       AND {c('startedAt')} < :cutoff AND {spent_sql} < :max
                        ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """
