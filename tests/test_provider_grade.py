@@ -95,6 +95,12 @@ def test_worker_loss_resumes_the_earlier_job(tmp_path):
         processing = wait_until(lambda: stack.task(task_id)["status"] == "processing" and stack.task(task_id),
                                 timeout=30, interval=0.1, message="processing")
         first_job = processing["externalId"]
+
+        def polled():  # the `processing` report's activity is complete and the poll under way: kill now
+            seen = requests.get(f"{stack.fake('ark')}/_fake/requests", timeout=5).json()
+            return any(r["method"] == "GET" and r["path"].endswith(first_job) for r in seen)
+
+        wait_until(polled, timeout=30, interval=0.1, message="the job polled")
         stack.kill("worker", signal.SIGKILL)
         time.sleep(9)  # past the deadline: the worker is away, nothing can poll
         stack.start_worker()
