@@ -87,18 +87,28 @@ class PollingRun:
         self.interval = timedelta(seconds=params.pollIntervalSeconds)
         self.deadline = timedelta(seconds=params.deadlineSeconds)
         self.external_id: str | None = None  # the provider's job, once known: what a cancel must stop
+        self.ended: tuple[str, Any] | None = None  # ("completed", result) or ("failed", error), once reported
 
     async def run(self) -> dict:
-        """Drive the job; on a cancel request, stop it and report `cancelled` (then end cancelled)."""
+        """Drive the job; on a cancel request, stop it and report `cancelled` (then end cancelled).
+
+        A cancel that comes while the task's end is being reported lets that report finish (reports are
+        shielded): if it landed, the run ends as the task did, and the cancel changes nothing."""
         try:
             return await self.drive()
         except (asyncio.CancelledError, ActivityError) as err:
             if not is_cancelled_exception(err):
                 raise
+            if self.ended is not None:
+                status, detail = self.ended
+                if status == "completed":
+                    return detail
+                raise ApplicationError(detail, type=TASK_FAILED, non_retryable=True) from None
             await self.stop_on_cancel()
             raise asyncio.CancelledError() from err
 
     async def drive(self) -> dict:
+        await asyncio.sleep(0)  # a cancel that came before the run started ends it here, before any provider call
         external_id = None
         if self.params.resumeExternalId and workflow.patched(RESUME_PATCH):
             external_id, ended = await self.resume(self.params.resumeExternalId)
@@ -240,9 +250,27 @@ class PollingRun:
         workflow.logger.info(message, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
     async def report(self, status: str, **fields: Any) -> None:
-        await workflow.execute_activity(
+        """Send one report. A cancel does not interrupt it (shielded): it lets the report land or be refused, so
+        the run knows whether the task ended (`self.ended`) before it handles the cancel."""
+        reporting = workflow.start_activity(
             report_task_event, ReportInput(self.params.reportUrl, self.task_id, self.attempt, status, **fields),
             start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=REPORT_GIVE_UP, retry_policy=REPORT_RETRY)
+        try:
+            await asyncio.shield(reporting)
+        except asyncio.CancelledError:
+            try:
+                await reporting
+            except ActivityError:
+                raise asyncio.CancelledError() from None  # refused: the cancel is handled as if it came first
+            self.note_end(status, fields)
+            raise
+        self.note_end(status, fields)
+
+    def note_end(self, status: str, fields: dict[str, Any]) -> None:
+        if status == "completed":
+            self.ended = ("completed", fields.get("data") or {})
+        elif status == "failed":
+            self.ended = ("failed", fields.get("error") or "failed")
 
     async def fail(self, error: str, retryable: bool = True, external_id: str | None = None) -> NoReturn:
         """Report `failed`, then end this workflow in failure: it never returns."""

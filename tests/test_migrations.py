@@ -95,8 +95,8 @@ def contents(path):
     """
     with closing(sqlite3.connect(path)) as conn:
         conn.row_factory = sqlite3.Row
-        rows = {table: [{"dispatched_at": None, "attempts_refunded": 0, "cancel_requested_at": None, "cancel_sent_at": None,
-                         **dict(row)}
+        added = {"dispatched_at": None, "attempts_refunded": 0, "cancel_requested_at": None, "cancel_sent_at": None}
+        rows = {table: [{**added, **dict(row)}
                         for row in conn.execute(f"SELECT rowid AS row_id, * FROM {table} ORDER BY rowid")]
                 for table in (*TASK_TABLES, "task_events")}
     for table in TASK_TABLES:

@@ -50,7 +50,7 @@ def fetch_pending_tasks(name: str):
         return tasks or cancels_due
 
     waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, look, **long_poll_context(name))
-    body: dict[str, Any] = {"tasks": waited.found or []}
+    body: dict[str, Any] = {"tasks": waited.found if isinstance(waited.found, list) else []}
     if cancels_due:  # nothing to claim, but cancels to deliver: a claim request takes them
         body["cancelsDue"] = True
     return long_poll_answer(name, body, waited, conn)

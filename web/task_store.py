@@ -255,6 +255,10 @@ def _hand_back(task: dict, report: Report) -> Decision:
     if current not in ACTIVE:  # queued: the create met the block; processing: a poll did (the job lives on)
         raise TransitionRefused(f"Cannot hand back a {current} task: only an active attempt meets a block")
     why = f"integration blocked: {report.error or 'the provider refuses the account'}"
+    if task["cancelRequestedAt"] is not None:  # handed back while its cancel is asked for: it ends here
+        return Decision({"status": "cancelled", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
+                         "retryable": 0, "retryAt": None, "error": None}, "cancelled", f"cancelled ({why})",
+                        blocks=True)
     return Decision({"status": "pending", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
                      "dispatchedAt": None, "error": why}, "pending", blocks=True)
 
@@ -300,7 +304,8 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
         changes["error"] = report.error or "failed (no message given)"
         # Failed for good is decided here, once: the retry index then never holds it. A retryable
         # failure waits for its retryAt: an outage spends time, not attempts.
-        again = report.retryable and spent(task) < policy.max_attempts
+        # A task whose cancel is asked for is not tried again: its failure is final.
+        again = report.retryable and spent(task) < policy.max_attempts and task["cancelRequestedAt"] is None
         changes["retryable"] = 1 if again else 0
         changes["retryAt"] = now + policy.retry_delay(task["id"], spent(task)) if again else None
     return Decision(changes, report.status, unblocks=unblocks)
