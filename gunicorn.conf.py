@@ -53,6 +53,18 @@ def on_exit(server):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
+def post_worker_init(worker):
+    from web import retention
+
+    retention.start(worker.wsgi)  # RETENTION_DAYS: one worker at a time prunes (web/retention.py)
+
+
+def worker_exit(server, worker):
+    from web import retention
+
+    retention.stop()
+
+
 def post_fork(server, worker):
     # Short requests (claims, fetches) should not queue behind the GIL's default
     # 5 ms slices of longer ones in the same worker process.

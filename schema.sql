@@ -108,8 +108,11 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 
--- Append-only: every accepted transition is history, never rewritten.
+-- Append-only: every accepted transition is history, never rewritten. Events are deleted only with
+-- their task, when retention prunes it whole (0008): the task's row first, then its events.
 CREATE TRIGGER IF NOT EXISTS task_events_no_update BEFORE UPDATE ON task_events
 BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS task_events_no_delete BEFORE DELETE ON task_events
-BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
+WHEN EXISTS (SELECT 1 FROM video_tasks WHERE id = OLD.task_id)
+  OR EXISTS (SELECT 1 FROM image_tasks WHERE id = OLD.task_id)
+BEGIN SELECT RAISE(ABORT, 'task_events is append-only: events are deleted only with their task (prune)'); END;

@@ -84,6 +84,10 @@ SETTINGS = [
             "how often the reconciler looks for such tasks"),
     Setting("RECONCILE_CALLS_PER_MINUTE", "components.asyncTask.reconciler.callsPerMinute", int,
             "most Temporal describe calls the reconciler makes per minute, per processor"),
+    Setting("RETENTION_DAYS", "components.retention.days", float,
+            "if set, the web process deletes finished tasks (and their events and media) older than this many days"),
+    Setting("RETENTION_INTERVAL_SECONDS", "components.retention.intervalSeconds", float,
+            "how often the web process's periodic prune runs (with RETENTION_DAYS)"),
     Setting("METRICS_TOKEN", "components.metrics.token", str,
             "if set, /metrics and the metrics ports need `Authorization: Bearer <token>`"),
     Setting("METRICS_HOST", "components.metrics.host", str, "address the processor's and worker's metrics bind"),
@@ -387,6 +391,7 @@ def _validate(config: Config) -> None:
                                  or not 0.1 <= interval <= 3600):
         raise ConfigError(f"RECONCILE_INTERVAL_SECONDS (components.asyncTask.reconciler.intervalSeconds) must be a "
                           f"number from 0.1 to 3600, got {interval!r}")
+    _validate_retention(config)
     for path, (low, high) in _BOUNDS.items():
         value = config.get(path)
         if value is None:
@@ -394,3 +399,13 @@ def _validate(config: Config) -> None:
         setting = BY_PATH[path]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ConfigError(f"{setting.env} ({path}) must be an integer from {low} to {high}, got {value!r}")
+
+
+def _validate_retention(config: Config) -> None:
+    """RETENTION_DAYS: unset (off) or a number of days from 0; the interval from 0.1 s to a day."""
+    for path, low, high in (("components.retention.days", 0, 36_500),
+                            ("components.retention.intervalSeconds", 0.1, 86_400)):
+        value = config.get(path)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value <= high):
+            raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number from {low} to {high}, got {value!r}")

@@ -1,6 +1,6 @@
 """`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
 
-    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--only dispatch,latency,idle,burst,users,fetch]
+    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--only dispatch,latency,idle,burst,users,fetch,prune]
 
 One Temporal dev server (in memory) serves the latency, idle and burst phases;
 the dispatch phase starts a fresh one for each measurement. Each phase gets a
@@ -28,6 +28,8 @@ unless a phase says otherwise.
             with 40 slowloris sockets (silent, stalled mid-headers, trickling a byte a second).
             p99 and max latency, failures
   fetch     fetchPendingTasks queries at 10,000 / 100,000 / 1,000,000 rows
+  prune     1,000,000 finished tasks (3 events each) pruned beside 1,000 live ones (bench/prune.py):
+            tasks/s and the longest write transaction
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import requests
 
 from bench import fetch_pending
+from bench import prune as prune_bench
 from dev.stack import (
     ROOT,
     connect_temporal,
@@ -643,6 +646,8 @@ GOALS = [  # key, what it is, goal text, check
     ("idle_web_cpu_pct", "web CPU, 2 processors idle (% of a core)", "", None),
     ("idle_processor_cpu_pct", "one idle processor's CPU (% of a core)", "", None),
     ("processor_peak_mb", "processor peak RSS (MB)", "<= 100", lambda v: v <= 100),
+    ("prune_rate", "prune of 1M finished tasks (tasks/s)", "", None),
+    ("prune_max_lock_ms", "  longest write lock while pruning (ms)", "<= 10", lambda v: v <= 10),
     ("worker_peak_mb", "worker peak RSS (MB)", "", None),
 ]
 
@@ -650,7 +655,7 @@ GOALS = [  # key, what it is, goal text, check
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--only", default="dispatch,latency,idle,burst,users,fetch")
+    parser.add_argument("--only", default="dispatch,latency,idle,burst,users,fetch,prune")
     parser.add_argument("--rounds", type=int, default=3, help="dispatch rounds; medians are reported")
     args = parser.parse_args()
     phases = set(args.only.split(","))
@@ -684,6 +689,8 @@ def main() -> None:
             fetch_p99 = fetch_phase(tmp)
             results.update(fetch_p99_ms_10k=fetch_p99[10_000], fetch_p99_ms_100k=fetch_p99[100_000],
                            fetch_p99_ms_1m=fetch_p99[1_000_000])
+        if "prune" in phases:
+            results.update(prune_bench.run(tmp, 1_000_000))
     report(results)
     # Phases not run this time keep their last figures: `--only users` adds its keys, drops none.
     path = HERE / "results.json"

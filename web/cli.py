@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app app tasks list|show|retry|cancel|fail|stats` and `integrations status|resume`.
+"""Operator commands: `flask --app app tasks list|show|retry|cancel|fail|stats|prune`, `integrations status|resume`.
 
 They read the database directly (they run beside the web process) and write
 only through web/task_store.py, like everything else. They show the full
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 import click
@@ -193,3 +194,40 @@ def integrations_resume_command(name: str) -> None:
     logs.event(logging.getLogger("web.tasks"), "integration resumed by an operator", logging.WARNING,
                integration=integration.namespace, reason=block["reason"])
     echo(f"{integration.short_name} resumed (it was blocked for {age(block['since'])}: {block['reason']}).")
+
+
+class Days(click.ParamType):
+    """A non-negative, finite number of days; fractions allowed (0.5 is twelve hours)."""
+
+    name = "DAYS"
+
+    def convert(self, value, param, ctx):
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not (math.isfinite(days) and days >= 0):
+            self.fail(f"{value!r} is not a non-negative number of days", param, ctx)
+        return days
+
+
+@tasks_cli.command("prune")
+@click.option("--older-than", "days", type=Days(), required=True,
+              help="Prune tasks created and last changed more than DAYS days ago (fractions allowed).")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=task_store.PRUNE_BATCH, show_default=True,
+              help="Tasks deleted per write transaction (each holds SQLite's write lock).")
+def prune_command(days: float, batch_size: int) -> None:
+    """Delete finished tasks (completed, cancelled, failed for good) with their events, keys and media.
+
+    Live tasks (pending, queued, processing, failed and retryable) are never touched. Safe beside a
+    running web process: small write transactions, with a rest after each.
+    """
+    from flask import current_app
+
+    from web import retention
+
+    report = task_store.prune_finished(db.get_db(), current.tables(), days * retention.DAY_SECONDS, batch_size,
+                                       on_pruned=retention.media_deleter(current_app))
+    echo(f"Pruned {report.tasks} finished tasks older than {days:g} days ({report.events} events, "
+         f"{report.keys} idempotency keys) in {report.seconds:.2f}s: {report.batches} batches, "
+         f"longest write lock {report.longest_lock_ms:.1f} ms.")

@@ -35,6 +35,7 @@ REPORTS = Counter("web_reports", "Reports judged by the task store, by outcome a
                   ["integration", "kind", "outcome", "reason"])
 LONG_POLLS = Gauge("web_long_polls_waiting", "Long polls (fetch or claim) waiting for work now", ["integration"],
                    multiprocess_mode="livesum")
+PRUNED = Counter("web_pruned_tasks", "Finished tasks deleted by the periodic prune, with their events (RETENTION_DAYS)")
 
 
 def count_report(integration: str, kind: str, outcome: str, reason: str = "") -> None:
@@ -83,7 +84,7 @@ def metrics():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
     else:  # one process (flask run, tests): its own counters are the whole story
-        for collector in (CLAIMS, REPORTS, LONG_POLLS):
+        for collector in (CLAIMS, REPORTS, LONG_POLLS, PRUNED):
             registry.register(collector)
     registry.register(TaskCounts())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -21,10 +21,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -808,3 +810,135 @@ def _decode(task: dict) -> dict:
     if "retryable" in task:
         task["retryable"] = bool(task["retryable"])
     return task
+
+
+# -- retention (docs/design.md §3.6): finished tasks deleted whole, in small write transactions --
+
+# Statuses a task ends in. `failed` counts only once failed for good (retryable = 0); 'cancelled' is
+# listed whether or not this release's STATUSES has it yet (a status no row holds is an empty range).
+PRUNABLE = ("completed", "cancelled", "failed")
+# Tasks deleted per write transaction, chosen by measurement (bench/prune.py --sweep, 1M finished tasks with
+# 3 events each, this 2-core machine): a task costs ~12 µs of write lock with its events, so 100 hold the lock
+# 1.2 ms at the median and 3.4 ms at p99 (25: 0.7 ms, 400: 4.8 ms median). The rare longer holds are time
+# off the CPU (a filesystem journal commit, a busy machine) and come at any batch size; 100 keeps the median
+# ~8x under the 10 ms budget and prunes 28,000 tasks/s with the rests between batches.
+PRUNE_BATCH = 100
+CHECKPOINT_EVERY = 10  # batches between two checkpoints of the WAL, outside the lock (0: SQLite's own)
+PRUNE_PAUSE_RATIO = 1.0  # after each batch, rest this many times as long as it held the lock
+
+
+@dataclass
+class PruneReport:
+    """What one prune deleted and how long it took; `longest_lock_ms` is its longest write transaction."""
+
+    tasks: int = 0
+    events: int = 0
+    keys: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    longest_lock_ms: float = 0.0
+    lock_ms: list[float] = field(default_factory=list)  # every batch's write-lock hold, in order
+
+
+def prune_finished(conn: sqlite3.Connection, tables: Iterable[TaskTable], older_than_seconds: float,
+                   batch_size: int = PRUNE_BATCH, on_pruned: Callable[[list[str]], None] | None = None,
+                   stop: threading.Event | None = None, pause_ratio: float = PRUNE_PAUSE_RATIO,
+                   now: float | None = None) -> PruneReport:
+    """Delete finished tasks whose createdAt and updatedAt are both older than `older_than_seconds`, with
+    their events and Idempotency-Keys. Live tasks (pending, queued, processing, failed and retryable) are
+    never touched.
+
+    Batches of at most `batch_size` tasks, each its own BEGIN IMMEDIATE transaction: the task rows first
+    (re-checked in the DELETE's WHERE, so a task that moved since it was read stays), then their events
+    (the trigger lets an event go only once its task row is gone), then their keys. Candidates are read
+    before the lock, one (status, createdAt) index range per finished status walked with a cursor, so a
+    batch costs the same at any table size. Between batches the prune rests `pause_ratio` times as long
+    as it held the lock, so writers queued behind it (creates, reports) get their turn.
+
+    `on_pruned(ids)` runs after each batch commits (the media store's deletes): a crash between the
+    commit and the callback leaves that batch's media behind as orphans; an exception from it stops
+    the prune. Setting `stop` ends it between two batches.
+    """
+    if not (math.isfinite(older_than_seconds) and older_than_seconds >= 0):
+        raise ValueError(f"older_than_seconds must be a non-negative number, got {older_than_seconds!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+    started = time.perf_counter()
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    report = PruneReport()
+    # The WAL is checkpointed after each batch, outside the write lock, rather than by the commit that fills
+    # it (an auto-checkpoint runs inside that COMMIT call and would add its disk writes to the batch's time).
+    autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint if CHECKPOINT_EVERY == 0 else 0}")
+    try:
+        for table in tables:
+            for status in PRUNABLE:
+                after: tuple[float, int] = (float("-inf"), 0)
+                while not (stop is not None and stop.is_set()):
+                    found = _prune_candidates(conn, table, status, cutoff, after, batch_size)
+                    if not found:
+                        break
+                    after = (found[-1][2], found[-1][0])
+                    pruned, held_ms = _prune_batch(conn, table, status, cutoff, found, report)
+                    if CHECKPOINT_EVERY and report.batches % CHECKPOINT_EVERY == 0:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # waits for no reader or writer
+                    if pruned and on_pruned is not None:
+                        on_pruned(pruned)
+                    if pause_ratio > 0:
+                        (stop.wait if stop is not None else time.sleep)(held_ms / 1000 * pause_ratio)
+                    if len(found) < batch_size:
+                        break
+    finally:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _prune_where(table: TaskTable, status: str, indexed: bool = True) -> str:
+    """The finished-and-old condition (params: status, cutoff, cutoff); `failed` only failed for good.
+
+    The unary + keeps a term off the indexes: `indexed` reads the (status, createdAt) range; otherwise the
+    terms only filter (the DELETE of a batch by id, which must not walk the range instead).
+    """
+    c = lambda name: _q(table.entity.column(name))
+    key = "" if indexed else "+"
+    for_good = f" AND +{c('retryable')} = 0" if status == "failed" else ""
+    return f"{key}{c('status')} = ? AND {key}{c('createdAt')} < ? AND +{c('updatedAt')} < ?{for_good}"
+
+
+def _prune_candidates(conn, table: TaskTable, status: str, cutoff: float, after: tuple[float, int],
+                      limit: int) -> list[tuple[int, str, float]]:
+    """(rowid, id, createdAt) of the next prunable tasks after the cursor, read without the write lock."""
+    c = lambda name: _q(table.entity.column(name))
+    sql = (f"SELECT rowid, {c('id')}, {c('createdAt')} FROM {_q(table.entity.table)} "
+           f"WHERE {_prune_where(table, status)} AND ({c('createdAt')}, rowid) > (?, ?) "
+           f"ORDER BY {c('createdAt')}, rowid LIMIT ?")
+    return [tuple(row) for row in conn.execute(sql, (status, cutoff, cutoff, *after, limit))]
+
+
+def _prune_batch(conn, table: TaskTable, status: str, cutoff: float, found: list[tuple[int, str, float]],
+                 report: PruneReport) -> tuple[list[str], float]:
+    """One write transaction: the tasks still prunable, their events, their keys. (ids deleted, lock ms)."""
+    ids = [task_id for _, task_id, _ in found]
+    marks = ", ".join("?" * len(ids))
+    c = lambda name: _q(table.entity.column(name))
+    with immediate(conn):
+        locked = time.perf_counter()
+        deleted = conn.execute(f"DELETE FROM {_q(table.entity.table)} WHERE {c('id')} IN ({marks}) AND "
+                               f"{_prune_where(table, status, indexed=False)} RETURNING {c('id')}, {c('createdAt')}",
+                               (*ids, status, cutoff, cutoff)).fetchall()
+        pruned = [row[0] for row in deleted]
+        if pruned:
+            marks = ", ".join("?" * len(pruned))
+            report.events += conn.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", pruned).rowcount
+            # A key's created_at is its task's createdAt (create_task_once): the created_at index finds it.
+            created = sorted({row[1] for row in deleted})
+            report.keys += conn.execute(
+                f"DELETE FROM idempotency_keys WHERE created_at IN ({', '.join('?' * len(created))}) "
+                f"AND task_id IN ({marks})", (*created, *pruned)).rowcount
+    held_ms = (time.perf_counter() - locked) * 1000
+    report.tasks += len(pruned)
+    report.batches += 1
+    report.lock_ms.append(held_ms)
+    report.longest_lock_ms = max(report.longest_lock_ms, held_ms)
+    return pruned, held_ms
