@@ -104,6 +104,16 @@ SETTINGS = [
     Setting("NANOBANANA_POLL_INTERVAL_SECONDS", f"{IMAGE}.pollIntervalSeconds", float, "image job poll interval"),
     Setting("NANOBANANA_DEADLINE_SECONDS", f"{IMAGE}.deadlineSeconds", float,
             "give up on an image job after this long"),
+    Setting("MEDIA_DIR", "components.media.dir", str,
+            "folder where generated media are kept (default: media/ beside the database); the worker writes, "
+            "the web process serves"),
+    Setting("MEDIA_MAX_BYTES", "components.media.maxBytes", int,
+            "largest media file copied from a provider; a bigger one is refused and noted on the task"),
+    Setting("MEDIA_S3_BUCKET", "components.media.s3.bucket", str,
+            "keep media in this S3-compatible bucket instead of MEDIA_DIR (credentials: the AWS_* variables)"),
+    Setting("MEDIA_S3_ENDPOINT_URL", "components.media.s3.endpointUrl", str,
+            "the S3-compatible service's URL (unset: AWS S3)"),
+    Setting("MEDIA_S3_PREFIX", "components.media.s3.prefix", str, "key prefix of the media objects in the bucket"),
 ]
 BY_ENV = {s.env: s for s in SETTINGS}
 BY_PATH = {s.path: s for s in SETTINGS}
@@ -227,6 +237,7 @@ _BOUNDS = {
     "components.asyncTask.pullMode.maxAttempts": (1, 1000),
     "components.asyncTask.pullMode.stuckTimeoutSeconds": (1, 86_400 * 7),
     "components.asyncTask.pullMode.probeSeconds": (1, 3600),
+    "components.media.maxBytes": (1, 64 * 1024**3),
 }
 
 

@@ -220,7 +220,7 @@ def test_image_reports_processing_once_then_completed_never_queued(web, provider
     assert status == "COMPLETED"
     assert events == [("pending", 0), ("queued", 1), ("processing", 1), ("completed", 1)]
     assert task["status"] == "completed" and task["externalId"].startswith("nb2-")
-    assert task["result"]["imageUrls"] == [f"https://banana-fake.example/{task['externalId']}.png"]
+    assert task["result"]["imageUrls"] == [f"{providers.banana}/media/{task['externalId']}.png"]
 
 
 @pytest.mark.parametrize("namespace", [VIDEO, IMAGE])
