@@ -133,6 +133,8 @@ class LocalStore:
             size = path.stat().st_size
         except FileNotFoundError:
             raise MediaNotFound(f"{task_id}/{name} is not stored") from None
+        except OSError as exc:
+            raise StorageFailed(f"cannot read {path}: {exc.strerror or exc}") from exc
         return StoredMedia(name, size, TYPES[name.rpartition(".")[2]])
 
     def read(self, task_id: str, name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
@@ -141,6 +143,8 @@ class LocalStore:
             handle = open(path, "rb")  # closed by _file_chunks
         except FileNotFoundError:
             raise MediaNotFound(f"{task_id}/{name} is not stored") from None
+        except OSError as exc:
+            raise StorageFailed(f"cannot read {path}: {exc.strerror or exc}") from exc
         return _file_chunks(handle, start, end)
 
     def names(self, task_id: str) -> list[str]:
@@ -149,6 +153,8 @@ class LocalStore:
             return sorted(p.name for p in folder.iterdir() if NAME.fullmatch(p.name))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise StorageFailed(f"cannot list {folder}: {exc.strerror or exc}") from exc
 
     def delete_task(self, task_id: str) -> int:
         folder = self._path(task_id)

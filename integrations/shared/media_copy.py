@@ -62,14 +62,15 @@ def sniff(head: bytes) -> str | None:
 
 
 def download(url: str, expected: frozenset[str], limit: int, session: requests.Session | None = None,
-             deadline_seconds: float = DEADLINE_SECONDS) -> tuple[str, Iterator[bytes]]:
+             timeout: tuple[float, float] = TIMEOUT, deadline_seconds: float = DEADLINE_SECONDS,
+             ) -> tuple[str, Iterator[bytes]]:
     """Open `url`: (its checked content type, its bytes in chunks). The chunks raise MediaRefused past `limit`
     and DownloadFailed on a timeout, a cut-off or the deadline; the caller must exhaust or close them."""
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         raise MediaRefused(f"not an http(s) URL: {str(url)[:200]!r}")
     began = time.monotonic()
     try:
-        answer = (session or requests).get(url, stream=True, timeout=TIMEOUT)
+        answer = (session or requests).get(url, stream=True, timeout=timeout)
     except requests.RequestException as exc:
         raise DownloadFailed(f"GET {_short(url)}: {type(exc).__name__}: {exc}") from exc
     try:
@@ -81,7 +82,7 @@ def download(url: str, expected: frozenset[str], limit: int, session: requests.S
         length = answer.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise MediaRefused(f"{_short(url)} is {int(length)} bytes, above MEDIA_MAX_BYTES ({limit})")
-        chunks = _capped(answer, url, limit, began + deadline_seconds)
+        chunks = _capped(answer, url, limit, began + deadline_seconds, deadline_seconds)
         head = b""
         for chunk in chunks:
             head += chunk
@@ -109,7 +110,7 @@ def download(url: str, expected: frozenset[str], limit: int, session: requests.S
     return seen, stream()
 
 
-def _capped(answer: requests.Response, url: str, limit: int, deadline: float) -> Iterator[bytes]:
+def _capped(answer: requests.Response, url: str, limit: int, deadline: float, seconds: float) -> Iterator[bytes]:
     size = 0
     try:
         for chunk in answer.iter_content(CHUNK):
@@ -117,7 +118,7 @@ def _capped(answer: requests.Response, url: str, limit: int, deadline: float) ->
             if size > limit:
                 raise MediaRefused(f"{_short(url)} passed MEDIA_MAX_BYTES ({limit}) while downloading")
             if time.monotonic() > deadline:
-                raise DownloadFailed(f"{_short(url)} took longer than {DEADLINE_SECONDS:g}s to download")
+                raise DownloadFailed(f"{_short(url)} took longer than {seconds:g}s to download")
             yield chunk
     except requests.RequestException as exc:  # a read timeout or a connection cut mid-body
         raise DownloadFailed(f"GET {_short(url)} broke off after {size} bytes: {type(exc).__name__}: {exc}") from exc
@@ -132,7 +133,8 @@ def _short(url: str) -> str:
 
 
 def copy_media(store: MediaStore, task_id: str, result: dict[str, Any], limit: int,
-               session: requests.Session | None = None) -> tuple[dict[str, Any], list[str]]:
+               session: requests.Session | None = None, timeout: tuple[float, float] = TIMEOUT,
+               ) -> tuple[dict[str, Any], list[str]]:
     """Store every media URL of `result`: (the `media` dict of stored names, notes on files refused).
 
     Idempotent: names depend only on the field, its position and the type, and a file already stored under
@@ -148,26 +150,27 @@ def copy_media(store: MediaStore, task_id: str, result: dict[str, Any], limit: i
         if isinstance(value, list):
             names = []
             for index, url in enumerate(value, start=1):
-                name = _copy_one(store, task_id, f"{stem}-{index}", url, expected, limit, session, stored, notes,
-                                 f"{field}[{index - 1}]")
+                name = _copy_one(store, task_id, f"{stem}-{index}", url, expected, limit, (session, timeout),
+                                 stored, notes, f"{field}[{index - 1}]")
                 if name:
                     names.append(name)
             if names:
                 media[field] = names
         else:
-            name = _copy_one(store, task_id, stem, value, expected, limit, session, stored, notes, field)
+            name = _copy_one(store, task_id, stem, value, expected, limit, (session, timeout), stored, notes, field)
             if name:
                 media[field] = name
     return media, notes
 
 
 def _copy_one(store: MediaStore, task_id: str, stem: str, url: Any, expected: frozenset[str], limit: int,
-              session: requests.Session | None, stored: set[str], notes: list[str], label: str) -> str | None:
+              how: tuple[requests.Session | None, tuple[float, float]], stored: set[str], notes: list[str],
+              label: str) -> str | None:
     kept = next((n for n in sorted(stored) if n.rpartition(".")[0] == stem), None)
     if kept is not None:
         return kept
     try:
-        content_type, chunks = download(url, expected, limit, session)
+        content_type, chunks = download(url, expected, limit, *how)
         name = media_name(stem, content_type)
         store.put(task_id, name, chunks)
     except MediaRefused as exc:
