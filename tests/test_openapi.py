@@ -515,7 +515,7 @@ def test_every_refusal_of_a_credential_conforms(live, method, path):
     from schemathesis.specs.openapi.checks import status_code_conformance as status
 
     operation = FUZZ[path][method]
-    parameters = {"integration": VIDEO, "taskId": EXAMPLE_IDS["completed"]}
+    parameters = {"integration": VIDEO, "taskId": EXAMPLE_IDS["completed"], "name": "video.mp4"}
     url = live + re.sub(r"\{(\w+)\}", lambda m: parameters[m[1]], path)
     for headers in ({}, {"Authorization": "Bearer not-the-right-token-0123"},
                     {"Authorization": "Basic YWRtaW46bm90LXRoZS1yaWdodC1wYXNzd29yZA=="}):
