@@ -114,6 +114,9 @@ SETTINGS = [
     Setting("MEDIA_S3_ENDPOINT_URL", "components.media.s3.endpointUrl", str,
             "the S3-compatible service's URL (unset: AWS S3)"),
     Setting("MEDIA_S3_PREFIX", "components.media.s3.prefix", str, "key prefix of the media objects in the bucket"),
+    Setting("MEDIA_GIVE_UP_SECONDS", "components.media.giveUpSeconds", float,
+            "copying a result's media is retried this long (the provider links' life, 24 h); then the task "
+            "completes with the provider URLs only"),
 ]
 BY_ENV = {s.env: s for s in SETTINGS}
 BY_PATH = {s.path: s for s in SETTINGS}
@@ -393,6 +396,11 @@ def _validate(config: Config) -> None:
                                   or not 0 <= value <= 86_400 * 7):
             raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number of seconds from 0 to 604800, "
                               f"got {value!r}")
+    give_up = config.get("components.media.giveUpSeconds")
+    if give_up is not None and (isinstance(give_up, bool) or not isinstance(give_up, (int, float))
+                                or not 1 <= give_up <= 86_400 * 7):
+        raise ConfigError(f"MEDIA_GIVE_UP_SECONDS (components.media.giveUpSeconds) must be a number of seconds from "
+                          f"1 to 604800, got {give_up!r}")
     interval = config.get("components.asyncTask.reconciler.intervalSeconds")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
                                  or not 0.1 <= interval <= 3600):

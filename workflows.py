@@ -74,11 +74,10 @@ RESUME_PATCH = "resume-earlier-job"
 CANCEL_PATCH = "cancel-at-deadline"
 MEDIA_PATCH = "store-media"
 # Copying the media: retried with backoff and no attempt limit while the provider's URLs can still work. Past
-# MEDIA_GIVE_UP (their documented life, ~24 h) nothing can succeed: the task completes with the provider URLs
-# and a `mediaNote`; storage never fails a task.
+# the input's mediaGiveUpSeconds (MEDIA_GIVE_UP_SECONDS, default 24 h: the links' documented life) nothing can
+# succeed: the task completes with the provider URLs and a `mediaNote`; storage never fails a task.
 MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                           maximum_interval=timedelta(minutes=5))
-MEDIA_GIVE_UP = timedelta(hours=24)
 MEDIA_TIMEOUT = timedelta(hours=1)  # one try, every file (10 minutes at most each); the heartbeat spots a lost worker
 MEDIA_HEARTBEAT = timedelta(seconds=30)
 
@@ -183,7 +182,7 @@ class PollingRun:
             stored = await workflow.execute_activity(
                 store_media, StoreMediaInput(self.task_id, self.attempt, result),
                 start_to_close_timeout=MEDIA_TIMEOUT, heartbeat_timeout=MEDIA_HEARTBEAT,
-                schedule_to_close_timeout=MEDIA_GIVE_UP, retry_policy=MEDIA_RETRY)
+                schedule_to_close_timeout=timedelta(seconds=self.params.mediaGiveUpSeconds), retry_policy=MEDIA_RETRY)
         except ActivityError as err:
             self.log("media not stored; completing with the provider URLs only", error=_message(err))
             return {**result, "mediaNote": f"media not stored: {_message(err)}"}

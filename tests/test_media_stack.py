@@ -96,3 +96,20 @@ def test_a_file_too_large_completes_with_the_provider_url_and_a_note(tmp_path):
         assert task["result"]["lastFrameUrl"].startswith(stack.fake("ark"))
         assert list(task["result"]["media"]) == ["videoUrl"]
         assert "lastFrameUrl" in task["result"]["mediaNote"] and "MEDIA_MAX_BYTES" in task["result"]["mediaNote"]
+
+
+def test_a_store_that_never_comes_back_completes_the_task_with_provider_urls_and_a_note(tmp_path):
+    """MEDIA_GIVE_UP_SECONDS=6 (24 h by default, the links' life) and MEDIA_DIR unusable throughout: once the
+    retries run out the task completes all the same, with the provider URLs and a note, never failed."""
+    blocker = tmp_path / "blocked-media"
+    blocker.write_text("in the way")
+    with Stack(tmp_path, MEDIA_DIR=str(blocker), MEDIA_GIVE_UP_SECONDS=6).start_all() as stack:
+        task_id = stack.create("video", "a harbour at night")
+        task = completed(stack, task_id, timeout=120)
+        assert task["result"]["videoUrl"].startswith(stack.fake("ark")) and "media" not in task["result"]
+        assert task["result"]["mediaNote"].startswith("media not stored: ")
+        assert "blocked-media" in task["result"]["mediaNote"]
+        with sqlite3.connect(stack.db_path) as conn:
+            statuses = [s for (s,) in conn.execute("SELECT status FROM task_events WHERE task_id = ? ORDER BY id",
+                                                   (task_id,))]
+        assert statuses == ["pending", "queued", "processing", "completed"]
