@@ -63,6 +63,10 @@ class Links:
             return Response(JPG, mimetype="image/jpeg")
         if behaviour == "octet":  # a CDN that labels everything so
             return Response(PNG, mimetype="application/octet-stream")
+        if behaviour == "untyped":  # no Content-Type at all
+            answer = Response(JPG)
+            del answer.headers["Content-Type"]
+            return answer
         if behaviour == "html":
             return Response("<html>an error page</html>", mimetype="text/html")
         if behaviour == "lying":  # says PNG, is an HTML page
@@ -231,6 +235,7 @@ def test_a_good_link_downloads_with_its_checked_type(links):
     assert fetched(links, "png.png") == ("image/png", PNG)
     assert fetched(links, "jpg.jpg") == ("image/jpeg", JPG)
     assert fetched(links, "octet.bin") == ("image/png", PNG)  # untyped, but its bytes are a PNG
+    assert fetched(links, "untyped") == ("image/jpeg", JPG)
 
 
 def test_a_content_length_above_the_cap_is_refused_before_reading(links):

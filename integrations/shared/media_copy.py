@@ -3,8 +3,8 @@
 The rules of one download: http(s) only; (connect, read) timeouts and an overall deadline; a Content-Length
 above the cap refused before any byte is read, and the stream cut off once it passes the cap; the type both
 declared (Content-Type) and seen in the first bytes must be one the field expects (video/mp4 for a video,
-PNG, JPEG or WebP for images and the last frame). `application/octet-stream` is taken when the bytes show an
-expected type (some CDNs label everything so).
+PNG, JPEG or WebP for images and the last frame). `application/octet-stream`, or no Content-Type at all, is
+taken when the bytes show an expected type (some CDNs label everything so).
 
 Two kinds of failure: `MediaRefused` (this file will never be stored: too large, wrong type, gone at the
 provider) is noted in the result and the rest goes on; `DownloadFailed` and `StorageFailed` (a timeout, a 5xx,
@@ -37,7 +37,7 @@ FIELDS: dict[str, tuple[str, frozenset[str]]] = {
     "lastFrameUrl": ("last-frame", IMAGE_TYPES),
     "imageUrls": ("image", IMAGE_TYPES),
 }
-UNTYPED = frozenset({"application/octet-stream", "binary/octet-stream"})
+UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})  # the bytes decide
 
 
 class MediaRefused(MediaError):
