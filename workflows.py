@@ -80,6 +80,7 @@ MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffic
                           maximum_interval=timedelta(minutes=5))
 MEDIA_TIMEOUT = timedelta(hours=1)  # one try, every file (10 minutes at most each); the heartbeat spots a lost worker
 MEDIA_HEARTBEAT = timedelta(seconds=30)
+MEDIA_GIVEN_UP = "media not stored: our storage or the provider's links kept failing; the provider URLs are kept"
 
 
 class PollingRun:
@@ -183,9 +184,9 @@ class PollingRun:
                 store_media, StoreMediaInput(self.task_id, self.attempt, result),
                 start_to_close_timeout=MEDIA_TIMEOUT, heartbeat_timeout=MEDIA_HEARTBEAT,
                 schedule_to_close_timeout=timedelta(seconds=self.params.mediaGiveUpSeconds), retry_policy=MEDIA_RETRY)
-        except ActivityError as err:
+        except ActivityError as err:  # users see the note: the cause (a path, a bucket) only in the log
             self.log("media not stored; completing with the provider URLs only", error=_message(err))
-            return {**result, "mediaNote": f"media not stored: {_message(err)}"}
+            return {**result, "mediaNote": MEDIA_GIVEN_UP}
         copied = {**result, "media": stored.media}
         if stored.notes:
             copied["mediaNote"] = "; ".join(stored.notes)
