@@ -22,7 +22,7 @@ from werkzeug.routing import BaseConverter
 import logs
 from integrations import load_integrations
 from settings import ConfigError, load_config
-from web import dashboard, db, internal_api, metrics, openapi, user_api
+from web import dashboard, db, internal_api, media, metrics, openapi, user_api
 from web.auth import Credentials
 from web.cli import integrations_cli, tasks_cli
 from web.edge import MAX_BODY_BYTES
@@ -79,6 +79,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.add_url_rule("/healthz", view_func=_healthz)
     for blueprint in (user_api.bp, internal_api.bp, metrics.bp, dashboard.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    media.init_app(app)  # the media store and its routes (web/media.py)
     for integration in integrations:
         integration.setup(app)
     return app

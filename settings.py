@@ -108,6 +108,19 @@ SETTINGS = [
     Setting("NANOBANANA_POLL_INTERVAL_SECONDS", f"{IMAGE}.pollIntervalSeconds", float, "image job poll interval"),
     Setting("NANOBANANA_DEADLINE_SECONDS", f"{IMAGE}.deadlineSeconds", float,
             "give up on an image job after this long"),
+    Setting("MEDIA_DIR", "components.media.dir", str,
+            "folder where generated media are kept (default: media/ beside the database); the worker writes, "
+            "the web process serves"),
+    Setting("MEDIA_MAX_BYTES", "components.media.maxBytes", int,
+            "largest media file copied from a provider; a bigger one is refused and noted on the task"),
+    Setting("MEDIA_S3_BUCKET", "components.media.s3.bucket", str,
+            "keep media in this S3-compatible bucket instead of MEDIA_DIR (credentials: the AWS_* variables)"),
+    Setting("MEDIA_S3_ENDPOINT_URL", "components.media.s3.endpointUrl", str,
+            "the S3-compatible service's URL (unset: AWS S3)"),
+    Setting("MEDIA_S3_PREFIX", "components.media.s3.prefix", str, "key prefix of the media objects in the bucket"),
+    Setting("MEDIA_GIVE_UP_SECONDS", "components.media.giveUpSeconds", float,
+            "copying a result's media is retried this long (the provider links' life, 24 h); then the task "
+            "completes with the provider URLs only"),
 ]
 BY_ENV = {s.env: s for s in SETTINGS}
 BY_PATH = {s.path: s for s in SETTINGS}
@@ -231,6 +244,7 @@ _BOUNDS = {
     "components.asyncTask.pullMode.maxAttempts": (1, 1000),
     "components.asyncTask.pullMode.stuckTimeoutSeconds": (1, 86_400 * 7),
     "components.asyncTask.pullMode.probeSeconds": (1, 3600),
+    "components.media.maxBytes": (1, 64 * 1024**3),
 }
 
 
@@ -386,6 +400,11 @@ def _validate(config: Config) -> None:
                                   or not 0 <= value <= 86_400 * 7):
             raise ConfigError(f"{BY_PATH[path].env} ({path}) must be a number of seconds from 0 to 604800, "
                               f"got {value!r}")
+    give_up = config.get("components.media.giveUpSeconds")
+    if give_up is not None and (isinstance(give_up, bool) or not isinstance(give_up, (int, float))
+                                or not 1 <= give_up <= 86_400 * 7):
+        raise ConfigError(f"MEDIA_GIVE_UP_SECONDS (components.media.giveUpSeconds) must be a number of seconds from "
+                          f"1 to 604800, got {give_up!r}")
     interval = config.get("components.asyncTask.reconciler.intervalSeconds")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
                                  or not 0.1 <= interval <= 3600):

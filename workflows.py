@@ -48,7 +48,9 @@ with workflow.unsafe.imports_passed_through():
         PollInput,
         PollOutcome,
         ReportInput,
+        StoreMediaInput,
         report_task_event,
+        store_media,
     )
     from integrations.shared.providers import LONGEST_CREATE_SECONDS, LOOK_SECONDS
 
@@ -75,6 +77,15 @@ INTEGRATION_BLOCKED = "IntegrationBlocked"
 # workflow.patched() ids: runs recorded before a change replay without it (tests/histories).
 RESUME_PATCH = "resume-earlier-job"
 CANCEL_PATCH = "cancel-at-deadline"
+MEDIA_PATCH = "store-media"
+# Copying the media: retried with backoff and no attempt limit while the provider's URLs can still work. Past
+# the input's mediaGiveUpSeconds (MEDIA_GIVE_UP_SECONDS, default 24 h: the links' documented life) nothing can
+# succeed: the task completes with the provider URLs and a `mediaNote`; storage never fails a task.
+MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                          maximum_interval=timedelta(minutes=5))
+MEDIA_TIMEOUT = timedelta(hours=1)  # one try, every file (10 minutes at most each); the heartbeat spots a lost worker
+MEDIA_HEARTBEAT = timedelta(seconds=30)
+MEDIA_GIVEN_UP = "media not stored: our storage or the provider's links kept failing; the provider URLs are kept"
 
 
 class PollingRun:
@@ -197,9 +208,28 @@ class PollingRun:
         if not outcome.succeeded:
             await self.fail(f"{text.JOB_FAILED}{outcome.error or 'no message'}", external_id=external_id,
                             retryable=outcome.retryable)
-        await self.report("completed", external_id=external_id, data=outcome.result)
+        result = outcome.result
+        if result and workflow.patched(MEDIA_PATCH):
+            result = await self.keep_media(result)
+        await self.report("completed", external_id=external_id, data=result)
         self.log("task completed", external_id=external_id)
-        return outcome.result or {}
+        return result or {}
+
+    async def keep_media(self, result: dict) -> dict:
+        """The result with our copies of its media: `media` names them (web/media.py serves them); `mediaNote`
+        says what could not be stored. The provider URLs stay as they were."""
+        try:
+            stored = await workflow.execute_activity(
+                store_media, StoreMediaInput(self.task_id, self.attempt, result),
+                start_to_close_timeout=MEDIA_TIMEOUT, heartbeat_timeout=MEDIA_HEARTBEAT,
+                schedule_to_close_timeout=timedelta(seconds=self.params.mediaGiveUpSeconds), retry_policy=MEDIA_RETRY)
+        except ActivityError as err:  # users see the note: the cause (a path, a bucket) only in the log
+            self.log("media not stored; completing with the provider URLs only", error=_message(err))
+            return {**result, "mediaNote": MEDIA_GIVEN_UP}
+        copied = {**result, "media": stored.media}
+        if stored.notes:
+            copied["mediaNote"] = "; ".join(stored.notes)
+        return copied
 
     async def cancel(self, external_id: str) -> str:
         """At the deadline, cancel the job where the provider still can (Ark: while queued), so a retry never
@@ -425,7 +455,7 @@ async def serve(config, stop, served=None, connect=None, options=None) -> None:
             executor = stack.enter_context(ThreadPoolExecutor(max_workers=ACTIVITY_THREADS,
                                                               thread_name_prefix=f"activity-{integration}"))
             worker = Worker(client, task_queue=queue, workflows=[workflow_class],
-                            activities=[*activities, report_task_event], activity_executor=executor,
+                            activities=[*activities, report_task_event, store_media], activity_executor=executor,
                             max_concurrent_activities=ACTIVITY_THREADS,
                             graceful_shutdown_timeout=timedelta(seconds=5))
             await stack.enter_async_context(worker)

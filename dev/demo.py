@@ -132,13 +132,20 @@ def summary(tasks: list[dict], port: dict[str, int], env: dict[str, str]) -> boo
         good = task.get("status") == t["expected"] and task.get("attempts") == t["expected_attempts"]
         ok = ok and good
         result = task.get("result") or {}
-        shown = result.get("videoUrl") or (result.get("imageUrls") or [None])[0] or task.get("error") or ""
+        ours = result.get("media") or {}  # our stored copies (they outlive the provider's 24 h links)
+        shown = (ours.get("videoUrl") or (ours.get("imageUrls") or [None])[0] or result.get("videoUrl")
+                 or (result.get("imageUrls") or [None])[0] or task.get("error") or "")
         print(f"  {t['n']}  {t['kind']:<6} {task.get('status', '?'):<10} {task.get('attempts', '?'):<9} "
-              f"{'yes' if good else 'NO':<12} {shown[:60]}")
+              f"{'yes' if good else 'NO':<12} {shown[:100]}")
     print(f"\n  dashboard:   http://127.0.0.1:{port['WEB_PORT']}/  (log in as {env['DASHBOARD_USERNAME']} / "
           f"{env['DASHBOARD_PASSWORD']})")
     print(f"  a task:      curl -H 'Authorization: Bearer {env['CLIENT_API_KEYS'].split(',')[0]}' "
           f"http://127.0.0.1:{port['WEB_PORT']}/api/tasks/{tasks[0]['id']}")
+    stored = next((m for t in tasks for m in [(t["task"].get("result") or {}).get("media") or {}]
+                   if m.get("videoUrl")), None)
+    if stored:
+        print(f"  a video:     curl -o video.mp4 -H 'Authorization: Bearer {env['CLIENT_API_KEYS'].split(',')[0]}' "
+              f"{stored['videoUrl']}  (media live in data/media/)")
     print(f"  Temporal UI: http://127.0.0.1:{port['TEMPORAL_UI_PORT']}/namespaces/default/workflows")
     print("  logs:        data/demo.log")
     return ok

@@ -15,7 +15,7 @@ import time
 
 from flask import jsonify, request
 
-from fakes.common import DAY, create_fake_app, html_error, serve
+from fakes.common import DAY, MEDIA_PREFIX, api_request, create_fake_app, html_error, serve
 
 BASE = "/api/v3/contents/generations/tasks"
 RATIOS = frozenset({"16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive"})  # [S2]
@@ -88,7 +88,7 @@ def new_task_id() -> str:
 
 @app.before_request
 def check():
-    if request.path.startswith("/_fake"):
+    if not api_request():
         return None
     if request.headers.get("Authorization") != f"Bearer {book.api_key}":
         return error(401, "AuthenticationError", "The API key in the request is missing or invalid.",
@@ -201,7 +201,7 @@ def get_task(task_id: str):
     else:
         body["duration"] = asked.get("duration", 5)
     if status == "succeeded":
-        folder = f"https://ark-fake.example/{family(model)}"
+        folder = f"{request.host_url.rstrip('/')}{MEDIA_PREFIX}{family(model)}"  # served by fakes/common.py
         body["content"] = {"video_url": f"{folder}/{job.id}.mp4"}
         if asked.get("return_last_frame") is True:  # only then [S2 retrieve page][S3]
             body["content"]["last_frame_url"] = f"{folder}/{job.id}-last-frame.png"

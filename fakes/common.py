@@ -73,6 +73,11 @@ Settings (environment):
                           code inside HTTP 200); unset (default): none. Whether the real APIs send it is
                           unconfirmed (chosen); the value goes as given (seconds, an HTTP-date, or garbage)
 
+Media: a succeeded job's result URLs point at this fake, `GET /media/.../<job id>[-last-frame].<ext>`, and
+are served without a key (like the real signed links) and never logged as API requests: a real MP4 (ship-
+ped, fakes/media/video.mp4, 96x64, 1 s), a PNG made here, a JPEG (fakes/media/image.jpg). Each link dies 24 h
+(x FAKE_EXPIRY_SCALE) after its job finished, answering 403 as an expired signed link does ([S2][S7]).
+
 Test endpoints (never logged as requests):
     GET  /_fake/requests  every API request seen since the last reset (method, path, query, headers, json, at)
     POST /_fake/reset     forget the requests, the per-prompt counters and the refusal counts; start a new
@@ -99,12 +104,15 @@ import math
 import os
 import random
 import re
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -119,6 +127,30 @@ MARKER = re.compile(r"\[(" + "|".join(sorted(OUTCOME_MARKERS + CREATE_ERRORS, ke
                     + r")(?::([\d.]+))?\]")
 FINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 DAY = 86400.0
+MEDIA_PREFIX = "/media/"  # result links: public, not API calls
+MEDIA_LIFETIME = DAY  # "deleted after 24 hours" [S2]; "typically expire after 24 hours" [S7]
+SHIPPED = Path(__file__).with_name("media")
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    """A real PNG (an RGB gradient), made with zlib: no image library needed."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(v for x in range(width) for v in (x * 255 // width, y * 255 // height, 160))
+                    for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
+            + chunk(b"IEND", b""))
+
+
+MEDIA = {"mp4": ("video/mp4", (SHIPPED / "video.mp4").read_bytes()), "png": ("image/png", png()),
+         "jpg": ("image/jpeg", (SHIPPED / "image.jpg").read_bytes())}
+
+
+def api_request() -> bool:
+    """A provider API call (logged, key checked): not a test endpoint, not a media link."""
+    return not request.path.startswith(("/_fake", MEDIA_PREFIX))
 RETRY_AFTER_STATUSES = frozenset({429, 503})  # the answers FAKE_RETRY_AFTER puts Retry-After on
 
 
@@ -372,7 +404,7 @@ def create_fake_app(name: str, realistic: dict[str, float] | None = None,
 
     @app.before_request
     def record():
-        if request.path.startswith("/_fake"):
+        if not api_request():
             return None
         with book.lock:
             book.requests.append({"method": request.method, "path": request.path,
@@ -393,6 +425,18 @@ def create_fake_app(name: str, realistic: dict[str, float] | None = None,
         if response.status_code in RETRY_AFTER_STATUSES or code in RETRY_AFTER_STATUSES:
             response.headers["Retry-After"] = value
         return response
+
+    @app.get(MEDIA_PREFIX + "<path:where>")
+    def media(where: str):
+        """A result link: the job is named by the file (`<job id>.<ext>` or `<job id>-last-frame.<ext>`)."""
+        stem, _, ext = where.rpartition("/")[2].rpartition(".")
+        job = book.jobs.get(stem.removesuffix("-last-frame"))
+        if ext not in MEDIA or job is None or job.phase() != "succeeded":
+            return Response("NoSuchKey", status=404, mimetype="text/plain")
+        if time.time() >= (job.finishes or 0) + MEDIA_LIFETIME * book.expiry_scale:
+            return Response("AccessDenied: Request has expired", status=403, mimetype="text/plain")
+        kind, data = MEDIA[ext]
+        return Response(data, mimetype=kind)
 
     @app.get("/_fake/requests")
     def requests_seen():

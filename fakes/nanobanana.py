@@ -13,7 +13,7 @@ import time
 
 from flask import jsonify, request
 
-from fakes.common import DAY, create_fake_app, html_error, serve
+from fakes.common import DAY, MEDIA_PREFIX, api_request, create_fake_app, html_error, serve
 
 CREATE_PATH, RECORD_PATH = "/api/v1/jobs/createTask", "/api/v1/jobs/recordInfo"
 ASPECT_RATIOS = frozenset({"auto", "1:1", "1:4", "16:9", "1:8", "21:9", "2:3", "3:2", "3:4", "4:1", "4:3", "4:5",
@@ -80,7 +80,7 @@ book.errors.update(ERRORS)
 
 @app.before_request
 def check():
-    if request.path.startswith("/_fake"):
+    if not api_request():
         return None
     if request.headers.get("Authorization") != f"Bearer {book.api_key}":
         return answer(401, "You do not have access permissions")
@@ -153,7 +153,8 @@ def record_info():
             "updateTime": ms(job.changed_at(now))}
     if state == "success":
         ext = job.body["input"].get("output_format", "png")
-        data.update(resultJson=json.dumps({"resultUrls": [f"https://banana-fake.example/{job.id}.{ext}"]}),
+        link = f"{request.host_url.rstrip('/')}{MEDIA_PREFIX}{job.id}.{ext}"  # served by fakes/common.py
+        data.update(resultJson=json.dumps({"resultUrls": [link]}),
                     costTime=ms(job.running_seconds), completeTime=ms(job.finishes))
     if state == "fail":  # as in the failure callback [S8]: resultJson null, costTime 0
         data.update(resultJson=None, costTime=0, completeTime=ms(job.finishes))

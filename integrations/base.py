@@ -44,6 +44,7 @@ class WorkflowInput:
     pollIntervalSeconds: float = 5.0
     deadlineSeconds: float = 1800.0  # the default of runs started before 3600 became the configured one
     resumeExternalId: str | None = None  # the previous attempt's provider job: resumed if it is still alive
+    mediaGiveUpSeconds: float = 86400.0  # copying the media is retried this long (the provider links' life)
 
     @property
     def task_id(self) -> str:
@@ -121,13 +122,14 @@ class Integration:
         namespace = self.namespace
         poll_interval = float(self.settings.get("pollIntervalSeconds", 5))
         deadline = float(self.settings.get("deadlineSeconds", 3600))
+        media_give_up = float(self.config.get("components.media.giveUpSeconds", 86400))
 
         def build_workflow_id(task: dict) -> str:
             return f"{namespace}:{task['id']}"
 
         def build_workflow_params(task: dict) -> WorkflowInput:
             return WorkflowInput(namespace, task["id"], task["attempt"], task.get("requestParams") or {},
-                                 report_url, poll_interval, deadline, task.get("externalId"))
+                                 report_url, poll_interval, deadline, task.get("externalId"), media_give_up)
 
         return PullModeConfig(
             integration=namespace,

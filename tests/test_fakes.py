@@ -200,7 +200,7 @@ def test_kie_success_record_has_the_documented_fields(kie):
                          "completeTime", "createTime", "updateTime"}  # [S7] (progress is sora2 only)
     assert isinstance(data["param"], str) and json.loads(data["param"]) == sent  # the whole create request [S7]
     assert isinstance(data["resultJson"], str)  # a JSON string [S7]
-    assert json.loads(data["resultJson"]) == {"resultUrls": [f"https://banana-fake.example/{task_id}.jpg"]}
+    assert json.loads(data["resultJson"]) == {"resultUrls": [f"{kie}/media/{task_id}.jpg"]}
     assert (data["failCode"], data["failMsg"]) == ("", "")  # "" on success [S7]
     assert all(isinstance(data[k], int) for k in ("costTime", "completeTime", "createTime", "updateTime"))  # ms
     assert data["createTime"] <= data["completeTime"] <= time.time() * 1000
@@ -303,7 +303,7 @@ def test_ark_create_and_query_shape(ark):
                          "resolution", "ratio", "duration", "framespersecond", "service_tier",
                          "execution_expires_after"}  # [S2][S3]
     assert task["error"] is None  # null on success [S3]
-    assert task["content"] == {"video_url": f"https://ark-fake.example/doubao-seedance-1-0-pro/{task_id}.mp4"}
+    assert task["content"] == {"video_url": f"{ark}/media/doubao-seedance-1-0-pro/{task_id}.mp4"}
     assert task["usage"]["total_tokens"] == task["usage"]["completion_tokens"]  # [S1][S3]
     assert (task["resolution"], task["ratio"], task["duration"]) == ("1080p", "16:9", 5)  # defaults [S2]
     assert task["execution_expires_after"] == 172800  # [S2]
@@ -610,3 +610,39 @@ def test_retry_after_setting_and_reset(tmp_path):
         requests.post(f"{fake}/_fake/reset", timeout=5)  # back to the setting
         assert ark_create(fake, "busy [overloaded]").headers["Retry-After"] == "3"
         assert requests.post(f"{fake}/_fake/mode", json={"retry_after": True}, timeout=5).status_code == 400
+
+
+# -- media: the result links serve real files --
+
+def test_result_links_serve_real_media_without_a_key_and_unlogged(ark, kie):
+    """Ark's video and last frame, kie's image (png and jpg): real bytes of the declared type, fetched without
+    the API key (signed links), and never counted as API requests."""
+    video = ark_task(ark, "a real video", return_last_frame=True)
+    png_job, jpg_job = kie_task(kie, "a png", output_format="png"), kie_task(kie, "a jpg", output_format="jpg")
+    wait_until(lambda: ark_status(ark, video) == "succeeded", message="video")
+    wait_until(lambda: {kie_state(kie, png_job), kie_state(kie, jpg_job)} == {"success"}, message="images")
+    content = ark_get(ark, video).json()["content"]
+    links = [(content["video_url"], "video/mp4", b"ftyp", 4), (content["last_frame_url"], "image/png", b"\x89PNG", 0)]
+    for job in (png_job, jpg_job):
+        [url] = json.loads(kie_record(kie, job).json()["data"]["resultJson"])["resultUrls"]
+        links.append((url, *({"png": ("image/png", b"\x89PNG", 0), "jpg": ("image/jpeg", b"\xff\xd8\xff", 0)}[
+            url.rpartition(".")[2]])))
+    before = {name: len(requests.get(f"{url}/_fake/requests", timeout=5).json()) for name, url in
+              (("ark", ark), ("kie", kie))}
+    for url, kind, magic, at in links:
+        answer = requests.get(url, timeout=5)  # no Authorization
+        assert answer.status_code == 200, (url, answer.text)
+        assert answer.headers["Content-Type"] == kind
+        assert answer.content[at:at + len(magic)] == magic and 500 < len(answer.content) < 20_000
+    after = {name: len(requests.get(f"{url}/_fake/requests", timeout=5).json()) for name, url in
+             (("ark", ark), ("kie", kie))}
+    assert after == before
+    assert requests.get(f"{ark}/media/x/no-such-job.mp4", timeout=5).status_code == 404
+
+
+def test_result_links_expire_24_hours_after_the_job(short):
+    """"The output video is deleted after 24 hours" [S2]; kie's links "expire after 24 hours" [S7]: 403 after."""
+    job = ark_task(short["ark"], "a short-lived video")
+    wait_until(lambda: ark_status(short["ark"], job) == "succeeded", message="succeeded")
+    url = ark_get(short["ark"], job).json()["content"]["video_url"]
+    wait_until(lambda: requests.get(url, timeout=5).status_code == 403, timeout=5, message="expired link")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import requests
@@ -35,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from integrations.shared.media import LocalStore
 from integrations.shared.validation import Field
 from settings import ROOT
 from tests.conftest import AUTH, CLIENT_KEY, DASHBOARD, DASHBOARD_LOGIN, IMAGE, REPORT, SECRETS, TOKEN, USER, VIDEO
@@ -44,6 +46,7 @@ DOCUMENT_PATH = ROOT / "web" / "openapi.json"
 DOCUMENT = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 METRICS_TOKEN = "test-metrics-token-0123"
+MP4 = (ROOT / "fakes" / "media" / "video.mp4").read_bytes()  # a stored video for the media routes
 
 
 def resolve(node, document=DOCUMENT):
@@ -276,7 +279,9 @@ def test_every_success_answer_conforms_in_process(app, tasks):
     fuzz below is the thorough one), so a new field without its line in the document fails here too."""
     completed, failed, pending = tasks.create(VIDEO), tasks.create(IMAGE), tasks.create(VIDEO)
     cancelled = tasks.create(IMAGE)
-    for task_id, namespace, outcome in ((completed, VIDEO, {"status": "completed", "data": {"videoUrl": "u"}}),
+    app.extensions["media"].put(completed, "video.mp4", [MP4])
+    stored = {"videoUrl": "u", "media": {"videoUrl": "video.mp4"}}
+    for task_id, namespace, outcome in ((completed, VIDEO, {"status": "completed", "data": stored}),
                                         (failed, IMAGE, {"status": "failed", "error": "no"})):
         attempt = tasks.report(task_id, "queued", namespace).json["attempt"]
         assert tasks.report(task_id, "processing", namespace, attempt=attempt, taskId="job").status_code == 200
@@ -299,6 +304,9 @@ def test_every_success_answer_conforms_in_process(app, tasks):
         (f"POST /api/{IMAGE}/{REPORT[IMAGE]}", {"body": {"apiCallId": failed, "status": "failed", "attempt": 1}}),
         ("GET /healthz", {}), ("GET /metrics", {}), ("GET /openapi.json", {}),
         ("GET /", {"query": {"status": "failed"}}), ("GET /tasks/{taskId}", {"path_parameters": {"taskId": failed}}),
+        ("GET /api/tasks/{taskId}/media/{name}", {"path_parameters": {"taskId": completed, "name": "video.mp4"}}),
+        ("GET /dashboard/media/{taskId}/{name}", {"path_parameters": {"taskId": completed, "name": "video.mp4"},
+                                                  "headers": {"Range": "bytes=0-9"}}),
     ]
     labels = {label for label, _ in calls}
     assert labels == {f"{method} {path}" for method, path, _ in operations()}
@@ -447,7 +455,9 @@ def seed(db_path: str) -> None:
         attempt = report(namespace, task_id, "queued")["attempt"]
         report(namespace, task_id, "queued", attempt=attempt)  # its workflow is started
         report(namespace, task_id, "processing", attempt=attempt, taskId=f"job-{name}")
-    report(VIDEO, ids["completed"], "completed", attempt=1, data={"videoUrl": "https://example.com/v.mp4"})
+    LocalStore(Path(db_path).parent / "media").put(ids["completed"], "video.mp4", [MP4])  # MEDIA_DIR's default
+    report(VIDEO, ids["completed"], "completed", attempt=1,
+           data={"videoUrl": "https://example.com/v.mp4", "media": {"videoUrl": "video.mp4"}})
     report(IMAGE, ids["failed"], "failed", attempt=1, error="prompt blocked", retryable=False)
     for namespace in (VIDEO, IMAGE) * 3:
         create(namespace)
@@ -507,7 +517,7 @@ def test_every_refusal_of_a_credential_conforms(live, method, path):
     from schemathesis.specs.openapi.checks import status_code_conformance as status
 
     operation = FUZZ[path][method]
-    parameters = {"integration": VIDEO, "taskId": EXAMPLE_IDS["completed"]}
+    parameters = {"integration": VIDEO, "taskId": EXAMPLE_IDS["completed"], "name": "video.mp4"}
     url = live + re.sub(r"\{(\w+)\}", lambda m: parameters[m[1]], path)
     for headers in ({}, {"Authorization": "Bearer not-the-right-token-0123"},
                     {"Authorization": "Basic YWRtaW46bm90LXRoZS1yaWdodC1wYXNzd29yZA=="}):

@@ -242,6 +242,16 @@ def test_prune_command_prints_what_it_pruned(runner, fleet):
     assert not any(fleet.exists(t) for t in doomed) and fleet.exists(live) and fleet.exists(young)
 
 
+def test_pruned_tasks_take_their_stored_media_with_them(app, runner, fleet):
+    store = app.extensions["media"]
+    doomed, live = fleet.make(IMAGE, "completed"), fleet.make(IMAGE, "processing", updated=OLD)
+    for task_id in (doomed, live):
+        store.put(task_id, "image-1.png", [b"\x89PNG\r\n\x1a\n picture"])
+    result = runner.invoke(args=["tasks", "prune", "--older-than", "1"])
+    assert result.exit_code == 0, result.output
+    assert store.names(doomed) == [] and store.names(live) == ["image-1.png"]
+
+
 @pytest.mark.parametrize("args", [[], ["--older-than", "-1"], ["--older-than", "soon"], ["--older-than", "nan"],
                                   ["--older-than", "inf"], ["--older-than", "1", "--batch-size", "0"]])
 def test_prune_command_refuses_bad_input_and_changes_nothing(runner, fleet, db_path, args):

@@ -13,6 +13,7 @@ from typing import Any
 
 from integrations import Integration
 from integrations.shared.public_errors import public_error
+from web.media import public_result
 
 FIELDS = ("id", "status", "attempts", "attemptsRefunded", "startedAt", "createdAt", "updatedAt",
           "requestParams", "externalId", "result", "error", "retryAt", "cancelRequestedAt")
@@ -28,6 +29,7 @@ def will_retry(task: dict) -> bool:
 def task(integration: Integration, task: dict) -> dict[str, Any]:
     """The task as users see it; `namespace` (a wire name) is the integration's name."""
     shown = {"namespace": integration.namespace, **{k: task.get(k) for k in FIELDS}}
+    shown["result"] = public_result(task.get("id"), shown["result"])  # our copies of the media, as URLs
     if task.get("status") == "failed":
         shown["error"] = public_error(task.get("error"), will_retry(task))
     else:  # only a claim handed back by a blocked integration leaves a text on a task that has not failed
@@ -45,6 +47,7 @@ def events(events: list[dict], task: dict) -> list[dict[str, Any]]:
     shown = []
     for index, event in enumerate(events):
         item = {k: event.get(k) for k in EVENT_FIELDS}
+        item["data"] = public_result(task.get("id"), item["data"])
         if event.get("status") == "failed":
             following = events[index + 1]["status"] if index + 1 < len(events) else None
             again = following == "queued" if following is not None else will_retry(task)

@@ -28,11 +28,23 @@ DEFAULT_INTERVAL_SECONDS = 300.0
 
 
 def media_deleter(app) -> Callable[[list[str]], None] | None:
-    """What runs after each pruned batch commits, with its task ids: the media store's deletes.
+    """What runs after each pruned batch commits, with its task ids: the media store's deletes (local disk or
+    S3). A store that fails is logged and the prune goes on: the rows are gone already, the files stay as
+    orphans that nothing refers to."""
+    store = app.extensions.get("media")
+    if store is None:
+        return None
 
-    None until the media store is part of this release (issue 15 part 3: `delete_task(task_id)`).
-    """
-    return None
+    def delete(task_ids: list[str]) -> None:
+        from integrations.shared.media import StorageFailed
+
+        for task_id in task_ids:
+            try:
+                store.delete_task(task_id)
+            except StorageFailed as exc:
+                logs.event(log, "media of a pruned task not deleted", logging.WARNING, task=task_id, error=str(exc))
+
+    return delete
 
 
 class PeriodicPrune:

@@ -388,3 +388,57 @@ def _shown_origin(url: str) -> str:
         return repr(url)[:200]
     scheme, host, port = found
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+# -- copying a completed job's media into our store (integrations/shared/media.py) --
+
+MEDIA_NOT_STORED = "MediaNotStored"  # a download or the store failed in a way that may pass: retried
+
+
+@dataclass
+class StoreMediaInput:
+    api_call_id: str
+    attempt: int
+    result: dict[str, Any]
+
+
+@dataclass
+class StoredMediaOutcome:
+    """The stored names, mirroring the result's URL fields (`media`), and what could never be stored (`notes`)."""
+
+    media: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=1)
+def worker_media_store():
+    """The worker's media store (MEDIA_DIR or MEDIA_S3_BUCKET), built once per process."""
+    from integrations.shared.media import media_store
+
+    return media_store(worker_config())
+
+
+@functools.lru_cache(maxsize=1)
+def _media_session() -> requests.Session:
+    return requests.Session()  # never carries a provider key: result URLs are public (signed) links
+
+
+@activity.defn(name="storeMedia")
+def store_media(job: StoreMediaInput) -> StoredMediaOutcome:
+    """Copy the result's media into our store, heartbeating while it copies. A file that can never be stored
+    (too large, wrong type, gone) is a note; a failure that may pass (timeout, 5xx, disk, bucket) raises and
+    the workflow's retry policy tries again later."""
+    from integrations.shared.media import MediaError, max_bytes
+    from integrations.shared.media_copy import MediaRefused, copy_media
+
+    try:
+        media, notes = while_heartbeating(copy_media, worker_media_store(), job.api_call_id, job.result,
+                                          max_bytes(worker_config()), _media_session())
+    except MediaRefused as exc:  # copy_media notes these itself; anything left is a bug worth seeing
+        raise ApplicationError(str(exc), type=MEDIA_NOT_STORED) from exc
+    except MediaError as exc:
+        _warn("media not stored; will retry", exc, job)
+        raise ApplicationError(str(exc), type=MEDIA_NOT_STORED, category=BENIGN) from exc
+    for note in notes:
+        _warn("media refused; the result keeps the provider URL", Exception(note), job)
+    return StoredMediaOutcome(media, notes)
