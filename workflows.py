@@ -224,6 +224,7 @@ class PollingRun:
                 start_to_close_timeout=MEDIA_TIMEOUT, heartbeat_timeout=MEDIA_HEARTBEAT,
                 schedule_to_close_timeout=timedelta(seconds=self.params.mediaGiveUpSeconds), retry_policy=MEDIA_RETRY)
         except ActivityError as err:  # users see the note: the cause (a path, a bucket) only in the log
+            _raise_if_cancelled(err)
             self.log("media not stored; completing with the provider URLs only", error=_message(err))
             return {**result, "mediaNote": MEDIA_GIVEN_UP}
         copied = {**result, "media": stored.media}
@@ -259,7 +260,7 @@ class PollingRun:
             except ActivityError:
                 stopped = False
             note = ("cancelled; the provider's job was cancelled too" if stopped else
-                    "cancelled; the provider's job could not be cancelled (it was running): it ends on its own")
+                    "cancelled; the provider's job could not be cancelled (running or ended): it ends on its own")
         try:
             await self.report("cancelled", external_id=self.external_id, error=note)
         except ActivityError as err:
