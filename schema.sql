@@ -107,7 +107,7 @@ CREATE TABLE IF NOT EXISTS task_counts (
     status TEXT NOT NULL,
     n      INTEGER NOT NULL,
     PRIMARY KEY (tbl, status)
-) WITHOUT ROWID;
+);
 CREATE TRIGGER IF NOT EXISTS video_tasks_count_insert AFTER INSERT ON video_tasks
 BEGIN
     INSERT INTO task_counts (tbl, status, n) VALUES ('video_tasks', NEW.status, 1)
@@ -145,7 +145,7 @@ CREATE TABLE IF NOT EXISTS task_minutes (
     kind      TEXT NOT NULL,
     n         INTEGER NOT NULL,
     PRIMARY KEY (minute, namespace, kind)
-) WITHOUT ROWID;
+);
 CREATE TRIGGER IF NOT EXISTS task_events_per_minute AFTER INSERT ON task_events
 WHEN NEW.status IN ('completed', 'failed', 'cancelled') OR (NEW.status = 'pending' AND NEW.attempt = 0)
 BEGIN

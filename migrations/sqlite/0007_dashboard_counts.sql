@@ -9,7 +9,7 @@ CREATE TABLE task_counts (
     status TEXT NOT NULL,
     n      INTEGER NOT NULL,
     PRIMARY KEY (tbl, status)
-) WITHOUT ROWID;
+);
 
 INSERT INTO task_counts (tbl, status, n) SELECT 'video_tasks', status, COUNT(*) FROM video_tasks GROUP BY status;
 INSERT INTO task_counts (tbl, status, n) SELECT 'image_tasks', status, COUNT(*) FROM image_tasks GROUP BY status;
@@ -54,7 +54,7 @@ CREATE TABLE task_minutes (
     kind      TEXT NOT NULL,
     n         INTEGER NOT NULL,
     PRIMARY KEY (minute, namespace, kind)
-) WITHOUT ROWID;
+);
 
 INSERT INTO task_minutes (minute, namespace, kind, n)
     SELECT CAST(created_at / 60 AS INTEGER), namespace, CASE status WHEN 'pending' THEN 'created' ELSE status END,
