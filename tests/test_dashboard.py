@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO
+from tests.conftest import DASHBOARD, DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STATUSES = ("pending", "queued", "processing", "completed", "failed")
@@ -82,6 +82,164 @@ def test_dashboard_is_read_only(client, tasks, db_path):
         client.get(url)
     assert snapshot(db_path) == before
     assert client.post("/").status_code == 405
+
+
+def test_counts_and_chart_read_no_task_table_or_event_scan(client, tasks):
+    """The page's cost follows the page, not the table: every statement it runs is an index search."""
+    from web import db
+
+    populate(tasks)
+    conn = db.get_db()  # the connection this thread's requests use (pytest-flask pushed the app's context)
+    statements = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert client.get("/").status_code == 200
+    finally:
+        conn.set_trace_callback(None)
+    plan = [row[3] for sql in statements if sql.lstrip().upper().startswith("SELECT")
+            for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    scans = [line for line in plan if line.startswith(("SCAN video_tasks", "SCAN image_tasks", "SCAN task_events",
+                                                       "SCAN task_minutes", "SCAN task_counts"))]
+    assert plan and not scans, "\n".join(plan)
+
+
+def test_counts_follow_every_write(client, tasks, db_path):
+    """task_counts is kept by triggers: creates, transitions, an operator's SQL and deletes all show."""
+    populate(tasks)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE video_tasks SET status = 'completed' WHERE status = 'processing'")
+        conn.execute("DELETE FROM image_tasks WHERE status = 'pending'")
+    html = client.get("/").get_data(as_text=True)
+    counts = db_counts(db_path)
+    for ns, short in ((VIDEO, "video"), (IMAGE, "image")):
+        for status in STATUSES:
+            cell = re.search(rf'data-count="{short}-{status}"><a[^>]*>(\d+)<', html).group(1)
+            assert int(cell) == counts[ns].get(status, 0), (short, status)
+
+
+def test_chart_shows_this_hours_tasks_per_minute(client, tasks):
+    for n in range(3):
+        tasks.create(VIDEO, prompt=f"video {n}")
+    populate(tasks)  # 20 tasks put in a status (created too), then 1 video completed and 1 image failed
+    with_image = client.get("/").get_data(as_text=True)
+    bars = re.findall(r'<rect class="bar (\w+)" data-kind="\w+" data-minute="(\d+)" data-n="(\d+)"', with_image)
+    by_kind = {}
+    for kind, _, n in bars:
+        by_kind[kind] = by_kind.get(kind, 0) + int(n)
+    assert by_kind == {"created": 3 + 20 + 2, "completed": 1, "failed": 1}
+    assert re.search(r'data-total="created">created 25<', with_image)
+    assert '<svg viewBox="0 0 764 150"' in with_image
+    only_images = client.get("/?integration=image").get_data(as_text=True)
+    assert re.search(r'data-total="created">created 9<', only_images)
+    assert re.search(r'data-total="completed">completed 0<', only_images)
+
+
+def test_chart_ignores_retries_and_old_minutes(client, tasks, db_path):
+    """Created counts a task's first event only (an operator's retry is not a new task); an hour ago is gone."""
+    task_id = tasks.put(VIDEO, status="failed", attempts=1, retryable=False)
+    assert client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token(client)}).status_code == 303
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
+                     "VALUES (?, 'old', 'completed', 1, ?)", (VIDEO, time.time() - 3700))
+    html = client.get("/").get_data(as_text=True)
+    assert re.search(r'data-total="created">created 1<', html)
+    assert re.search(r'data-total="completed">completed 0<', html)
+
+
+def test_task_list_shows_prompt_escaped_and_truncated(client, tasks):
+    tasks.create(IMAGE, prompt="<script>alert(1)</script> a red fox")
+    tasks.create(VIDEO, prompt="x" * 300)
+    html = client.get("/").get_data(as_text=True)
+    assert '<div class="prompt">&lt;script&gt;alert(1)&lt;/script&gt; a red fox</div>' in html
+    assert "<script>" not in html
+    assert f'<div class="prompt">{"x" * 119}…</div>' in html
+
+
+def completed(tasks, namespace, data):
+    task_id = tasks.create(namespace)
+    tasks.report(task_id, "queued", namespace)
+    assert tasks.report(task_id, "completed", namespace, attempt=1, data=data).status_code == 200
+    return task_id
+
+
+def thumbnail(html, task_id):
+    row = re.search(rf'<tr data-task-id="{task_id}".*?</tr>', html, re.S).group(0)
+    found = re.search(r'<td class="thumb">(.*?)</td>', row, re.S).group(1)
+    return found
+
+
+def test_thumbnails_prefer_our_copies_and_render_only_http_urls(client, tasks):
+    stored_video = completed(tasks, VIDEO, {"videoUrl": "https://cdn.example/v.mp4",
+                                            "lastFrameUrl": "https://cdn.example/f.png",
+                                            "media": {"videoUrl": "video.mp4", "lastFrameUrl": "last-frame.png"}})
+    stored_image = completed(tasks, IMAGE, {"imageUrls": ["https://cdn.example/i.png"],
+                                            "media": {"imageUrls": ["image-1.png", "image-2.png"]}})
+    provider_frame = completed(tasks, VIDEO, {"videoUrl": "https://cdn.example/v.mp4",
+                                              "lastFrameUrl": "https://cdn.example/f.png"})
+    provider_video = completed(tasks, VIDEO, {"videoUrl": "https://cdn.example/v.mp4"})
+    provider_image = completed(tasks, IMAGE, {"imageUrls": ["https://cdn.example/i.png"]})
+    hostile = completed(tasks, IMAGE, {"imageUrls": ["javascript:alert(1)"], "lastFrameUrl": "data:image/png,x",
+                                       "media": {"imageUrls": ["../../etc/passwd"], "lastFrameUrl": ".env"}})
+    html = client.get("/").get_data(as_text=True)
+    assert f'src="/dashboard/media/{stored_video}/last-frame.png" alt="preview" loading="lazy"' in thumbnail(
+        html, stored_video)
+    assert f'src="/dashboard/media/{stored_image}/image-1.png"' in thumbnail(html, stored_image)
+    assert '<img src="https://cdn.example/f.png" alt="preview" loading="lazy"' in thumbnail(html, provider_frame)
+    assert '<video src="https://cdn.example/v.mp4" preload="metadata" muted' in thumbnail(html, provider_video)
+    assert '<img src="https://cdn.example/i.png"' in thumbnail(html, provider_image)
+    assert thumbnail(html, hostile).strip() == ""
+    page = client.get(f"/tasks/{stored_image}").get_data(as_text=True)
+    assert f'<img src="/dashboard/media/{stored_image}/image-2.png" alt="stored copy" loading="lazy">' in page
+
+
+def token(client):
+    html = client.get("/").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_retry_button_retries_a_failed_task(client, tasks):
+    task_id = tasks.put(VIDEO, status="failed", attempts=5, retryable=False)
+    html = client.get("/").get_data(as_text=True)
+    assert f'data-retry="{task_id}"' in html
+    answer = client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token(client), "next": "/?status=failed"})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/?status=failed"
+    assert tasks.row(task_id)["status"] == "pending"
+    assert tasks.events(task_id)[-1]["error"] == "retried by an operator"
+    shown = client.get("/?status=failed").get_data(as_text=True)
+    assert f'class="flash ok" role="status">Task {task_id} is pending again' in shown
+    assert "is pending again" not in client.get("/").get_data(as_text=True)  # a flash shows once
+
+    again = client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token(client)})
+    assert again.status_code == 303 and again.headers["Location"] == "/"
+    assert "was not retried: Cannot retry a pending task" in client.get("/").get_data(as_text=True)
+    assert client.post("/tasks/nope/retry", data={"csrf_token": token(client)}).status_code == 404
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+def test_actions_refuse_a_post_without_the_sessions_token(client, tasks, db_path, action):
+    from tests.conftest import snapshot
+
+    task_id = tasks.put(VIDEO, status="failed", attempts=1, retryable=True)
+    good = token(client)
+    before = snapshot(db_path)
+    url = f"/tasks/{task_id}/{action}"
+    assert client.post(url).status_code == 400
+    assert client.post(url, data={"csrf_token": ""}).status_code == 400
+    assert client.post(url, data={"csrf_token": good[:-1] + ("A" if good[-1] != "A" else "B")}).status_code == 403
+    assert client.post(url, data={"csrf_token": good}, headers={**DASHBOARD, "Origin": "https://evil.example"}
+                       ).status_code == 403
+    assert client.post(url, json={"csrf_token": good}).status_code == 400  # not a form
+    fresh = client.application.test_client()  # another browser: no session, so its own token does not fit
+    assert fresh.post(url, data={"csrf_token": good}).status_code == 403
+    assert client.post(url, data={"csrf_token": good}, headers={"Authorization": ""}).status_code == 401
+    assert snapshot(db_path) == before
+
+
+def test_next_only_leads_back_into_this_site(client, tasks):
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:alert(1)"):
+        task_id = tasks.put(VIDEO, status="failed", attempts=1, retryable=False)
+        answer = client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token(client), "next": target})
+        assert answer.status_code == 303 and answer.headers["Location"] == "/", target
 
 
 @pytest.mark.slow
