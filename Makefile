@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint install demo bench bench-fetch bench-dispatch bench-users clean
+.PHONY: test lint install demo bench bench-fetch bench-dispatch bench-users bench-dashboard clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,6 @@ bench-dispatch: $(STAMP) $(BENCH_STAMP)
 
 bench-users: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --only users
+
+bench-dashboard: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --only dashboard

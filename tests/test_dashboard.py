@@ -4,7 +4,12 @@ import os
 import re
 import shutil
 import sqlite3
+import struct
+import threading
 import time
+import zlib
+from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,40 @@ from tests.conftest import DASHBOARD, DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STATUSES = ("pending", "queued", "processing", "completed", "failed")
+
+
+def png(width=8, height=6, rgb=(200, 90, 40)) -> bytes:
+    """A real PNG image: what a provider's media URL serves."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@contextmanager
+def image_server():
+    """An HTTP server on 127.0.0.1 answering every GET with png(); yields its base URL."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = png()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def populate(tasks):
@@ -245,11 +284,13 @@ def test_next_only_leads_back_into_this_site(client, tasks):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_dashboard_in_a_real_browser(web, tmp_path):
+    """Prompt, a thumbnail that loaded, the chart's bars and a working cancel button, in Chromium."""
     from playwright.sync_api import sync_playwright
 
     from tests.conftest import Tasks
 
     app = web()
+    stack = ExitStack()
 
     class HttpTasks(Tasks):  # the same set-up helper, over HTTP to gunicorn
         def __init__(self):
@@ -262,6 +303,11 @@ def test_dashboard_in_a_real_browser(web, tmp_path):
             return app.report(task_id, status, namespace, **fields)
 
     done, _ = populate(HttpTasks())
+    cdn = stack.enter_context(image_server())  # the provider's media host, serving a real PNG
+    fox = app.create(IMAGE, "a red fox in fresh snow")
+    app.report(fox, "queued", IMAGE)
+    app.report(fox, "completed", IMAGE, attempt=1, data={"imageUrls": [f"{cdn}/fox.png"]})
+    boat = app.create(VIDEO, "a paper boat on a puddle")  # pending: cancelled at once
     counts = db_counts(app.db_path)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
@@ -280,7 +326,27 @@ def test_dashboard_in_a_real_browser(web, tmp_path):
                 assert int(shown) == counts[ns].get(status, 0), (short, status)
         assert page.locator("#recent tr[data-task-id]").count() == sum(sum(c.values()) for c in counts.values())
         assert page.locator("#recent .badge.failed").count() == counts[VIDEO]["failed"] + counts[IMAGE]["failed"]
+
+        assert page.inner_text(f'tr[data-task-id="{fox}"] .prompt') == "a red fox in fresh snow"
+        thumb = page.locator(f'tr[data-task-id="{fox}"] td.thumb img')
+        thumb.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle(),
+                               timeout=10_000)
+        assert thumb.evaluate("img => img.naturalWidth") == 8
+
+        created = page.locator("#chart svg rect.bar.created").evaluate_all(
+            "bars => bars.map(b => Number(b.dataset.n))")
+        assert created and sum(created) == sum(sum(c.values()) for c in counts.values())
+        assert page.locator("#chart svg rect.bar.completed").count() >= 1
+        assert page.locator("#chart svg rect.bar").first.bounding_box()["height"] > 0
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+        page.click(f'[data-cancel="{boat}"]')
+        page.wait_for_selector(f'#recent tr[data-task-id="{boat}"][data-status="cancelled"]', timeout=10_000)
+        assert page.inner_text(".flash.ok") == f"Task {boat} is cancelled."
+        assert page.locator(f'[data-cancel="{boat}"]').count() == 0
+        assert app.task(boat)["status"] == "cancelled"
+        page.goto(app.url + "/")
 
         page.click(f'a[href="/tasks/{done}"]')
         page.wait_for_selector("#timeline")
@@ -290,6 +356,7 @@ def test_dashboard_in_a_real_browser(web, tmp_path):
         assert page.get_attribute("#temporal-link", "href").endswith(f"/workflows/fangzhouVideoGeneration%3A{done}")
         page.screenshot(path=str(tmp_path / "task.png"), full_page=True)
         browser.close()
+    stack.close()
     assert refused == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOTS"):
