@@ -142,6 +142,36 @@ def test_counts_and_chart_read_no_task_table_or_event_scan(client, tasks):
     assert plan and not scans, "\n".join(plan)
 
 
+def test_recent_tasks_stay_on_their_index_after_analyze(client, tasks):
+    """With the statistics of a 100,000-task table (ANALYZE), the list still reads each status's newest tasks
+    from (status, created_at) instead of sorting every task of the status (126 ms a page at 1M tasks)."""
+    from web import db
+
+    populate(tasks)
+    conn = db.get_db()
+    conn.execute("ANALYZE")
+    conn.execute("DELETE FROM sqlite_stat1 WHERE tbl IN ('video_tasks', 'image_tasks')")
+    for table in TABLE.values():
+        conn.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", [
+            (table, f"{table}_retry_due", "5609 2805 2805"),
+            (table, f"{table}_status_attempts", "100000 20000 14286 12500"),
+            (table, f"{table}_status_started", "100000 20000 20000 14286"),
+            (table, f"{table}_status_created", "100000 20000 1"),
+            (table, f"sqlite_autoindex_{table}_1", "100000 1")])
+    conn.execute("ANALYZE sqlite_schema")  # load them
+    statements = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert client.get("/").status_code == 200
+    finally:
+        conn.set_trace_callback(None)
+    plan = [row[3] for sql in statements if sql.lstrip().upper().startswith("SELECT")
+            for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    used = [line for line in plan if line.startswith(("SEARCH video_tasks", "SEARCH image_tasks"))]
+    assert len(used) == 2 * 5 and all("_status_created (status=? AND created_at>?)" in line for line in used), (
+        "\n".join(plan))
+
+
 def test_counts_follow_every_write(client, tasks, db_path):
     """task_counts is kept by triggers: creates, transitions, an operator's SQL and deletes all show."""
     populate(tasks)
