@@ -2,7 +2,7 @@
 -- the dashboard's counts without a scan. task_counts holds each task table's count per status, kept
 -- exact by triggers (insert, status change, delete); task_minutes the tasks created, completed, failed
 -- and cancelled per minute and integration, fed by a trigger on task_events and trimmed to a day.
--- Each trigger is one upsert on a tiny table: a few microseconds on every write (docs/design.md §6).
+-- Each trigger is one upsert on a tiny table: a few microseconds on every write (docs/design.md §5, the dashboard).
 
 CREATE TABLE task_counts (
     tbl    TEXT NOT NULL,
