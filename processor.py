@@ -274,7 +274,7 @@ class Claimed(NamedTuple):
 class ProcessorMetrics:
     """This processor's counts in its own Prometheus registry (PROCESSOR_METRICS_PORT); safe across threads."""
 
-    NAMES = ("claimed", "started", "start_failed", "held", "poll_failures")
+    NAMES = ("claimed", "started", "start_failed", "held", "poll_failures", "cancels_sent")
 
     def __init__(self):
         self.registry = registry = CollectorRegistry()
@@ -288,6 +288,8 @@ class ProcessorMetrics:
                             ["integration"], registry=registry),
             "poll_failures": Counter("processor_poll_failures", "Polls that failed (web process or Temporal down)",
                                      ["integration"], registry=registry),
+            "cancels_sent": Counter("processor_workflow_cancels", "Workflow cancels delivered to Temporal",
+                                    ["integration"], registry=registry),
         }
         self.claim_to_started = Histogram(
             "processor_claim_to_started_seconds", "From a claim's answer to its workflow started", ["integration"],
@@ -447,7 +449,7 @@ class TaskProcessor:
             self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
         started = time.monotonic()
         if self.fetch_pending_tasks(pull, wait_ms, limit=1):
-            return True
+            return True  # tasks, or cancels to deliver (the claim takes both)
         waited = time.monotonic() - started  # on the server, or here if it declined to hold the poll
         if waited < wait_ms / 2000:
             self.stopping.wait(wait_ms / 1000 - waited)  # neither waited (an older web process?): no spin
@@ -455,7 +457,8 @@ class TaskProcessor:
 
     def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
         """Claimable tasks; with `wait_ms`, a long poll. If the web process declines to hold it (it holds
-        as many as it will), the wait happens here instead, for as long as it says (interrupted by stop)."""
+        as many as it will), the wait happens here instead, for as long as it says (interrupted by stop).
+        With no task but cancels waiting to be delivered (`cancelsDue`), one placeholder: go and claim."""
         params = {"limit": limit or self.settings.batch_size}
         if wait_ms:
             params["waitMs"] = wait_ms
@@ -465,6 +468,8 @@ class TaskProcessor:
             raise RuntimeError(f"fetchPendingTasks answered {response.status_code}: {response.text[:200]}")
         answer = response.json()
         tasks = answer.get("tasks") or []
+        if not tasks and answer.get("cancelsDue") is True:
+            return [{"cancelsDue": True}]
         if wait_ms and not tasks:
             self.stopping.wait(declined_for(answer))
         return tasks
@@ -565,10 +570,36 @@ class TaskProcessor:
             self.give_back_confirmations(pull, confirmations)
             raise RuntimeError(f"claimPendingTasks answered {response.status_code}: {answer.get('error')}")
         self.metrics.add("claimed", pull.integration, len(tasks))
+        cancels = answer.get("cancels") or []
+        if cancels:
+            self.bridge.submit(self.cancel_workflows(pull, cancels))
         now = time.monotonic()
-        if wait_ms and not tasks:
+        if wait_ms and not tasks and not cancels:
             self.stopping.wait(declined_for(answer))
         return [Claimed(task, int(task["attempt"]), now) for task in tasks]
+
+    async def cancel_workflows(self, pull: PullModeConfig, cancels: list[dict]) -> None:
+        """Ask Temporal to cancel each task's workflow (its latest run); the workflow cancels the provider's job
+        where it can and reports `cancelled`. Not found (not started yet, or closed) and failures are left to
+        the web process, which hands the cancel out again while the task stays active."""
+        from temporalio.service import RPCError, RPCStatusCode
+
+        for cancel in cancels:
+            workflow_id = pull.build_workflow_id(cancel)
+            try:
+                await self.bridge.client.get_workflow_handle(workflow_id).cancel(rpc_timeout=START_TIMEOUT)
+                self.metrics.add("cancels_sent", pull.integration)
+                self.log("workflow cancel requested", task=cancel["id"], attempt=cancel["attempt"],
+                         workflow=workflow_id)
+            except RPCError as err:
+                quiet = err.status == RPCStatusCode.NOT_FOUND  # not started yet, or closed: sent again if active
+                self.log("workflow cancel not delivered; the web process hands it out again",
+                         level=logging.DEBUG if quiet else logging.WARNING, task=cancel["id"],
+                         workflow=workflow_id, error=str(err)[:200])
+            except Exception as exc:  # the bridge not connected yet, or anything else: it is handed out again
+                self.log("workflow cancel not delivered; the web process hands it out again",
+                         level=logging.WARNING, task=cancel["id"], workflow=workflow_id,
+                         error=f"{type(exc).__name__}: {exc}"[:200])
 
     def take_confirmations(self, pull: PullModeConfig, limit: int = MAX_BATCH) -> list[dict]:
         queue = self.confirmations[pull.integration]

@@ -1,43 +1,52 @@
 -- One table per integration (its entity) and one shared, append-only events table.
 -- Times are epoch seconds: created_at/updated_at as REAL (sub-second FIFO order),
 -- started_at as INTEGER (set at each claim). retry_at: when a retryable failure may be
--- claimed again (backoff; added by migration 0004's ADD COLUMN, hence last and spelt as SQLite
--- stores it). attempts_refunded (0005): claims handed back because the integration was blocked;
--- the attempt limit counts attempts - attempts_refunded. dispatched_at is set when the processor
--- confirms that the claim's workflow is started: from then on Temporal owns the
--- attempt and the claim is never "stuck". request_params/result are JSON text.
+-- claimed again (backoff). attempts_refunded: claims handed back because the integration was
+-- blocked; the attempt limit counts attempts - attempts_refunded. dispatched_at is set when the
+-- processor confirms that the claim's workflow is started: from then on Temporal owns the
+-- attempt and the claim is never "stuck". cancel_requested_at: a client or operator asked to
+-- cancel the active task; cancel_sent_at: a processor was last handed that cancel to deliver to
+-- Temporal (re-sent while the task stays active). request_params/result are JSON text.
 
 CREATE TABLE IF NOT EXISTS video_tasks (
-    id             TEXT PRIMARY KEY,
-    status         TEXT NOT NULL DEFAULT 'pending'
-                   CHECK (status IN ('pending', 'queued', 'processing', 'completed', 'failed')),
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    started_at     INTEGER,
-    request_params TEXT NOT NULL,
-    external_id    TEXT,
-    result         TEXT,
-    error          TEXT,
-    retryable      INTEGER NOT NULL DEFAULT 1,
-    dispatched_at  REAL,
-    created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
-, retry_at REAL, attempts_refunded INTEGER NOT NULL DEFAULT 0);
+    id                  TEXT PRIMARY KEY,
+    status              TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'queued', 'processing', 'completed', 'failed', 'cancelled')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    started_at          INTEGER,
+    request_params      TEXT NOT NULL,
+    external_id         TEXT,
+    result              TEXT,
+    error               TEXT,
+    retryable           INTEGER NOT NULL DEFAULT 1,
+    dispatched_at       REAL,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    retry_at            REAL,
+    attempts_refunded   INTEGER NOT NULL DEFAULT 0,
+    cancel_requested_at REAL,
+    cancel_sent_at      REAL
+);
 
 CREATE TABLE IF NOT EXISTS image_tasks (
-    id             TEXT PRIMARY KEY,
-    status         TEXT NOT NULL DEFAULT 'pending'
-                   CHECK (status IN ('pending', 'queued', 'processing', 'completed', 'failed')),
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    started_at     INTEGER,
-    request_params TEXT NOT NULL,
-    external_id    TEXT,
-    result         TEXT,
-    error          TEXT,
-    retryable      INTEGER NOT NULL DEFAULT 1,
-    dispatched_at  REAL,
-    created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
-, retry_at REAL, attempts_refunded INTEGER NOT NULL DEFAULT 0);
+    id                  TEXT PRIMARY KEY,
+    status              TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'queued', 'processing', 'completed', 'failed', 'cancelled')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    started_at          INTEGER,
+    request_params      TEXT NOT NULL,
+    external_id         TEXT,
+    result              TEXT,
+    error               TEXT,
+    retryable           INTEGER NOT NULL DEFAULT 1,
+    dispatched_at       REAL,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    retry_at            REAL,
+    attempts_refunded   INTEGER NOT NULL DEFAULT 0,
+    cancel_requested_at REAL,
+    cancel_sent_at      REAL
+);
 
 -- fetchPendingTasks runs one indexed range per claimable kind, each read in index
 -- order and cut by LIMIT, so its cost follows the batch size, not the table size
@@ -47,15 +56,21 @@ CREATE TABLE IF NOT EXISTS image_tasks (
 --                    failed for good (rejected, out of attempts) has retryable = 0, never read
 --   stuck queued     (status, dispatched_at, started_at) undispatched claims, oldest first
 --   expire sweep     (status, attempts, started_at)  claims with no attempts left
+-- and the processors' cancel worklist is a partial index over the active tasks whose cancel is
+-- asked for (task_store.take_cancels).
 CREATE INDEX IF NOT EXISTS video_tasks_status_created ON video_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS video_tasks_status_started ON video_tasks (status, dispatched_at, started_at);
 CREATE INDEX IF NOT EXISTS video_tasks_retry_due ON video_tasks (retryable, retry_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS video_tasks_status_attempts ON video_tasks (status, attempts, started_at);
+CREATE INDEX IF NOT EXISTS video_tasks_cancel_due ON video_tasks (cancel_sent_at)
+    WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'processing');
 
 CREATE INDEX IF NOT EXISTS image_tasks_status_created ON image_tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS image_tasks_status_started ON image_tasks (status, dispatched_at, started_at);
 CREATE INDEX IF NOT EXISTS image_tasks_retry_due ON image_tasks (retryable, retry_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS image_tasks_status_attempts ON image_tasks (status, attempts, started_at);
+CREATE INDEX IF NOT EXISTS image_tasks_cancel_due ON image_tasks (cancel_sent_at)
+    WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'processing');
 
 CREATE TABLE IF NOT EXISTS task_events (
     id          INTEGER PRIMARY KEY,
@@ -100,7 +115,7 @@ CREATE TRIGGER IF NOT EXISTS task_events_no_delete BEFORE DELETE ON task_events
 BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
 
 
--- The dashboard's counts without a scan (docs/design.md §6): each task table's count per status, kept
+-- The dashboard's counts without a scan (docs/design.md §5): each task table's count per status, kept
 -- exact by triggers, and tasks created/completed/failed/cancelled per minute (a day of them).
 CREATE TABLE IF NOT EXISTS task_counts (
     tbl    TEXT NOT NULL,

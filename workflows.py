@@ -14,17 +14,22 @@ raises while the job is unfinished and its retry policy (fixed interval,
 schedule-to-close = the deadline) polls again. Retries add no history events,
 so the history stays a couple of dozen events however long the job runs.
 
+A cancel (docs/design.md §3.5) arrives as Temporal's workflow cancellation: the
+run cancels the provider's job where the provider allows (Ark: while queued) and
+reports `cancelled`; a create under way is waited for first, so its job is known.
+
 This module is re-imported by the workflow sandbox: nothing runs at import.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -81,8 +86,29 @@ class PollingRun:
         self.task_id, self.attempt = params.task_id, params.attempt
         self.interval = timedelta(seconds=params.pollIntervalSeconds)
         self.deadline = timedelta(seconds=params.deadlineSeconds)
+        self.external_id: str | None = None  # the provider's job, once known: what a cancel must stop
+        self.ended: tuple[str, Any] | None = None  # ("completed", result) or ("failed", error), once reported
 
     async def run(self) -> dict:
+        """Drive the job; on a cancel request, stop it and report `cancelled` (then end cancelled).
+
+        A cancel that comes while the task's end is being reported lets that report finish (reports are
+        shielded): if it landed, the run ends as the task did, and the cancel changes nothing."""
+        try:
+            return await self.drive()
+        except (asyncio.CancelledError, ActivityError) as err:
+            if not is_cancelled_exception(err):
+                raise
+            if self.ended is not None:
+                status, detail = self.ended
+                if status == "completed":
+                    return detail
+                raise ApplicationError(detail, type=TASK_FAILED, non_retryable=True) from None
+            await self.stop_on_cancel()
+            raise asyncio.CancelledError() from err
+
+    async def drive(self) -> dict:
+        await asyncio.sleep(0)  # a cancel that came before the run started ends it here, before any provider call
         external_id = None
         if self.params.resumeExternalId and workflow.patched(RESUME_PATCH):
             external_id, ended = await self.resume(self.params.resumeExternalId)
@@ -91,6 +117,7 @@ class PollingRun:
         if external_id is None:
             external_id = await self.create()
             self.log("provider job created", external_id=external_id)
+        self.external_id = external_id
         await self.report("processing", external_id=external_id)
         poll_retry = RetryPolicy(initial_interval=self.interval, backoff_coefficient=1.0,
                                  maximum_interval=self.interval, non_retryable_error_types=[REJECTED, BLOCKED])
@@ -100,6 +127,7 @@ class PollingRun:
                 start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=self.deadline,
                 retry_policy=poll_retry)
         except ActivityError as err:
+            _raise_if_cancelled(err)
             # Out of time: either the deadline struck mid-attempt (a timeout), or the server
             # would not schedule the next poll past it (the last "not done" answer).
             if isinstance(err.cause, TemporalTimeoutError) or _error_type(err) == NOT_DONE:
@@ -114,12 +142,22 @@ class PollingRun:
         return await self.finish(external_id, outcome)
 
     async def create(self) -> str:
-        """Create the provider's job: its id. Refusals end the attempt here (fail() and hand_back() never return)."""
+        """Create the provider's job: its id. Refusals end the attempt here (fail() and hand_back() never return).
+
+        A cancel does not interrupt the create (shielded): it waits for the provider's answer, so that the job,
+        if one was made, is known and can be cancelled instead of running unseen."""
+        creating = workflow.start_activity(
+            self.activities.create,
+            CreateInput(self.task_id, self.attempt, self.params.requestParams, self.params.deadlineSeconds),
+            start_to_close_timeout=CREATE_TIMEOUT, heartbeat_timeout=CREATE_HEARTBEAT, retry_policy=CREATE_RETRY)
         try:
-            return await workflow.execute_activity(
-                self.activities.create,
-                CreateInput(self.task_id, self.attempt, self.params.requestParams, self.params.deadlineSeconds),
-                start_to_close_timeout=CREATE_TIMEOUT, heartbeat_timeout=CREATE_HEARTBEAT, retry_policy=CREATE_RETRY)
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            try:
+                self.external_id = await creating
+            except ActivityError:
+                pass  # no job was made
+            raise
         except ActivityError as err:
             kind = _error_type(err)
             if kind == BLOCKED:
@@ -139,6 +177,7 @@ class PollingRun:
                 self.activities.look, PollInput(self.task_id, self.attempt, earlier),
                 start_to_close_timeout=CALL_TIMEOUT, retry_policy=LOOK_RETRY)
         except ActivityError as err:
+            _raise_if_cancelled(err)
             if _error_type(err) == BLOCKED:
                 await self.hand_back(_message(err))
             await self.fail(f"{text.POLL_FAILED}{earlier}: {_message(err)}", external_id=earlier)
@@ -178,6 +217,26 @@ class PollingRun:
         return ("; cancelled at the provider" if cancelled
                 else "; still running at the provider: the next attempt resumes it")
 
+    async def stop_on_cancel(self) -> None:
+        """The task's cancel reached this run: cancel the provider's job where the provider allows, then report
+        `cancelled`. If the task completed or failed first, the report is refused (409): that outcome stands."""
+        note = "cancelled before a provider job was made"
+        if self.external_id is not None:
+            try:
+                stopped = await workflow.execute_activity(
+                    self.activities.cancel, PollInput(self.task_id, self.attempt, self.external_id),
+                    start_to_close_timeout=CANCEL_TIMEOUT, retry_policy=CANCEL_RETRY)
+            except ActivityError:
+                stopped = False
+            note = ("cancelled; the provider's job was cancelled too" if stopped else
+                    "cancelled; the provider's job could not be cancelled (it was running): it ends on its own")
+        try:
+            await self.report("cancelled", external_id=self.external_id, error=note)
+        except ActivityError as err:
+            self.log("cancel not recorded: the task ended first", error=_message(err))
+            return
+        self.log("task cancelled", external_id=self.external_id, note=note)
+
     async def hand_back(self, reason: str) -> NoReturn:
         """The provider refuses the account (credits, quota, key, feature): report `blocked`, which hands the
         claim back with its attempt refunded and blocks the integration, then end this run in failure."""
@@ -191,15 +250,39 @@ class PollingRun:
         workflow.logger.info(message, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
     async def report(self, status: str, **fields: Any) -> None:
-        await workflow.execute_activity(
+        """Send one report. A cancel does not interrupt it (shielded): it lets the report land or be refused, so
+        the run knows whether the task ended (`self.ended`) before it handles the cancel."""
+        reporting = workflow.start_activity(
             report_task_event, ReportInput(self.params.reportUrl, self.task_id, self.attempt, status, **fields),
             start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=REPORT_GIVE_UP, retry_policy=REPORT_RETRY)
+        try:
+            await asyncio.shield(reporting)
+        except asyncio.CancelledError:
+            try:
+                await reporting
+            except ActivityError:
+                raise asyncio.CancelledError() from None  # refused: the cancel is handled as if it came first
+            self.note_end(status, fields)
+            raise
+        self.note_end(status, fields)
+
+    def note_end(self, status: str, fields: dict[str, Any]) -> None:
+        if status == "completed":
+            self.ended = ("completed", fields.get("data") or {})
+        elif status == "failed":
+            self.ended = ("failed", fields.get("error") or "failed")
 
     async def fail(self, error: str, retryable: bool = True, external_id: str | None = None) -> NoReturn:
         """Report `failed`, then end this workflow in failure: it never returns."""
         await self.report("failed", error=error, retryable=retryable, external_id=external_id)
         self.log("task failed", error=error, retryable=retryable)
         raise ApplicationError(error, type=TASK_FAILED, non_retryable=True)
+
+
+def _raise_if_cancelled(err: ActivityError) -> None:
+    """An activity ended by the run's own cancellation is no provider failure: let run() handle the cancel."""
+    if is_cancelled_exception(err):
+        raise err
 
 
 def _error_type(err: ActivityError) -> str | None:

@@ -6,8 +6,10 @@ Without TEMPORAL_ADDRESS it reads the configured Temporal as the processor and t
 (settings.temporal_connection: TLS, mTLS, API key, Temporal's TOML profiles); with one, that plain
 host:port (a local dev server).
 
-Each task must be settled: completed, or failed for good (attempts exhausted, less
-those refunded by a blocked integration, or rejected as not retryable). Every attempt has exactly one `queued` event.
+Each task must be settled: completed, cancelled, or failed for good (attempts exhausted, less
+those refunded by a blocked integration, or rejected as not retryable). A task ends once: exactly one
+`completed` or `cancelled` event, never both (a cancel racing a completion has one outcome).
+Every attempt has exactly one `queued` event.
 A task's workflow runs never overlap (each run closed before the next
 started) and none is open at the end. A completed task completed once: one
 `completed` event, one completed run, and no run started after it.
@@ -33,6 +35,7 @@ TABLES = {"video_tasks": "fangzhouVideoGeneration", "image_tasks": "nanobanana2I
 class Findings:
     tasks: int = 0
     completed: int = 0
+    cancelled: int = 0
     failed_for_good: int = 0
     runs: int = 0
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -42,10 +45,10 @@ class Findings:
         return not any(self.violations.values())
 
     def summary(self) -> str:
-        lines = [f"tasks {self.tasks}: completed {self.completed}, failed for good {self.failed_for_good}; "
-                 f"workflow runs {self.runs}"]
+        lines = [f"tasks {self.tasks}: completed {self.completed}, cancelled {self.cancelled}, "
+                 f"failed for good {self.failed_for_good}; workflow runs {self.runs}"]
         for name in ("lost", "queued events per attempt", "overlapping runs", "open runs",
-                     "completed more than once"):
+                     "completed more than once", "ended more than once"):
             found = self.violations.get(name, [])
             lines.append(f"  {name}: {len(found)}" + (f"  e.g. {found[:3]}" if found else ""))
         return "\n".join(lines)
@@ -91,6 +94,8 @@ def check(db_path: str, address: str | None, max_attempts: int = 5, settle_secon
         status, attempts = task["status"], task["attempts"]
         if status == "completed":
             found.completed += 1
+        elif status == "cancelled":
+            found.cancelled += 1
         elif status == "failed" and (attempts - (task.get("attempts_refunded") or 0) >= max_attempts
                                      or not task["retryable"]):
             found.failed_for_good += 1
@@ -108,6 +113,10 @@ def check(db_path: str, address: str | None, max_attempts: int = 5, settle_secon
         open_runs = [r for r in task_runs if r.close_time is None]
         if open_runs:
             found.violations["open runs"].append(f"{task_id} {len(open_runs)} open")
+
+        endings = [e["status"] for e in events[task_id] if e["status"] in ("completed", "cancelled")]
+        if len(endings) > 1 or (status in ("completed", "cancelled") and endings != [status]):
+            found.violations["ended more than once"].append(f"{task_id} {status} events={endings}")
 
         if status == "completed":
             completions = [e for e in events[task_id] if e["status"] == "completed"]

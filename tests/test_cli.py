@@ -152,6 +152,6 @@ def test_stats_counts_by_status_and_oldest_pending(runner, tasks, fleet):
     result = runner.invoke(args=["tasks", "stats"])
     assert result.exit_code == 0, result.output
     table = {r[0]: r[1:] for r in rows(result.output)}
-    assert table["video"][:6] == ["2", "1", "1", "1", "1", "6"]
-    assert table["video"][6] == "2h"
-    assert table["image"][:6] == ["1", "1", "1", "1", "1", "5"]
+    assert table["video"][:7] == ["2", "1", "1", "1", "1", "0", "6"]
+    assert table["video"][7] == "2h"
+    assert table["image"][:7] == ["1", "1", "1", "1", "1", "0", "5"]

@@ -145,7 +145,7 @@ def test_counts_and_chart_read_no_task_table_or_event_scan(client, tasks):
 def test_recent_tasks_stay_on_their_index_after_analyze(client, tasks):
     """With the statistics of a 100,000-task table (ANALYZE), the list still reads each status's newest tasks
     from (status, created_at) instead of sorting every task of the status (126 ms a page at 1M tasks)."""
-    from web import db
+    from web import db, task_store
 
     populate(tasks)
     conn = db.get_db()
@@ -168,8 +168,8 @@ def test_recent_tasks_stay_on_their_index_after_analyze(client, tasks):
     plan = [row[3] for sql in statements if sql.lstrip().upper().startswith("SELECT")
             for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
     used = [line for line in plan if line.startswith(("SEARCH video_tasks", "SEARCH image_tasks"))]
-    assert len(used) == 2 * 5 and all("_status_created (status=? AND created_at>?)" in line for line in used), (
-        "\n".join(plan))
+    on_index = [line for line in used if "_status_created (status=? AND created_at>?)" in line]
+    assert len(used) == len(on_index) == 2 * len(task_store.STATUSES), "\n".join(plan)
 
 
 def test_counts_follow_every_write(client, tasks, db_path):
@@ -177,11 +177,13 @@ def test_counts_follow_every_write(client, tasks, db_path):
     populate(tasks)
     with sqlite3.connect(db_path) as conn:
         conn.execute("UPDATE video_tasks SET status = 'completed' WHERE status = 'processing'")
+        conn.execute("UPDATE image_tasks SET status = 'cancelled' WHERE status = 'queued'")
         conn.execute("DELETE FROM image_tasks WHERE status = 'pending'")
     html = client.get("/").get_data(as_text=True)
     counts = db_counts(db_path)
+    assert counts[IMAGE]["cancelled"] == 2
     for ns, short in ((VIDEO, "video"), (IMAGE, "image")):
-        for status in STATUSES:
+        for status in (*STATUSES, "cancelled"):
             cell = re.search(rf'data-count="{short}-{status}"><a[^>]*>(\d+)<', html).group(1)
             assert int(cell) == counts[ns].get(status, 0), (short, status)
 
@@ -282,6 +284,34 @@ def test_retry_button_retries_a_failed_task(client, tasks):
     assert again.status_code == 303 and again.headers["Location"] == "/"
     assert "was not retried: Cannot retry a pending task" in client.get("/").get_data(as_text=True)
     assert client.post("/tasks/nope/retry", data={"csrf_token": token(client)}).status_code == 404
+
+
+def test_cancel_button_cancels_pending_at_once_and_asks_an_active_tasks_workflow(client, tasks):
+    pending = tasks.put(VIDEO, status="pending")
+    queued = tasks.put(IMAGE, status="queued", attempts=1, started_at=int(time.time()))
+    done = tasks.put(VIDEO, status="completed", attempts=1)
+    html = client.get("/").get_data(as_text=True)
+    csrf = token(client)  # the session's: the same for every form
+    assert f'data-cancel="{pending}"' in html and f'data-cancel="{queued}"' in html
+    assert f'data-cancel="{done}"' not in html
+
+    answer = client.post(f"/tasks/{pending}/cancel", data={"csrf_token": csrf, "next": f"/tasks/{pending}"})
+    assert answer.status_code == 303 and answer.headers["Location"] == f"/tasks/{pending}"
+    assert tasks.row(pending)["status"] == "cancelled"
+    assert [e["status"] for e in tasks.events(pending)][-1] == "cancelled"
+    page = client.get(f"/tasks/{pending}").get_data(as_text=True)
+    assert f"Task {pending} is cancelled." in page and 'id="task-status">cancelled<' in page
+
+    client.post(f"/tasks/{queued}/cancel", data={"csrf_token": csrf})
+    assert tasks.row(queued, IMAGE)["status"] == "queued" and tasks.row(queued, IMAGE)["cancel_requested_at"]
+    html = client.get("/").get_data(as_text=True)
+    assert f"Task {queued} is queued: its cancel is asked for" in html
+    assert f'data-cancelling="{queued}"' in html and f'data-cancel="{queued}"' not in html
+
+    client.post(f"/tasks/{done}/cancel", data={"csrf_token": csrf})
+    assert "was not cancelled: Cannot cancel a completed task" in client.get("/").get_data(as_text=True)
+    assert tasks.row(done)["status"] == "completed"
+    assert client.post("/tasks/nope/cancel", data={"csrf_token": csrf}).status_code == 404
 
 
 @pytest.mark.parametrize("action", ["retry", "cancel"])

@@ -275,6 +275,7 @@ def test_every_success_answer_conforms_in_process(app, tasks):
     """Every operation once, through the app itself: a quick check of the success answers (no gunicorn; the
     fuzz below is the thorough one), so a new field without its line in the document fails here too."""
     completed, failed, pending = tasks.create(VIDEO), tasks.create(IMAGE), tasks.create(VIDEO)
+    cancelled = tasks.create(IMAGE)
     for task_id, namespace, outcome in ((completed, VIDEO, {"status": "completed", "data": {"videoUrl": "u"}}),
                                         (failed, IMAGE, {"status": "failed", "error": "no"})):
         attempt = tasks.report(task_id, "queued", namespace).json["attempt"]
@@ -286,6 +287,7 @@ def test_every_success_answer_conforms_in_process(app, tasks):
         ("POST /api/image/generate", {"body": {"prompt": "a cat", "imageInput": ["https://example.com/a.png"]}}),
         *[("GET /api/tasks/{taskId}", {"path_parameters": {"taskId": t}}) for t in (completed, failed, pending)],
         *[("GET /api/tasks/{taskId}/events", {"path_parameters": {"taskId": t}}) for t in (completed, failed)],
+        ("POST /api/tasks/{taskId}/cancel", {"path_parameters": {"taskId": cancelled}}),
         ("GET /api/{integration}/fetchPendingTasks", {"path_parameters": {"integration": VIDEO}}),
         ("POST /api/{integration}/claimPendingTasks", {"path_parameters": {"integration": VIDEO},
                                                        "body": {"limit": 1}}),

@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app app tasks list|show|retry|fail|stats` and `integrations status|resume`.
+"""Operator commands: `flask --app app tasks list|show|retry|cancel|fail|stats` and `integrations status|resume`.
 
 They read the database directly (they run beside the web process) and write
 only through web/task_store.py, like everything else. They show the full
@@ -22,7 +22,7 @@ from web import current, db, task_store
 from web.dashboard import age
 from web.task_store import Report, TransitionRefused
 
-tasks_cli = AppGroup("tasks", help="Inspect tasks, retry failed ones, fail stranded ones.")
+tasks_cli = AppGroup("tasks", help="Inspect tasks, retry failed ones, cancel them, fail stranded ones.")
 # Accepted --integration values: the short names and the integrations' names.
 INTEGRATION_NAMES = ["video", "image", "fangzhouVideoGeneration", "nanobanana2ImageGeneration"]
 
@@ -78,7 +78,7 @@ def show_command(task_id: str) -> None:
     """One task and its timeline of events."""
     integration, task = find(task_id)
     for key in ("id", "status", "attempts", "attemptsRefunded", "startedAt", "createdAt", "updatedAt", "retryAt",
-                "externalId", "error"):
+                "cancelRequestedAt", "externalId", "error"):
         echo(f"{key + ':':<15}{task.get(key) if task.get(key) is not None else '-'}")
     echo(f"{'integration:':<15}{integration.namespace}")
     echo(f"{'request:':<15}{json.dumps(task['requestParams'])}")
@@ -102,6 +102,24 @@ def retry_command(task_id: str) -> None:
         raise refuse(str(exc)) from None
     echo(f"Task {task_id} is {outcome.status} again (attempts so far: {outcome.attempt}); "
          f"a processor will claim it.")
+
+
+@tasks_cli.command("cancel")
+@click.argument("task_id")
+def cancel_command(task_id: str) -> None:
+    """Cancel a task. Pending (or waiting for a retry): cancelled now. Queued or processing: its workflow is
+    cancelled through Temporal by a processor; it cancels the provider's job where the provider allows."""
+    integration, _ = find(task_id)
+    try:
+        outcome = task_store.request_cancel(db.get_db(), current.table(integration.namespace), task_id,
+                                            "cancelled by an operator")
+    except TransitionRefused as exc:
+        raise refuse(str(exc)) from None
+    if outcome.cancelling:
+        echo(f"Task {task_id} is {outcome.status}: its cancel is asked for; a processor cancels its workflow, "
+             f"which cancels the provider's job where it can and reports cancelled.")
+    else:
+        echo(f"Task {task_id} is {outcome.status}.")
 
 
 @tasks_cli.command("fail")

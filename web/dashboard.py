@@ -28,8 +28,6 @@ bp.record_once(lambda state: csrf.init_app(state.app))
 RECENT = 50
 REFRESH_SECONDS = 5
 PROMPT_CHARS = 120
-# 'cancelled' is shown even before the state machine has it (it comes with the cancel feature).
-STATUSES = task_store.STATUSES + tuple(s for s in ("cancelled",) if s not in task_store.STATUSES)
 MEDIA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a stored copy's file name: no path, no dot-file
 LOCAL_PATH = re.compile(r"/(?![/\\])[^\s\\]*")  # where an action may send the browser back to
 
@@ -38,8 +36,8 @@ LOCAL_PATH = re.compile(r"/(?![/\\])[^\s\\]*")  # where an action may send the b
 def index():
     status = request.args.get("status") or None
     chosen = request.args.get("integration") or None
-    if status is not None and status not in STATUSES:
-        abort(400, f"status must be one of {', '.join(STATUSES)}")
+    if status is not None and status not in task_store.STATUSES:
+        abort(400, f"status must be one of {', '.join(task_store.STATUSES)}")
     names = {i.short_name for i in current.integrations()}
     if chosen is not None and chosen not in names:
         abort(400, f"integration must be one of {', '.join(sorted(names))}")
@@ -53,7 +51,7 @@ def index():
     blocks = [(short.get(b["integration"], b["integration"]), b) for b in task_store.list_blocks(conn)]
     shown = [i.namespace for i in current.integrations() if chosen in (None, i.short_name)]
     now = time.time()
-    return render_template("dashboard.html", counts=counts, statuses=STATUSES, blocks=blocks,
+    return render_template("dashboard.html", counts=counts, statuses=task_store.STATUSES, blocks=blocks,
                            recent=recent[:RECENT], status=status, chosen=chosen, names=sorted(names),
                            chart=chart.per_minute(conn, shown, now), now=now, refresh=REFRESH_SECONDS)
 
@@ -74,20 +72,22 @@ def task_page(task_id: str):
 
 @bp.post("/tasks/<task_id>/cancel")
 def cancel(task_id: str):
-    """Cancel a task: a pending one at once; a queued or processing one's workflow through Temporal."""
+    """Cancel a task (as `flask --app app tasks cancel`): a pending one, or one waiting for its retry, at once;
+    a queued or processing one's workflow through Temporal (a processor delivers it)."""
     integration, _ = current.find_task(task_id)
     try:
-        outcome = task_store.request_cancel(db.get_db(), current.table(integration.namespace), task_id)
+        outcome = task_store.request_cancel(db.get_db(), current.table(integration.namespace), task_id,
+                                            "cancelled from the dashboard")
     except task_store.TaskNotFound:
         abort(404, "Task not found")
     except task_store.TransitionRefused as exc:
         flash(f"Task {task_id} was not cancelled: {exc}", "error")
     else:
-        if outcome.status == "cancelled":
-            flash(f"Task {task_id} is cancelled.", "ok")
+        if outcome.cancelling:
+            flash(f"Task {task_id} is {outcome.status}: its cancel is asked for; its workflow is being cancelled "
+                  "and will report cancelled.", "ok")
         else:
-            flash(f"Cancel requested for task {task_id}: its workflow is being cancelled (it is "
-                  f"{outcome.status} until the workflow reports cancelled).", "ok")
+            flash(f"Task {task_id} is {outcome.status}.", "ok")
     return back()
 
 
@@ -160,9 +160,8 @@ def preview(task: dict) -> tuple[str, str] | None:
 
 @bp.app_template_global("can_cancel")
 def can_cancel(task: dict) -> bool:
-    """Not finished: completed, cancelled and failed for good are; a failure waiting for its retry is not."""
-    return task["status"] in ("pending", "queued", "processing") or (task["status"] == "failed"
-                                                                     and bool(task.get("retryable")))
+    """Not finished (completed, cancelled, failed for good) and no cancel asked for yet."""
+    return not task_store.finished(task) and task.get("cancelRequestedAt") is None
 
 
 @bp.app_template_filter("age")

@@ -27,7 +27,7 @@ MAX_WAIT_MS = 30_000
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
 REPORT_FIELDS = ("apiCallId", "status", "attempt", "taskId", "data", "error", "retryable")
-REPORTABLE = ("queued", "processing", "completed", "failed", "blocked")
+REPORTABLE = ("queued", "processing", "completed", "failed", "cancelled", "blocked")
 log = logging.getLogger("web.tasks")
 
 bp = Blueprint("internal_api", __name__)
@@ -41,9 +41,19 @@ def fetch_pending_tasks(name: str):
     wait_ms = query_int("waitMs", 0, MAX_WAIT_MS, 0)
     conn, table = db.get_db(), current.table(name)
     task_store.expire_stuck(conn, table)
-    waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms,
-                       lambda: task_store.fetch_claimable(conn, table, limit), **long_poll_context(name))
-    return long_poll_answer(name, {"tasks": waited.found}, waited, conn)
+    cancels_due = False
+
+    def look() -> list[dict] | bool:
+        nonlocal cancels_due
+        tasks = task_store.fetch_claimable(conn, table, limit)
+        cancels_due = not tasks and task_store.cancels_due(conn, table)
+        return tasks or cancels_due
+
+    waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, look, **long_poll_context(name))
+    body: dict[str, Any] = {"tasks": waited.found if isinstance(waited.found, list) else []}
+    if cancels_due:  # nothing to claim, but cancels to deliver: a claim request takes them
+        body["cancelsDue"] = True
+    return long_poll_answer(name, body, waited, conn)
 
 
 @bp.get("/api/<integration:name>/fetchDispatchedTasks")
@@ -66,7 +76,8 @@ def claim_pending_tasks(name: str):
     """Claim the oldest claimable tasks, all in one transaction.
 
     Body (all optional): `{"limit": N, "waitMs": W, "dispatched": [{"apiCallId", "attempt"}, ...]}`.
-    Answers `{"success": true, "tasks": [... each with "attempt"], "dispatched": [a result per item]}`.
+    Answers `{"success": true, "tasks": [... each with "attempt"], "dispatched": [a result per item],
+    "cancels": [{"id", "attempt", "status"}, ...]}`: `cancels` are workflows to cancel (task_store.take_cancels).
     The web process picks the tasks under the write lock, so concurrent processors never
     collide; `dispatched` confirms started workflows first, in the same commit. With
     `waitMs`, an empty claim waits (long poll) for a commit that brings work, and claims
@@ -85,26 +96,30 @@ def claim_pending_tasks(name: str):
     conn, table = db.get_db(), current.table(name)
     task_store.expire_stuck(conn, table)
     confirmed: list[Outcome | TaskNotFound | TransitionRefused] = []
+    tasks: list[dict] = []
+    cancels: list[dict] = []
     looks = 0
 
-    def claim() -> list[dict]:
+    def claim() -> bool:
         nonlocal looks
         looks += 1
-        if looks > 1 and not task_store.fetch_claimable(conn, table, 1):
-            return []  # a commit woke the wait but brought no work: no write transaction for nothing
-        tasks, outcomes = task_store.claim_next(conn, table, limit, confirmations if looks == 1 else ())
-        confirmed.extend(outcomes)
-        return tasks
+        if looks == 1 or task_store.fetch_claimable(conn, table, 1):  # after a wake-up: only if it brought work
+            claimed, outcomes = task_store.claim_next(conn, table, limit, confirmations if looks == 1 else ())
+            tasks.extend(claimed)
+            confirmed.extend(outcomes)
+        cancels.extend(task_store.take_cancels(conn, table))  # a read unless some are due
+        return bool(tasks or cancels)
 
     waited = long_poll(conn, current_app.config["DATABASE_PATH"], wait_ms, claim, **long_poll_context(name))
-    tasks = waited.found
     for task in tasks:
         log_outcome(name, task["id"], Report.claim(), Outcome("queued", task["attempt"]))
     for (task_id, attempt), outcome in zip(confirmations, confirmed, strict=True):
         log_outcome(name, task_id, Report.dispatched(attempt), outcome)
+    for cancel in cancels:
+        logs.event(log, "cancel handed out", task=cancel["id"], attempt=cancel["attempt"], integration=name)
     return long_poll_answer(name, {"success": True, "tasks": tasks, "dispatched": [
-        _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)]},
-        waited, conn)
+        _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)],
+        "cancels": cancels}, waited, conn)
 
 
 def long_poll_context(name: str) -> dict[str, Any]:

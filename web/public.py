@@ -15,7 +15,7 @@ from integrations import Integration
 from integrations.shared.public_errors import public_error
 
 FIELDS = ("id", "status", "attempts", "attemptsRefunded", "startedAt", "createdAt", "updatedAt",
-          "requestParams", "externalId", "result", "error", "retryAt")
+          "requestParams", "externalId", "result", "error", "retryAt", "cancelRequestedAt")
 EVENT_FIELDS = ("status", "attempt", "externalId", "data", "error", "createdAt")
 WAITING_FOR_PROVIDER = "The provider is not accepting new work for now; the task waits its turn"
 

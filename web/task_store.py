@@ -31,12 +31,15 @@ from typing import Any
 from settings import Config
 from web.db import immediate
 
-STATUSES = ("pending", "queued", "processing", "completed", "failed")
+STATUSES = ("pending", "queued", "processing", "completed", "failed", "cancelled")
 # Progress reports (a workflow's, or an operator's `tasks fail`): the statuses each status may move to.
-ALLOWED = {"queued": ("processing", "completed", "failed"), "processing": ("completed", "failed")}
-FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt",
-          "updatedAt", "externalId", "result", "error", "retryable", "dispatchedAt", "retryAt", "attemptsRefunded")
+ALLOWED = {"queued": ("processing", "completed", "failed", "cancelled"),
+           "processing": ("completed", "failed", "cancelled")}
+FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt", "updatedAt", "externalId", "result",
+          "error", "retryable", "dispatchedAt", "retryAt", "attemptsRefunded", "cancelRequestedAt", "cancelSentAt")
 ACTIVE = ("queued", "processing")
+CANCEL_RESEND_SECONDS = 30.0  # a cancel handed to a processor is handed out again while its task stays active
+CANCEL_BATCH = 100
 EXPIRE_BATCH = 100
 PROBE_CANDIDATES = 10  # a blocked integration's probe is the least handed-back of its oldest claimable tasks
 
@@ -127,7 +130,8 @@ class ReportKind(enum.Enum):
     DISPATCHED = "dispatch confirmation"  # the claim's workflow is started: Temporal owns the attempt
     PROGRESS = "progress"  # processing / completed / failed, fenced by the attempt
     BLOCKED = "integration blocked"  # the provider refuses the account: the claim is handed back, fenced
-    RETRY = "operator retry"  # a failed task becomes pending again (the CLI; not reachable over HTTP)
+    RETRY = "operator retry"  # a failed task becomes pending again (the CLI and the dashboard)
+    CANCEL = "cancel request"  # a client or operator: pending → cancelled; an active task's workflow is cancelled
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,11 @@ class Report:
     def operator_retry(cls) -> Report:
         return cls(ReportKind.RETRY, "pending")
 
+    @classmethod
+    def cancel(cls, reason: str | None = None) -> Report:
+        """Cancel the task (`reason`: who asked, for the event)."""
+        return cls(ReportKind.CANCEL, "cancelled", error=reason)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -186,6 +195,12 @@ class Outcome:
     attempt: int
     duplicate: bool = False
     resumed: bool = False  # it ended a block of its integration
+    cancelling: bool = False  # a cancel is asked of the task's workflow; the task is still active
+
+
+def finished(task: dict) -> bool:
+    """The task will not change again: completed, cancelled, or failed for good."""
+    return task["status"] in ("completed", "cancelled") or (task["status"] == "failed" and not task["retryable"])
 
 
 def spent(task: dict) -> int:
@@ -200,6 +215,8 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
             raise TransitionRefused(f"Cannot retry a {task['status']} task: only a failed task can be retried")
         return Decision({"status": "pending", "retryable": 1, "error": None, "retryAt": None}, "pending",
                         "retried by an operator")
+    if report.kind is ReportKind.CANCEL:
+        return _cancel(task, report, now)
     if report.kind is ReportKind.CLAIM:
         _check_claimable(task, policy, now)
         # externalId stays: the previous attempt's provider job, which the new one resumes if it is alive
@@ -213,6 +230,22 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
     return _progress(task, report, policy, now)
 
 
+def _cancel(task: dict, report: Report, now: float) -> Decision:
+    """A cancel request. A task that is not running (pending, or failed and waiting for its retry) is cancelled
+    at once. An active one is marked: its workflow is cancelled through Temporal by a processor (take_cancels)
+    and reports `cancelled` itself, after cancelling the provider's job where the provider allows. A finished
+    task cannot be cancelled; a second request changes nothing."""
+    current = task["status"]
+    if current == "cancelled" or (current in ACTIVE and task["cancelRequestedAt"] is not None):
+        return DUPLICATE
+    if finished(task):
+        raise TransitionRefused(f"Cannot cancel a {current} task: it is finished", "finished")
+    if current in ACTIVE:
+        return Decision({"cancelRequestedAt": now, "cancelSentAt": None})
+    return Decision({"status": "cancelled", "retryable": 0, "retryAt": None, "error": None,
+                     "cancelRequestedAt": now}, "cancelled", report.error or "cancelled")
+
+
 def _hand_back(task: dict, report: Report) -> Decision:
     """The attempt's create met a blocked integration: the task waits as pending again, at the head of
     the FIFO (createdAt is kept), and the attempt is refunded. No provider job exists for it."""
@@ -222,6 +255,10 @@ def _hand_back(task: dict, report: Report) -> Decision:
     if current not in ACTIVE:  # queued: the create met the block; processing: a poll did (the job lives on)
         raise TransitionRefused(f"Cannot hand back a {current} task: only an active attempt meets a block")
     why = f"integration blocked: {report.error or 'the provider refuses the account'}"
+    if task["cancelRequestedAt"] is not None:  # handed back while its cancel is asked for: it ends here
+        return Decision({"status": "cancelled", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
+                         "retryable": 0, "retryAt": None, "error": None}, "cancelled", f"cancelled ({why})",
+                        blocks=True)
     return Decision({"status": "pending", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
                      "dispatchedAt": None, "error": why}, "pending", blocks=True)
 
@@ -242,7 +279,7 @@ def _confirm_dispatch(task: dict, now: float) -> Decision:
     current = task["status"]
     if current == "queued" and task["dispatchedAt"] is None:
         return Decision({"dispatchedAt": now})
-    if current in ("queued", "processing", "completed", "failed"):
+    if current in ("queued", "processing", "completed", "failed", "cancelled"):
         return DUPLICATE
     raise TransitionRefused(f"Cannot confirm the dispatch of a {current} task")
 
@@ -260,11 +297,15 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
         changes["externalId"] = report.external_id
     if report.status == "completed":
         changes["result"] = _dump(report.data)
+    if report.status == "cancelled":  # the workflow stopped on a cancel request; its text goes on the event
+        changes.update({"retryable": 0, "retryAt": None, "error": None})
+        return Decision(changes, "cancelled", report.error or "cancelled")
     if report.status == "failed":
         changes["error"] = report.error or "failed (no message given)"
         # Failed for good is decided here, once: the retry index then never holds it. A retryable
         # failure waits for its retryAt: an outage spends time, not attempts.
-        again = report.retryable and spent(task) < policy.max_attempts
+        # A task whose cancel is asked for is not tried again: its failure is final.
+        again = report.retryable and spent(task) < policy.max_attempts and task["cancelRequestedAt"] is None
         changes["retryable"] = 1 if again else 0
         changes["retryAt"] = now + policy.retry_delay(task["id"], spent(task)) if again else None
     return Decision(changes, report.status, unblocks=unblocks)
@@ -273,6 +314,8 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
 def _check_claimable(task: dict, policy: Policy, now: float) -> None:
     current, attempts = task["status"], task["attempts"]
     refusal = f"Cannot transition to queued from {current}"
+    if task["cancelRequestedAt"] is not None and current != "pending":
+        raise TransitionRefused(f"{refusal}: its cancel is asked for", "not_claimable")
     if current == "pending":
         return
     if current == "failed":
@@ -362,7 +405,8 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
     if report.kind is ReportKind.CLAIM:
         _take_probe(conn, table, task_id, now)
     if decision.duplicate:
-        return Outcome(task["status"], task["attempts"], duplicate=True)
+        return Outcome(task["status"], task["attempts"], duplicate=True,
+                       cancelling=task["status"] in ACTIVE and task["cancelRequestedAt"] is not None)
     changes = decision.changes
     _update(conn, table.entity, task, changes, now)
     status, attempt = changes.get("status", task["status"]), changes.get("attempts", task["attempts"])
@@ -374,7 +418,68 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
         _block(conn, table, task_id, report.error, now)
     resumed = decision.unblocks and conn.execute(
         "DELETE FROM integration_blocks WHERE integration = ?", (table.integration,)).rowcount > 0
-    return Outcome(status, attempt, resumed=resumed)
+    return Outcome(status, attempt, resumed=resumed, cancelling=status in ACTIVE and "cancelRequestedAt" in changes)
+
+
+# -- cancel (docs/design.md §3.5) --
+
+def request_cancel(conn: sqlite3.Connection, table: TaskTable, task_id: str, reason: str | None = None,
+                   now: float | None = None) -> Outcome:
+    """Cancel a task (`reason`: who asked). Pending or waiting for a retry: cancelled now. Queued or processing:
+    `cancelling` (its workflow is cancelled through Temporal; it reports `cancelled`, unless its completion or
+    failure lands first: one outcome either way). Idempotent. TaskNotFound; TransitionRefused if finished."""
+    return transition(conn, table, task_id, Report.cancel(reason), now)
+
+
+def _cancel_due_sql(table: TaskTable) -> str:
+    """Active tasks whose cancel is asked for and not handed out in the last CANCEL_RESEND_SECONDS (its index)."""
+    c = lambda name: _q(table.entity.column(name))
+    return (f"FROM {_q(table.entity.table)} WHERE {c('cancelRequestedAt')} IS NOT NULL "
+            f"AND {c('status')} IN ('queued', 'processing') "
+            f"AND ({c('cancelSentAt')} IS NULL OR {c('cancelSentAt')} < :resend)")
+
+
+def cancels_due(conn: sqlite3.Connection, table: TaskTable, now: float | None = None) -> bool:
+    """Whether take_cancels would hand anything out (a read: the long polls ask it after every commit)."""
+    now = time.time() if now is None else now
+    sql = f"SELECT 1 {_cancel_due_sql(table)} LIMIT 1"
+    return conn.execute(sql, {"resend": now - CANCEL_RESEND_SECONDS}).fetchone() is not None
+
+
+def take_cancels(conn: sqlite3.Connection, table: TaskTable, limit: int = CANCEL_BATCH,
+                 now: float | None = None) -> list[dict]:
+    """The cancels a processor should deliver to Temporal now: [{id, attempt, status}], each marked as sent.
+
+    Delivery is at least once: a cancel is handed out again every CANCEL_RESEND_SECONDS while its task stays
+    active (the workflow was not started yet, Temporal was down, the processor died); cancelling a workflow
+    twice is harmless. A claim abandoned before its workflow was confirmed started has no workflow that
+    would report: it is cancelled here, and its cancel still handed out once in case a run exists after all.
+    """
+    now = time.time() if now is None else now
+    if not cancels_due(conn, table, now):
+        return []
+    handed = []
+    with immediate(conn):
+        ids = [row[0] for row in conn.execute(
+            f"SELECT {_q(table.entity.column('id'))} {_cancel_due_sql(table)} "
+            f"ORDER BY {_q(table.entity.column('cancelSentAt'))} LIMIT :limit",
+            {"resend": now - CANCEL_RESEND_SECONDS, "limit": limit})]
+        for task_id in ids:
+            task = _select(conn, table.entity, task_id)
+            if task is None or task["status"] not in ACTIVE or task["cancelRequestedAt"] is None:
+                continue
+            changes: dict[str, Any] = {"cancelSentAt": now}
+            abandoned = (task["status"] == "queued" and task["dispatchedAt"] is None
+                         and (task["startedAt"] or 0) < now - table.policy.stuck_timeout_seconds)
+            if abandoned:
+                changes.update({"status": "cancelled", "retryable": 0, "retryAt": None, "error": None})
+            _update(conn, table.entity, task, changes, now)
+            if abandoned:
+                _append_event(conn, table.integration, task_id, "cancelled", task["attempts"], now,
+                              error="cancelled: its claim was abandoned before a workflow was confirmed started")
+            handed.append({"id": task_id, "attempt": task["attempts"], "status": changes.get("status",
+                                                                                              task["status"])})
+    return handed
 
 
 # -- blocked integrations (docs/design.md §3.4) --
@@ -540,7 +645,7 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
                        AND {c('retryAt')} <= :now AND {spent_sql} < :max ORDER BY {c('retryAt')} LIMIT :limit)
         UNION ALL
         SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NULL
-                       AND {c('startedAt')} < :cutoff AND {spent_sql} < :max
+                       AND {c('startedAt')} < :cutoff AND {spent_sql} < :max AND {c('cancelRequestedAt')} IS NULL
                        ORDER BY {c('startedAt')} LIMIT :limit))
         ORDER BY createdAt LIMIT :limit
     """

@@ -67,6 +67,26 @@ def show_task(task_id: str):
     return jsonify(public_task(integration, task))
 
 
+@bp.post("/api/tasks/<task_id>/cancel")
+def cancel_task(task_id: str):
+    """Cancel a task: 200 with the task once it is `cancelled` (it was pending or waiting for a retry, or was
+    cancelled before); 202 with the task while its workflow is being cancelled through Temporal (it ends
+    `cancelled`, or `completed`/`failed` if that landed first: one outcome); 409 if it is finished."""
+    integration, _ = current.find_task(task_id)
+    table = current.table(integration.namespace)
+    try:
+        outcome = task_store.request_cancel(db.get_db(), table, task_id, "cancelled by the client")
+    except task_store.TaskNotFound:
+        abort(404, "Task not found")
+    except task_store.TransitionRefused as exc:
+        abort(409, str(exc))
+    if not outcome.duplicate:
+        logs.event(log, "cancel requested" if outcome.cancelling else "task cancelled", task=task_id,
+                   attempt=outcome.attempt, integration=integration.namespace)
+    task = task_store.get_task(db.get_db(), table, task_id)
+    return jsonify(public_task(integration, task)), 202 if outcome.cancelling else 200
+
+
 @bp.get("/api/tasks/<task_id>/events")
 def show_events(task_id: str):
     _, task = current.find_task(task_id)

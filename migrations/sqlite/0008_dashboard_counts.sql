@@ -1,4 +1,4 @@
--- 0009 (numbered 0007 on the dashboard branch until the cancel and retention migrations land):
+-- 0009 (numbered 0008 on the dashboard branch until the retention migration lands):
 -- the dashboard's counts without a scan. task_counts holds each task table's count per status, kept
 -- exact by triggers (insert, status change, delete); task_minutes the tasks created, completed, failed
 -- and cancelled per minute and integration, fed by a trigger on task_events and trimmed to a day.
