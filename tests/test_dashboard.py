@@ -199,7 +199,7 @@ def test_chart_shows_this_hours_tasks_per_minute(client, tasks):
         by_kind[kind] = by_kind.get(kind, 0) + int(n)
     assert by_kind == {"created": 3 + 20 + 2, "completed": 1, "failed": 1}
     assert re.search(r'data-total="created">created 25<', with_image)
-    assert '<svg viewBox="0 0 764 150"' in with_image
+    assert '<svg viewBox="0 0 776 150"' in with_image
     only_images = client.get("/?integration=image").get_data(as_text=True)
     assert re.search(r'data-total="created">created 9<', only_images)
     assert re.search(r'data-total="completed">completed 0<', only_images)
@@ -326,6 +326,8 @@ def test_actions_refuse_a_post_without_the_sessions_token(client, tasks, db_path
     assert client.post(url, data={"csrf_token": ""}).status_code == 400
     assert client.post(url, data={"csrf_token": good[:-1] + ("A" if good[-1] != "A" else "B")}).status_code == 403
     assert client.post(url, data={"csrf_token": good}, headers={**DASHBOARD, "Origin": "https://evil.example"}
+                       ).status_code == 403
+    assert client.post(url, data={"csrf_token": good}, headers={**DASHBOARD, "Sec-Fetch-Site": "cross-site"}
                        ).status_code == 403
     assert client.post(url, json={"csrf_token": good}).status_code == 400  # not a form
     fresh = client.application.test_client()  # another browser: no session, so its own token does not fit

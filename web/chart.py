@@ -16,7 +16,7 @@ MINUTES = 60
 KINDS = ("created", "completed", "failed", "cancelled")
 OUTCOMES = ("completed", "failed", "cancelled")  # stacked, in this order from the bottom
 SLOT, LEFT, TOP, PLOT_HEIGHT = 12, 40, 8, 120  # px: one minute's width, y-axis room, top room, plot height
-WIDTH, HEIGHT = LEFT + MINUTES * SLOT + 4, TOP + PLOT_HEIGHT + 22
+WIDTH, HEIGHT = LEFT + MINUTES * SLOT + 16, TOP + PLOT_HEIGHT + 22
 
 
 @dataclass(frozen=True)
