@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint install demo bench bench-fetch bench-dispatch bench-users bench-prune clean
+.PHONY: test lint install demo bench bench-fetch bench-dispatch bench-users bench-prune bench-dashboard clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,6 @@ bench-users: $(STAMP) $(BENCH_STAMP)
 
 bench-prune: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --only prune
+
+bench-dashboard: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --only dashboard

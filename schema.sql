@@ -116,3 +116,60 @@ CREATE TRIGGER IF NOT EXISTS task_events_no_delete BEFORE DELETE ON task_events
 WHEN EXISTS (SELECT 1 FROM video_tasks WHERE id = OLD.task_id)
   OR EXISTS (SELECT 1 FROM image_tasks WHERE id = OLD.task_id)
 BEGIN SELECT RAISE(ABORT, 'task_events is append-only: events are deleted only with their task (prune)'); END;
+
+
+-- The dashboard's counts without a scan (docs/design.md §5): each task table's count per status, kept
+-- exact by triggers, and tasks created/completed/failed/cancelled per minute (a day of them).
+CREATE TABLE IF NOT EXISTS task_counts (
+    tbl    TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (tbl, status)
+);
+CREATE TRIGGER IF NOT EXISTS video_tasks_count_insert AFTER INSERT ON video_tasks
+BEGIN
+    INSERT INTO task_counts (tbl, status, n) VALUES ('video_tasks', NEW.status, 1)
+        ON CONFLICT (tbl, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS video_tasks_count_update AFTER UPDATE OF status ON video_tasks WHEN OLD.status IS NOT NEW.status
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE tbl = 'video_tasks' AND status = OLD.status;
+    INSERT INTO task_counts (tbl, status, n) VALUES ('video_tasks', NEW.status, 1)
+        ON CONFLICT (tbl, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS video_tasks_count_delete AFTER DELETE ON video_tasks
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE tbl = 'video_tasks' AND status = OLD.status;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tasks_count_insert AFTER INSERT ON image_tasks
+BEGIN
+    INSERT INTO task_counts (tbl, status, n) VALUES ('image_tasks', NEW.status, 1)
+        ON CONFLICT (tbl, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tasks_count_update AFTER UPDATE OF status ON image_tasks WHEN OLD.status IS NOT NEW.status
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE tbl = 'image_tasks' AND status = OLD.status;
+    INSERT INTO task_counts (tbl, status, n) VALUES ('image_tasks', NEW.status, 1)
+        ON CONFLICT (tbl, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tasks_count_delete AFTER DELETE ON image_tasks
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE tbl = 'image_tasks' AND status = OLD.status;
+END;
+
+CREATE TABLE IF NOT EXISTS task_minutes (
+    minute    INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    n         INTEGER NOT NULL,
+    PRIMARY KEY (minute, namespace, kind)
+);
+CREATE TRIGGER IF NOT EXISTS task_events_per_minute AFTER INSERT ON task_events
+WHEN NEW.status IN ('completed', 'failed', 'cancelled') OR (NEW.status = 'pending' AND NEW.attempt = 0)
+BEGIN
+    INSERT INTO task_minutes (minute, namespace, kind, n)
+        VALUES (CAST(NEW.created_at / 60 AS INTEGER), NEW.namespace,
+                CASE NEW.status WHEN 'pending' THEN 'created' ELSE NEW.status END, 1)
+        ON CONFLICT (minute, namespace, kind) DO UPDATE SET n = n + 1;
+    DELETE FROM task_minutes WHERE minute < CAST(NEW.created_at / 60 AS INTEGER) - 1440;
+END;

@@ -1,6 +1,7 @@
 """`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
 
-    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--only dispatch,latency,idle,burst,users,fetch,prune]
+    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3]
+                                  [--only dispatch,latency,idle,burst,users,fetch,prune,dashboard]
 
 One Temporal dev server (in memory) serves the latency, idle and burst phases;
 the dispatch phase starts a fresh one for each measurement. Each phase gets a
@@ -30,6 +31,8 @@ unless a phase says otherwise.
   fetch     fetchPendingTasks queries at 10,000 / 100,000 / 1,000,000 rows
   prune     1,000,000 finished tasks (3 events each) pruned beside 1,000 live ones (bench/prune.py):
             tasks/s and the longest write transaction
+  dashboard the dashboard page (GET /) at 1,000,000 tasks with their events, through the Flask test client:
+            the median of 200 renders (bench/dashboard.py)
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests
 
-from bench import fetch_pending
+from bench import dashboard, fetch_pending
 from bench import prune as prune_bench
 from dev.stack import (
     ROOT,
@@ -637,6 +640,7 @@ GOALS = [  # key, what it is, goal text, check
     ("fetch_p99_ms_10k", "fetch query p99 at 10k rows (ms)", "", None),
     ("fetch_p99_ms_1m", "fetch query p99 at 1M rows (ms)", "<= 5", lambda v: v <= 5),
     ("create_rate", "task creation over HTTP (tasks/s)", "", None),
+    ("dashboard_ms_1m", "dashboard render at 1M tasks, median (ms)", "<= 20", lambda v: v <= 20),
     ("user_p99_ms_idle", "user create p99, no processors (ms)", "", None),
     ("user_p99_ms_64_processors", "user create p99, 64 processors' long polls (ms)", "<= 100", lambda v: v <= 100),
     ("user_failed_64_processors", "  user creates failed", "0", lambda v: v == 0),
@@ -655,7 +659,7 @@ GOALS = [  # key, what it is, goal text, check
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--only", default="dispatch,latency,idle,burst,users,fetch,prune")
+    parser.add_argument("--only", default="dispatch,latency,idle,burst,users,fetch,prune,dashboard")
     parser.add_argument("--rounds", type=int, default=3, help="dispatch rounds; medians are reported")
     args = parser.parse_args()
     phases = set(args.only.split(","))
@@ -691,6 +695,8 @@ def main() -> None:
                            fetch_p99_ms_1m=fetch_p99[1_000_000])
         if "prune" in phases:
             results.update(prune_bench.run(tmp, 1_000_000))
+        if "dashboard" in phases:
+            results.update(dashboard_ms_1m=dashboard.run(tmp)["/"]["p50_ms"])
     report(results)
     # Phases not run this time keep their last figures: `--only users` adds its keys, drops none.
     path = HERE / "results.json"

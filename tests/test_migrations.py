@@ -147,7 +147,7 @@ def test_migrations_give_exactly_schema_sql(tmp_path, expected_schema):
     path = str(tmp_path / "new.db")
     assert db.upgrade(path) == [m.name for m in db.load_migrations()]
     assert schema(path) == expected_schema
-    assert version(path) == CURRENT == 8
+    assert version(path) == CURRENT == 9
     objects, _ = expected_schema
     assert {name for kind, name, _, _ in objects if kind == "index" and not name.startswith("sqlite_")} == {
         f"{t}_{s}" for t in TASK_TABLES for s in ("status_created", "status_started", "retry_due", "status_attempts",
@@ -191,15 +191,17 @@ def test_database_from_before_versioning_is_upgraded_in_place(tmp_path, expected
     assert db.upgrade(path, echo=lines.append) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py",
                                                    "0004_retry_at.sql", "0005_blocked_integrations.sql",
                                                    "0006_idempotency_keys.sql", "0007_cancelled.py",
-                                                   "0008_prune.sql"]
+                                                   "0008_prune.sql",
+                                "0009_dashboard_counts.sql"]
     assert lines[0] == f"{path}: tables from before versioning adopted as schema version 1"
-    assert lines[1:] == [f"{path}: applied 0002_fetch_indexes.sql (schema version 2 of 8)",
-                         f"{path}: applied 0003_dispatched_at.py (schema version 3 of 8)",
-                         f"{path}: applied 0004_retry_at.sql (schema version 4 of 8)",
-                         f"{path}: applied 0005_blocked_integrations.sql (schema version 5 of 8)",
-                         f"{path}: applied 0006_idempotency_keys.sql (schema version 6 of 8)",
-                         f"{path}: applied 0007_cancelled.py (schema version 7 of 8)",
-                         f"{path}: applied 0008_prune.sql (schema version 8 of 8)"]
+    assert lines[1:] == [f"{path}: applied 0002_fetch_indexes.sql (schema version 2 of 9)",
+                         f"{path}: applied 0003_dispatched_at.py (schema version 3 of 9)",
+                         f"{path}: applied 0004_retry_at.sql (schema version 4 of 9)",
+                         f"{path}: applied 0005_blocked_integrations.sql (schema version 5 of 9)",
+                         f"{path}: applied 0006_idempotency_keys.sql (schema version 6 of 9)",
+                         f"{path}: applied 0007_cancelled.py (schema version 7 of 9)",
+                         f"{path}: applied 0008_prune.sql (schema version 8 of 9)",
+                         f"{path}: applied 0009_dashboard_counts.sql (schema version 9 of 9)"]
     assert version(path) == CURRENT
     assert schema(path) == expected_schema
     assert contents(path) == before
@@ -212,7 +214,7 @@ def test_upgrade_twice_is_a_no_op(tmp_path):
     before, shape = contents(path), schema(path)
     lines = []
     assert db.upgrade(path, echo=lines.append) == []
-    assert lines == [f"{path}: schema version 8 of 8, nothing to apply"]
+    assert lines == [f"{path}: schema version 9 of 9, nothing to apply"]
     assert contents(path) == before and schema(path) == shape and version(path) == CURRENT
 
 
@@ -225,7 +227,8 @@ def test_version_1_database_gets_each_later_migration(tmp_path, expected_schema)
     before = contents(path)
     assert db.upgrade(path) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py", "0004_retry_at.sql",
                                 "0005_blocked_integrations.sql", "0006_idempotency_keys.sql",
-                                "0007_cancelled.py", "0008_prune.sql"]
+                                "0007_cancelled.py", "0008_prune.sql",
+                                "0009_dashboard_counts.sql"]
     assert schema(path) == expected_schema and contents(path) == before
 
 
@@ -235,7 +238,7 @@ def test_behind_database_is_refused_by_a_test_app(tmp_path):
         db.load_migrations()[0].apply(conn)
         conn.execute("PRAGMA user_version = 1")
     unchanged = digest(path)
-    with pytest.raises(db.SchemaError, match=f"is at schema version 1 of 8; run: {UPGRADE}$"):
+    with pytest.raises(db.SchemaError, match=f"is at schema version 1 of 9; run: {UPGRADE}$"):
         create_app({"DATABASE_PATH": path, **SECRETS})
     assert digest(path) == unchanged and version(path) == 1
 
@@ -313,7 +316,8 @@ def test_concurrent_upgrades_apply_each_migration_once(tmp_path, expected_schema
     assert not errors
     assert sorted(applied) == ["0002_fetch_indexes.sql", "0003_dispatched_at.py", "0004_retry_at.sql",
                                 "0005_blocked_integrations.sql", "0006_idempotency_keys.sql",
-                                "0007_cancelled.py", "0008_prune.sql"]
+                                "0007_cancelled.py", "0008_prune.sql",
+                                "0009_dashboard_counts.sql"]
     assert schema(path) == expected_schema and contents(path) == before
 
 
@@ -329,7 +333,7 @@ def test_behind_database_is_refused_at_start(tmp_path):
     path = legacy(str(tmp_path / "old.db"), "3b50bad")
     seed(path)
     unchanged = digest(path)
-    line = f"database error: {path} is at schema version 0 of 8 (made before versioning); run: {UPGRADE}"
+    line = f"database error: {path} is at schema version 0 of 9 (made before versioning); run: {UPGRADE}"
 
     result = subprocess.run([sys.executable, "-c", "from app import create_app; create_app()"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60,
@@ -346,7 +350,8 @@ def test_behind_database_is_refused_at_start(tmp_path):
                                          "  pending: 0003_dispatched_at.py", "  pending: 0004_retry_at.sql",
                                          "  pending: 0005_blocked_integrations.sql",
                                          "  pending: 0006_idempotency_keys.sql",
-                                         "  pending: 0007_cancelled.py", "  pending: 0008_prune.sql"]
+                                         "  pending: 0007_cancelled.py", "  pending: 0008_prune.sql",
+                                         "  pending: 0009_dashboard_counts.sql"]
     assert digest(path) == unchanged and version(path) == 0
 
 
@@ -360,18 +365,19 @@ def test_first_release_database_upgrades_and_serves_every_write_path(tmp_path, d
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"{db_path}: tables from before versioning adopted as schema version 1",
-        f"{db_path}: applied 0002_fetch_indexes.sql (schema version 2 of 8)",
-        f"{db_path}: applied 0003_dispatched_at.py (schema version 3 of 8)",
-        f"{db_path}: applied 0004_retry_at.sql (schema version 4 of 8)",
-        f"{db_path}: applied 0005_blocked_integrations.sql (schema version 5 of 8)",
-        f"{db_path}: applied 0006_idempotency_keys.sql (schema version 6 of 8)",
-        f"{db_path}: applied 0007_cancelled.py (schema version 7 of 8)",
-        f"{db_path}: applied 0008_prune.sql (schema version 8 of 8)",
+        f"{db_path}: applied 0002_fetch_indexes.sql (schema version 2 of 9)",
+        f"{db_path}: applied 0003_dispatched_at.py (schema version 3 of 9)",
+        f"{db_path}: applied 0004_retry_at.sql (schema version 4 of 9)",
+        f"{db_path}: applied 0005_blocked_integrations.sql (schema version 5 of 9)",
+        f"{db_path}: applied 0006_idempotency_keys.sql (schema version 6 of 9)",
+        f"{db_path}: applied 0007_cancelled.py (schema version 7 of 9)",
+        f"{db_path}: applied 0008_prune.sql (schema version 8 of 9)",
+        f"{db_path}: applied 0009_dashboard_counts.sql (schema version 9 of 9)",
     ]
     assert contents(db_path) == before and schema(db_path) == expected_schema
     again = flask(db_path, "init-db")  # the old name of db upgrade
     assert again.returncode == 0
-    assert again.stdout.splitlines() == [f"{db_path}: schema version 8 of 8, nothing to apply"]
+    assert again.stdout.splitlines() == [f"{db_path}: schema version 9 of 9, nothing to apply"]
 
     app = web()
     for table, namespace in TASK_TABLES.items():
@@ -427,3 +433,28 @@ def test_first_release_database_upgrades_and_runs_end_to_end(tmp_path):
         for (_, label), task_id in ids.items():
             if label in ("failed_rejected", "failed_no_attempts_left"):
                 assert stack.task(task_id)["status"] == "failed"
+
+
+def test_dashboard_counts_are_backfilled_and_kept_exact(tmp_path):
+    """0009: task_counts starts equal to a GROUP BY of each table; its triggers keep it so
+    through inserts, status changes and deletes; task_minutes holds the seeded tasks' creations and endings."""
+    path = legacy(str(tmp_path / "old.db"), "3b50bad")
+    seed(path)
+    db.upgrade(path)
+
+    def scanned(conn):
+        return {(t, s): n for t in TASK_TABLES for s, n in conn.execute(f"SELECT status, COUNT(*) FROM {t} "
+                                                                      "GROUP BY status")}
+
+    def kept(conn):
+        return {(t, s): n for t, s, n in conn.execute("SELECT tbl, status, n FROM task_counts WHERE n != 0")}
+
+    with closing(sqlite3.connect(path)) as conn, conn:
+        assert kept(conn) == scanned(conn) and sum(kept(conn).values()) == 2 * len(STATES)
+        minutes = dict(conn.execute("SELECT kind, SUM(n) FROM task_minutes GROUP BY kind"))
+        assert minutes == {"created": 2 * len(STATES), "completed": 2, "failed": 6}
+        conn.execute("UPDATE video_tasks SET status = 'completed' WHERE status = 'pending'")
+        conn.execute("UPDATE video_tasks SET updated_at = 0")  # no status change: no count change
+        conn.execute("DELETE FROM image_tasks WHERE status = 'failed'")
+        conn.execute("INSERT INTO image_tasks (id, request_params, created_at, updated_at) VALUES ('n', '{}', 1, 1)")
+        assert kept(conn) == scanned(conn)
