@@ -215,8 +215,9 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
     if report.kind is ReportKind.RETRY:
         if task["status"] != "failed":
             raise TransitionRefused(f"Cannot retry a {task['status']} task: only a failed task can be retried")
-        return Decision({"status": "pending", "retryable": 1, "error": None, "retryAt": None}, "pending",
-                        "retried by an operator")
+        # A cancel asked before the failure is spent: the operator wants the task to run again.
+        return Decision({"status": "pending", "retryable": 1, "error": None, "retryAt": None,
+                         "cancelRequestedAt": None, "cancelSentAt": None}, "pending", "retried by an operator")
     if report.kind is ReportKind.CANCEL:
         return _cancel(task, report, now)
     if report.kind is ReportKind.CLAIM:
