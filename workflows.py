@@ -183,6 +183,7 @@ class PollingRun:
         """Look at the previous attempt's job before creating another: (its id, None) if it is still alive,
         so this attempt polls it; (its id, outcome) if it ended in success while nobody watched, or failed
         for good (moderation); (None, None) if it failed otherwise or is gone, so a new job is created."""
+        self.external_id = earlier  # a cancel during the look must still cancel this job (no command: replay-safe)
         try:
             look = await workflow.execute_activity(
                 self.activities.look, PollInput(self.task_id, self.attempt, earlier),
@@ -201,6 +202,7 @@ class PollingRun:
             return earlier, look.outcome
         self.log("the previous attempt's provider job is over; creating a new one", external_id=earlier,
                  status=look.status)
+        self.external_id = None  # over: a cancel from here on concerns the job created next, if any
         return None, None
 
     async def finish(self, external_id: str, outcome: PollOutcome) -> dict:
