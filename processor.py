@@ -99,6 +99,15 @@ def default_instance_id() -> str:
     return f"processor-{os.environ.get('HOSTNAME') or uuid.uuid4().hex[:8]}"
 
 
+def cancelled_meanwhile(results: Any) -> list[dict]:
+    """Dispatch confirmations answered `cancelled`: the task was cancelled while its start was held (Temporal
+    unreachable), so the run just started must be cancelled too, or it would make a provider job for nothing."""
+    if not isinstance(results, list):
+        return []
+    return [{"id": r["apiCallId"], "attempt": r.get("attempt"), "status": "cancelled"} for r in results
+            if isinstance(r, dict) and r.get("status") == "cancelled" and isinstance(r.get("apiCallId"), str)]
+
+
 class TemporalUnavailable(Exception):
     """Temporal cannot be reached now; claim nothing until it can."""
 
@@ -570,7 +579,7 @@ class TaskProcessor:
             self.give_back_confirmations(pull, confirmations)
             raise RuntimeError(f"claimPendingTasks answered {response.status_code}: {answer.get('error')}")
         self.metrics.add("claimed", pull.integration, len(tasks))
-        cancels = answer.get("cancels") or []
+        cancels = (answer.get("cancels") or []) + cancelled_meanwhile(answer.get("dispatched"))
         if cancels:
             self.bridge.submit(self.cancel_workflows(pull, cancels))
         now = time.monotonic()
@@ -627,6 +636,10 @@ class TaskProcessor:
                 delivered = response.status_code < 500
             except requests.RequestException:
                 delivered = False
+            if delivered and response.status_code == 200:
+                cancels = cancelled_meanwhile(json_body(response).get("results"))
+                if cancels:
+                    self.bridge.submit(self.cancel_workflows(pull, cancels))
             if not delivered:
                 self.give_back_confirmations(pull, items)
                 self.log("dispatch confirmations not delivered; will retry", level=logging.WARNING,

@@ -156,7 +156,7 @@ def test_a_task_that_moved_since_it_was_read_is_not_pruned(app, fleet, db_path):
         assert [row[1] for row in found] == [task_id]
         task_store.transition(conn, table, task_id, task_store.Report.operator_retry())
         report = task_store.PruneReport()
-        assert task_store._prune_batch(conn, table, "failed", cutoff, found, report)[0] == []
+        assert task_store._prune_batch(conn, table, "failed", cutoff, found, report, time.time())[0] == []
     assert fleet.exists(task_id) and len(fleet.events(task_id)) == 5 and report.tasks == 0
 
 

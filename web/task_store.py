@@ -870,7 +870,8 @@ def prune_finished(conn: sqlite3.Connection, tables: Iterable[TaskTable], older_
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
     started = time.perf_counter()
-    cutoff = (time.time() if now is None else now) - older_than_seconds
+    now = time.time() if now is None else now
+    cutoff = now - older_than_seconds
     report = PruneReport()
     # The WAL is checkpointed after each batch, outside the write lock, rather than by the commit that fills
     # it (an auto-checkpoint runs inside that COMMIT call and would add its disk writes to the batch's time).
@@ -885,7 +886,7 @@ def prune_finished(conn: sqlite3.Connection, tables: Iterable[TaskTable], older_
                     if not found:
                         break
                     after = (found[-1][2], found[-1][0])
-                    pruned, held_ms = _prune_batch(conn, table, status, cutoff, found, report)
+                    pruned, held_ms = _prune_batch(conn, table, status, cutoff, found, report, now)
                     if CHECKPOINT_EVERY and report.batches % CHECKPOINT_EVERY == 0:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # waits for no reader or writer
                     if pruned and on_pruned is not None:
@@ -923,8 +924,11 @@ def _prune_candidates(conn, table: TaskTable, status: str, cutoff: float, after:
 
 
 def _prune_batch(conn, table: TaskTable, status: str, cutoff: float, found: list[tuple[int, str, float]],
-                 report: PruneReport) -> tuple[list[str], float]:
-    """One write transaction: the tasks still prunable, their events, their keys. (ids deleted, lock ms)."""
+                 report: PruneReport, now: float) -> tuple[list[str], float]:
+    """One write transaction: the tasks still prunable, their events, their expired keys. (ids deleted, lock ms).
+
+    A key younger than IDEMPOTENCY_SECONDS stays, even with its task gone (a retention under a day): a retry
+    of the create then answers the same task id (now 404), never a second task billed again."""
     ids = [task_id for _, task_id, _ in found]
     marks = ", ".join("?" * len(ids))
     c = lambda name: _q(table.entity.column(name))
@@ -938,10 +942,11 @@ def _prune_batch(conn, table: TaskTable, status: str, cutoff: float, found: list
             marks = ", ".join("?" * len(pruned))
             report.events += conn.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", pruned).rowcount
             # A key's created_at is its task's createdAt (create_task_once): the created_at index finds it.
-            created = sorted({row[1] for row in deleted})
-            report.keys += conn.execute(
-                f"DELETE FROM idempotency_keys WHERE created_at IN ({', '.join('?' * len(created))}) "
-                f"AND task_id IN ({marks})", (*created, *pruned)).rowcount
+            created = sorted({row[1] for row in deleted if row[1] <= now - IDEMPOTENCY_SECONDS})
+            if created:
+                report.keys += conn.execute(
+                    f"DELETE FROM idempotency_keys WHERE created_at IN ({', '.join('?' * len(created))}) "
+                    f"AND task_id IN ({marks})", (*created, *pruned)).rowcount
     held_ms = (time.perf_counter() - locked) * 1000
     report.tasks += len(pruned)
     report.batches += 1

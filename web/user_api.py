@@ -84,6 +84,8 @@ def cancel_task(task_id: str):
         logs.event(log, "cancel requested" if outcome.cancelling else "task cancelled", task=task_id,
                    attempt=outcome.attempt, integration=integration.namespace)
     task = task_store.get_task(db.get_db(), table, task_id)
+    if task is None:  # pruned between the cancel and this read (a cancelled task, old enough)
+        abort(404, "Task not found")
     return jsonify(public_task(integration, task)), 202 if outcome.cancelling else 200
 
 
