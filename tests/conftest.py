@@ -77,9 +77,15 @@ def pg_url(pg_server):
     dbaccess.execute(admin, f"DROP SCHEMA {schema} CASCADE")
 
 
-@pytest.fixture
+def db_config(target):
+    """create_app settings that put an app on `target` (as db_target gives it)."""
+    return {"DATABASE_URL": target} if dbaccess.is_postgres(target) else {"DATABASE_PATH": target}
+
+
+@pytest.fixture(autouse=True)
 def backend(request):
-    """Which task store the test runs on: "sqlite" unless the module parametrizes it (BACKENDS)."""
+    """Which task store the test runs on: "sqlite" unless the module parametrizes it (BACKENDS).
+    Autouse, so a module's parametrization reaches every test in it."""
     return getattr(request, "param", "sqlite")
 
 
@@ -201,18 +207,20 @@ def temporal(tmp_path_factory):
 
 
 @pytest.fixture
-def web(tmp_path, db_path):
+def web(tmp_path, db_path, db_target):
     """The web process under gunicorn (2 workers); yields a `Web` with its URL and a `Tasks`-like API."""
     from dev.stack import gunicorn
 
     started = []
+    url_env = {"DATABASE_URL": db_target} if db_target != db_path else {}
 
     def start(**env):
         context = gunicorn(db_path, tmp_path / "gunicorn.log", workers=2,
-                           env={**SECRETS, "RETRY_BASE_SECONDS": "0", **{k: str(v) for k, v in env.items()}})
+                           env={**SECRETS, **url_env, "RETRY_BASE_SECONDS": "0",
+                                **{k: str(v) for k, v in env.items()}})
         url = context.__enter__()
         started.append(context)
-        return Web(url, db_path)
+        return Web(url, db_target)
 
     yield start
     for context in reversed(started):
