@@ -89,7 +89,7 @@ class PgConn:
         self.raw = raw
 
     def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
-        return self.raw.execute(translate(sql), params if params else None)
+        return self.raw.execute(translate(sql), params or ())  # () still turns %% back into %
 
     def execute_pg(self, sql: str, params: Any = None) -> psycopg.Cursor:
         """PostgreSQL's own SQL, as is (%s placeholders)."""
