@@ -54,8 +54,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config is None:
         logs.setup("web")
     app = Flask(__name__)
+    database_url, database_path = db.database_settings(config.get("components.main.databaseUrl"),
+                                                       config.get("components.main.databasePath", "data/app.db"))
     app.config.update(
-        DATABASE_PATH=config.get("components.main.databasePath", "data/app.db"),
+        DATABASE_PATH=database_path,
+        DATABASE_URL=database_url,
         BATCH_SIZE=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
@@ -71,7 +74,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["kind"] = one_of(i.short_name for i in integrations)
 
     db.init_app(app)
-    db.check_at_start(app.config["DATABASE_PATH"], exit_on_error=test_config is None)
+    db.check_at_start(db.target(app.config), exit_on_error=test_config is None)
     app.cli.add_command(tasks_cli)
     app.cli.add_command(integrations_cli)
     _register_errors(app)

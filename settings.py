@@ -41,6 +41,9 @@ IMAGE = "integrations.nanobanana2ImageGeneration"
 SETTINGS = [
     Setting("PORT", "components.main.port", int, "port the web process listens on"),
     Setting("DATABASE_PATH", "components.main.databasePath", str, "SQLite database file"),
+    Setting("DATABASE_URL", "components.main.databaseUrl", str,
+            "unset or sqlite:///path: SQLite (at DATABASE_PATH, or the path); postgresql://...: a PostgreSQL task "
+            "store (psycopg 3 and its pool)"),
     Setting("MAIN_ENDPOINT", "components.main.endpoint", str,
             "base URL the processor and worker use to reach the web process"),
     Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str,
@@ -411,6 +414,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"RECONCILE_INTERVAL_SECONDS (components.asyncTask.reconciler.intervalSeconds) must be a "
                           f"number from 0.1 to 3600, got {interval!r}")
     _validate_retention(config)
+    url = config.get("components.main.databaseUrl")
+    if url not in (None, "") and not (isinstance(url, str)
+                                      and url.startswith(("sqlite:///", "postgresql://", "postgres://"))):
+        raise ConfigError("DATABASE_URL (components.main.databaseUrl) must be sqlite:///<path> or "
+                          "postgresql://...; got a value of another scheme")
     for path, (low, high) in _BOUNDS.items():
         value = config.get(path)
         if value is None:

@@ -1,8 +1,17 @@
-"""Fixtures: a fresh app on a temporary SQLite file per test (pytest-flask gives `client`)."""
+"""Fixtures: a fresh app on a temporary SQLite file per test (pytest-flask gives `client`).
+
+A test module runs on both task-store backends with
+`pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)`: its `app`, `tasks` and
+`snapshot` then use a fresh PostgreSQL schema per test on one throwaway cluster the session starts
+(dev/postgres.py; TEST_DATABASE_URL names an existing server instead), with the same assertions.
+Rows are read through dev/dbaccess.py, which speaks both.
+"""
 
 from __future__ import annotations
 
 import base64
+import os
+import secrets
 import sqlite3
 import time
 
@@ -10,6 +19,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from app import create_app
+from dev import dbaccess
 
 TOKEN = "test-internal-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,9 +34,65 @@ REPORT = {VIDEO: "reportFangzhouVideoResult", IMAGE: "reportNanobanana2ImageResu
 TABLE = {VIDEO: "video_tasks", IMAGE: "image_tasks"}
 
 
+BACKENDS = ["sqlite", "postgres"]
+
+
 @pytest.fixture
 def db_path(tmp_path):
     return str(tmp_path / "app.db")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """(admin URL, URL maker) of a PostgreSQL server for the session: TEST_DATABASE_URL, else a throwaway cluster."""
+    from dev import postgres
+
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given, lambda schema: f"{given}{'&' if '?' in given else '?'}options=-csearch_path%3D{schema}"
+        return
+    if postgres.find_bin() is None:
+        pytest.skip("PostgreSQL binaries not found (.ci/run installs them; or set TEST_DATABASE_URL)")
+    with postgres.cluster() as cluster:
+        yield cluster.url, lambda schema: cluster.url_for(schema=schema)
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A URL whose connections see only a fresh, empty schema of their own (dropped after the test).
+
+    A schema per test, not a database: measured on this machine, create + migrate 19.6 ms and drop
+    6.3 ms (median of 10), against 22.8 ms + 6.1 ms for CREATE DATABASE ... TEMPLATE, which also
+    costs every connection a new handshake."""
+    from dev import dbaccess
+    from web import pg
+
+    admin, url_for = pg_server
+    schema = f"t_{secrets.token_hex(6)}"
+    dbaccess.execute(admin, f"CREATE SCHEMA {schema}")
+    url = url_for(schema)
+    yield url
+    pg.close_pools(url)
+    dbaccess.close(url)
+    dbaccess.execute(admin, f"DROP SCHEMA {schema} CASCADE")
+
+
+def db_config(target):
+    """create_app settings that put an app on `target` (as db_target gives it)."""
+    return {"DATABASE_URL": target} if dbaccess.is_postgres(target) else {"DATABASE_PATH": target}
+
+
+@pytest.fixture(autouse=True)
+def backend(request):
+    """Which task store the test runs on: "sqlite" unless the module parametrizes it (BACKENDS).
+    Autouse, so a module's parametrization reaches every test in it."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def db_target(request, backend, db_path):
+    """What the app runs on and the helpers read: the SQLite file's path, or the PostgreSQL schema's URL."""
+    return request.getfixturevalue("pg_url") if backend == "postgres" else db_path
 
 
 class SignedInClient(FlaskClient):
@@ -47,9 +113,10 @@ class SignedInClient(FlaskClient):
 
 
 @pytest.fixture
-def app(db_path):
+def app(db_path, db_target):
     # RETRY_BASE_SECONDS 0: a retryable failure is due at once, unless a test is about backoff.
-    app = create_app({"DATABASE_PATH": db_path, **SECRETS, "RETRY_BASE_SECONDS": 0,
+    url = {"DATABASE_URL": db_target} if db_target != db_path else {}
+    app = create_app({"DATABASE_PATH": db_path, **url, **SECRETS, "RETRY_BASE_SECONDS": 0,
                       "MAX_ATTEMPTS": 5, "STUCK_TIMEOUT_SECONDS": 300, "BATCH_SIZE": 10})
     app.config["TESTING"] = True
     app.test_client_class = SignedInClient
@@ -61,7 +128,7 @@ class Tasks:
 
     def __init__(self, client, db_path):
         self.client = client
-        self.db_path = db_path
+        self.db_path = db_path  # the SQLite path or the PostgreSQL URL (dev/dbaccess.py reads both)
 
     def create(self, namespace=VIDEO, prompt="a cat on a skateboard"):
         path = "/api/video/generate" if namespace == VIDEO else "/api/image/generate"
@@ -78,22 +145,17 @@ class Tasks:
                   "retryable": int(retryable), "dispatched_at": dispatched_at, "retry_at": retry_at}
         if created_at is not None:
             fields["created_at"] = created_at
-        with sqlite3.connect(self.db_path) as conn:
-            sets = ", ".join(f"{k} = ?" for k in fields)
-            conn.execute(f"UPDATE {TABLE[namespace]} SET {sets} WHERE id = ?", [*fields.values(), task_id])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        dbaccess.execute(self.db_path, f"UPDATE {TABLE[namespace]} SET {sets} WHERE id = ?",
+                         [*fields.values(), task_id])
         return task_id
 
     def row(self, task_id, namespace=VIDEO):
-        with sqlite3.connect(self.db_path) as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute(f"SELECT * FROM {TABLE[namespace]} WHERE id = ?", (task_id,)).fetchone()
-            return dict(row) if row else None
+        rows = dbaccess.query(self.db_path, f"SELECT * FROM {TABLE[namespace]} WHERE id = ?", (task_id,))
+        return rows[0] if rows else None
 
     def events(self, task_id):
-        with sqlite3.connect(self.db_path) as conn:
-            conn.row_factory = sqlite3.Row
-            return [dict(r) for r in conn.execute(
-                "SELECT * FROM task_events WHERE task_id = ? ORDER BY id", (task_id,))]
+        return dbaccess.query(self.db_path, "SELECT * FROM task_events WHERE task_id = ? ORDER BY id", (task_id,))
 
     def report(self, task_id, status, namespace=VIDEO, **fields):
         body = {"apiCallId": task_id, "status": status, **fields}
@@ -105,15 +167,21 @@ class Tasks:
 
 
 @pytest.fixture
-def tasks(client, db_path):
-    return Tasks(client, db_path)
+def tasks(client, db_target):
+    return Tasks(client, db_target)
 
 
-def snapshot(db_path):
-    """Every row of every table: compared before and after to show nothing changed."""
-    with sqlite3.connect(db_path) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+def snapshot(target):
+    """Every row of every table: compared before and after to show nothing changed (`target`: as db_target)."""
+    if not dbaccess.is_postgres(target):
+        with sqlite3.connect(target) as conn:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+    found = {}
+    for table in dbaccess.tables(target):
+        rows = dbaccess.query(target, f"SELECT * FROM {table}")
+        found[table] = sorted((tuple(r.values()) for r in rows), key=repr)
+    return found
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
@@ -139,18 +207,20 @@ def temporal(tmp_path_factory):
 
 
 @pytest.fixture
-def web(tmp_path, db_path):
+def web(tmp_path, db_path, db_target):
     """The web process under gunicorn (2 workers); yields a `Web` with its URL and a `Tasks`-like API."""
     from dev.stack import gunicorn
 
     started = []
+    url_env = {"DATABASE_URL": db_target} if db_target != db_path else {}
 
     def start(**env):
         context = gunicorn(db_path, tmp_path / "gunicorn.log", workers=2,
-                           env={**SECRETS, "RETRY_BASE_SECONDS": "0", **{k: str(v) for k, v in env.items()}})
+                           env={**SECRETS, **url_env, "RETRY_BASE_SECONDS": "0",
+                                **{k: str(v) for k, v in env.items()}})
         url = context.__enter__()
         started.append(context)
-        return Web(url, db_path)
+        return Web(url, db_target)
 
     yield start
     for context in reversed(started):
@@ -182,12 +252,8 @@ class Web:
                               json={"apiCallId": task_id, "status": status, **fields})
 
     def rows(self, namespace=VIDEO):
-        with sqlite3.connect(self.db_path) as conn:
-            conn.row_factory = sqlite3.Row
-            return {r["id"]: dict(r) for r in conn.execute(f"SELECT * FROM {TABLE[namespace]}")}
+        return {r["id"]: r for r in dbaccess.query(self.db_path, f"SELECT * FROM {TABLE[namespace]}")}
 
     def events(self, status=None):
-        with sqlite3.connect(self.db_path) as conn:
-            conn.row_factory = sqlite3.Row
-            rows = conn.execute("SELECT * FROM task_events ORDER BY id").fetchall()
-            return [dict(r) for r in rows if status is None or r["status"] == status]
+        rows = dbaccess.query(self.db_path, "SELECT * FROM task_events ORDER BY id")
+        return [r for r in rows if status is None or r["status"] == status]

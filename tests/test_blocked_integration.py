@@ -5,14 +5,16 @@ ends the block, and an operator can end it (CLI); the dashboard and the CLI say 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 
+import pytest
 from freezegun import freeze_time
 
-from tests.conftest import IMAGE, VIDEO
+from dev import dbaccess
+from tests.conftest import BACKENDS, IMAGE, VIDEO
 from tests.test_backoff import claim
 from web import db, task_store
 
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 CREDITS = "Nano Banana 402: Insufficient Credits"
 
 
@@ -92,8 +94,7 @@ def test_only_a_new_job_ends_the_block(app, tasks):
     assert len(blocks(app)) == 1
 
     resumed = tasks.create(IMAGE, "its earlier attempt's job is alive")
-    with sqlite3.connect(tasks.db_path) as conn:
-        conn.execute("UPDATE image_tasks SET external_id = 'nb2-x' WHERE id = ?", (resumed,))
+    dbaccess.execute(tasks.db_path, "UPDATE image_tasks SET external_id = 'nb2-x' WHERE id = ?", (resumed,))
     attempt = claim_unblocked(app, tasks, resumed)
     assert tasks.report(resumed, "processing", IMAGE, attempt=attempt, taskId="nb2-x").status_code == 200
     assert len(blocks(app)) == 1
@@ -101,10 +102,7 @@ def test_only_a_new_job_ends_the_block(app, tasks):
 
 def claim_unblocked(app, tasks, task_id):
     """Claim one task past the block (as if its probe were due); its new attempt."""
-    with app.app_context():
-        conn = db.get_db()
-        conn.execute("UPDATE integration_blocks SET probe_at = 0")
-        conn.commit()
+    dbaccess.execute(tasks.db_path, "UPDATE integration_blocks SET probe_at = 0")
     answer = tasks.report(task_id, "queued", IMAGE)
     assert answer.status_code == 200, answer.json
     return answer.json["attempt"]
@@ -182,6 +180,5 @@ def test_the_spent_attempts_decide_the_limit_in_the_fetch(app, tasks):
     use_policy(app, VIDEO, max_attempts=2)
     task_id = tasks.put(VIDEO, status="failed", attempts=3)
     assert claim(tasks, VIDEO) == []  # 3 spent of 2
-    with sqlite3.connect(tasks.db_path) as conn:
-        conn.execute("UPDATE video_tasks SET attempts_refunded = 2 WHERE id = ?", (task_id,))
+    dbaccess.execute(tasks.db_path, "UPDATE video_tasks SET attempts_refunded = 2 WHERE id = ?", (task_id,))
     assert claim(tasks, VIDEO) == [task_id]  # 1 spent of 2

@@ -4,14 +4,16 @@ Whole-stack cancels (a workflow cancelled through Temporal, a provider job cance
 tests/test_cancel_stack.py.
 """
 
-import sqlite3
 import threading
 import time
 
 import pytest
 
-from tests.conftest import AUTH, IMAGE, TABLE, VIDEO, snapshot
-from web import task_store
+from dev import dbaccess
+from tests.conftest import AUTH, BACKENDS, IMAGE, TABLE, VIDEO, snapshot
+from web import db, task_store
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 
 def cancel(client, task_id, **kwargs):
@@ -39,13 +41,13 @@ def test_pending_task_is_cancelled_at_once(client, tasks):
     assert claim(client)["tasks"] == []  # never claimed
 
 
-def test_cancelling_twice_is_idempotent(client, tasks, db_path):
+def test_cancelling_twice_is_idempotent(client, tasks, db_target):
     task_id = tasks.create()
     first = cancel(client, task_id)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     again = cancel(client, task_id)
     assert again.status_code == 200 and again.json == first.json
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
 def test_failed_task_waiting_for_its_retry_is_cancelled(client, tasks):
@@ -56,22 +58,22 @@ def test_failed_task_waiting_for_its_retry_is_cancelled(client, tasks):
 
 
 @pytest.mark.parametrize("status, retryable", [("completed", True), ("failed", False)])
-def test_finished_task_answers_409_and_changes_nothing(client, tasks, db_path, status, retryable):
+def test_finished_task_answers_409_and_changes_nothing(client, tasks, db_target, status, retryable):
     task_id = tasks.put(status=status, attempts=1, retryable=retryable)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     answer = cancel(client, task_id)
     assert answer.status_code == 409
     assert f"Cannot cancel a {status} task: it is finished" in answer.json["error"]
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
-def test_unknown_task_is_404_and_the_client_key_is_required(client, tasks, db_path):
+def test_unknown_task_is_404_and_the_client_key_is_required(client, tasks, db_target):
     assert cancel(client, "no-such-task").status_code == 404
     task_id = tasks.create()
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     assert cancel(client, task_id, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert cancel(client, task_id, headers=AUTH).status_code == 401  # the internal token is not a client key
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
 @pytest.mark.parametrize("status", ["queued", "processing"])
@@ -93,8 +95,8 @@ def test_an_undelivered_cancel_is_handed_out_again(app, tasks):
     task_id = tasks.put(status="processing", attempts=1, started_at=int(time.time()), dispatched_at=time.time())
     assert cancel(app.test_client(), task_id).status_code == 202
     table = app.extensions["task_tables"][VIDEO]
-    with sqlite3.connect(tasks.db_path) as conn:
-        conn.row_factory = sqlite3.Row
+    with app.app_context():
+        conn = db.get_db()
         now = time.time()
         assert [c["id"] for c in task_store.take_cancels(conn, table, now=now)] == [task_id]
         assert task_store.take_cancels(conn, table, now=now + 1) == []
@@ -136,10 +138,10 @@ def test_an_abandoned_claim_with_a_cancel_is_cancelled_not_rescued(client, tasks
     assert statuses(tasks, task_id)[-1] == "cancelled" and tasks.row(task_id)["status"] == "cancelled"
 
 
-def test_a_claim_of_a_task_being_cancelled_is_refused(client, tasks, db_path):
+def test_a_claim_of_a_task_being_cancelled_is_refused(client, tasks, db_target):
     task_id = tasks.put(status="queued", attempts=1, started_at=int(time.time()) - 3600)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(f"UPDATE {TABLE[VIDEO]} SET cancel_requested_at = ? WHERE id = ?", (time.time(), task_id))
+    dbaccess.execute(db_target, f"UPDATE {TABLE[VIDEO]} SET cancel_requested_at = ? WHERE id = ?",
+                     (time.time(), task_id))
     answer = tasks.report(task_id, "queued")
     assert answer.status_code == 409 and "its cancel is asked for" in answer.json["error"]
 

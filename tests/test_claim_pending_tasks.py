@@ -2,9 +2,12 @@
 
 import time
 
+import pytest
 from freezegun import freeze_time
 
-from tests.conftest import AUTH, IMAGE, VIDEO
+from tests.conftest import AUTH, BACKENDS, IMAGE, VIDEO
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 CLAIM = "/api/{}/claimPendingTasks"
 

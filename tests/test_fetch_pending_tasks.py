@@ -5,7 +5,9 @@ import time
 import pytest
 from freezegun import freeze_time
 
-from tests.conftest import IMAGE, VIDEO
+from tests.conftest import BACKENDS, IMAGE, VIDEO
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 
 def ids(response):

@@ -4,7 +4,6 @@ make one task."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 
 import pytest
@@ -12,7 +11,10 @@ import requests
 from freezegun import freeze_time
 
 from app import create_app
-from tests.conftest import SECRETS, USER, VIDEO, snapshot
+from dev import dbaccess
+from tests.conftest import BACKENDS, SECRETS, USER, VIDEO, db_config, snapshot
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 CLIENT_B = "second-client-key-0123456"
 BODY = {"prompt": "a heron at dawn", "duration": 5}
@@ -22,20 +24,19 @@ def post(client, body=BODY, key="retry-1", path="/api/video/generate", headers=N
     return client.post(path, json=body, headers={**({"Idempotency-Key": key} if key else {}), **(headers or {})})
 
 
-def count_tasks(db_path):
-    with sqlite3.connect(db_path) as conn:
-        return sum(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("video_tasks", "image_tasks"))
+def count_tasks(target):
+    return sum(dbaccess.query(target, f"SELECT COUNT(*) AS n FROM {t}")[0]["n"] for t in ("video_tasks", "image_tasks"))
 
 
-def test_a_retry_with_the_same_key_and_body_returns_the_first_task(client, db_path):
+def test_a_retry_with_the_same_key_and_body_returns_the_first_task(client, db_target):
     first = post(client)
     assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
     again = post(client, body={"duration": 5, "prompt": "a heron at dawn"})  # same body, keys in another order
     assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
     assert again.json == first.json == {"taskId": first.json["taskId"], "status": "pending"}
-    assert count_tasks(db_path) == 1
-    with sqlite3.connect(db_path) as conn:  # one `pending` event: the replay wrote nothing
-        assert conn.execute("SELECT COUNT(*) FROM task_events").fetchone()[0] == 1
+    assert count_tasks(db_target) == 1
+    # one `pending` event: the replay wrote nothing
+    assert dbaccess.query(db_target, "SELECT COUNT(*) AS n FROM task_events")[0]["n"] == 1
 
 
 def test_the_replay_answers_the_first_answer_even_after_the_task_moved_on(client, tasks):
@@ -44,31 +45,32 @@ def test_the_replay_answers_the_first_answer_even_after_the_task_moved_on(client
     assert post(client).json == first
 
 
-def test_the_same_key_with_another_body_or_path_is_422_and_changes_nothing(client, db_path):
+def test_the_same_key_with_another_body_or_path_is_422_and_changes_nothing(client, db_target):
     post(client)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     other_body = post(client, body={"prompt": "a heron at dusk"})
     assert other_body.status_code == 422 and "different request" in other_body.json["error"]
     assert post(client, body={"prompt": "a wren"}, key="retry-2").status_code == 201
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     other_path = post(client, body={"prompt": "a wren"}, key="retry-2", path="/api/image/generate")
     assert other_path.status_code == 422
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
-def test_keys_are_per_client(db_path):
-    client = create_app({"DATABASE_PATH": db_path, **SECRETS,
+def test_keys_are_per_client(db_target):
+    client = create_app({**db_config(db_target), **SECRETS,
                          "CLIENT_API_KEYS": f"{SECRETS['CLIENT_API_KEYS']},{CLIENT_B}"}).test_client()
     mine = post(client, headers=USER)
     theirs = post(client, headers={"Authorization": f"Bearer {CLIENT_B}"})
     assert (mine.status_code, theirs.status_code) == (201, 201)
     assert mine.json["taskId"] != theirs.json["taskId"]
-    with sqlite3.connect(db_path) as conn:  # no client key is stored, only a hash of it
-        stored = " ".join(str(v) for row in conn.execute("SELECT * FROM idempotency_keys") for v in row)
+    # no client key is stored, only a hash of it
+    rows = dbaccess.query(db_target, "SELECT * FROM idempotency_keys")
+    stored = " ".join(str(v) for row in rows for v in row.values())
     assert SECRETS["CLIENT_API_KEYS"] not in stored and CLIENT_B not in stored
 
 
-def test_a_key_is_kept_24_hours(client, db_path):
+def test_a_key_is_kept_24_hours(client, db_target):
     with freeze_time() as clock:
         first = post(client).json
         clock.tick(86_399)
@@ -77,18 +79,18 @@ def test_a_key_is_kept_24_hours(client, db_path):
         later = post(client)
         assert later.status_code == 201 and later.json["taskId"] != first["taskId"]
         assert post(client, body={"prompt": "a new day"}, key="retry-2").status_code == 201
-    assert count_tasks(db_path) == 3
+    assert count_tasks(db_target) == 3
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\tin", "é-accent", " lead"])
-def test_a_malformed_key_is_400_and_changes_nothing(client, db_path, key):
-    before = snapshot(db_path)
+def test_a_malformed_key_is_400_and_changes_nothing(client, db_target, key):
+    before = snapshot(db_target)
     answer = client.post("/api/video/generate", json=BODY, headers={"Idempotency-Key": key})
     assert answer.status_code == 400 and "Idempotency-Key" in answer.json["error"]
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
-def test_an_invalid_request_stores_no_key(client, db_path):
+def test_an_invalid_request_stores_no_key(client, db_target):
     assert post(client, body={"prompt": ""}).status_code == 400
     assert post(client).status_code == 201  # the key was not taken by the refused request
 

@@ -138,7 +138,7 @@ def test_importing_integrations_loads_no_database_module():
         "from integrations import load_integrations\n"
         "cfgs = [i.get_pull_mode_config() for i in load_integrations(settings.load_config())]\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlite3', '_sqlite3', 'sqlite_utils', 'web', "
-        "'flask'))\n"
+        "'flask', 'psycopg', 'psycopg_pool', 'psycopg_binary'))\n"
         "print(len(cfgs), bad)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

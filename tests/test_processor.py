@@ -196,7 +196,8 @@ p.load([i.get_pull_mode_config() for i in load_integrations(config)])
 p.run_once()
 p.stop()
 print(json.dumps({"modules": sorted(m for m in sys.modules
-                                    if m.split(".")[0] in ("sqlite3", "_sqlite3", "sqlite_utils", "web", "app")),
+                                    if m.split(".")[0] in ("sqlite3", "_sqlite3", "sqlite_utils", "web", "app",
+                                                             "psycopg", "psycopg_pool", "psycopg_binary")),
                   "db_files": [f for f in opened if f.endswith((".db", ".db-wal", ".db-shm", ".sqlite"))],
                   "sqlite_events": connects, "claimed": p.stats["claimed"]}))
 """

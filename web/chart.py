@@ -48,8 +48,10 @@ def per_minute(conn: sqlite3.Connection, namespaces: list[str], now: float | Non
     last = int(now // 60)
     first = last - MINUTES + 1
     marks = ", ".join("?" for _ in namespaces)
-    rows = conn.execute(f"SELECT minute, kind, SUM(n) FROM task_minutes WHERE minute >= ? AND minute <= ? "
-                        f"AND namespace IN ({marks}) GROUP BY minute, kind", (first, last, *namespaces))
+    # CAST: PostgreSQL's SUM of a bigint is a numeric (Decimal); its task_minutes holds delta rows to add up
+    rows = conn.execute(f"SELECT minute, kind, CAST(SUM(n) AS BIGINT) FROM task_minutes WHERE minute >= ? "
+                        f"AND minute <= ? AND namespace IN ({marks}) GROUP BY minute, kind",
+                        (first, last, *namespaces))
     counts = {(minute, kind): n for minute, kind, n in rows}
     peak = max([counts.get((m, "created"), 0) for m in range(first, last + 1)]
                + [sum(counts.get((m, k), 0) for k in OUTCOMES) for m in range(first, last + 1)])

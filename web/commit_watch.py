@@ -243,6 +243,30 @@ class CommitWaiter:
         return changed
 
 
+RECHECK_SECONDS = 0.1  # PostgreSQL, until LISTEN/NOTIFY lands: a waiting poll looks again this often
+
+
+class RecheckWaiter:
+    """PostgreSQL's wait for now: no commit signal yet, so the poll looks again every RECHECK_SECONDS
+    (one indexed query each) and stops when the client hangs up. LISTEN/NOTIFY is to replace it
+    (issue 16), with this re-check kept as the fallback for a lost notification."""
+
+    def __init__(self, client: socket.socket | None = None):
+        self.client = client
+        self.client_gone = False
+
+    def wait(self, deadline: float) -> bool:
+        """True when it is time to look again; False at `deadline` or once the client is gone."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(remaining, RECHECK_SECONDS))
+        if self.client is not None and client_gone(self.client):
+            self.client_gone = True
+            return False
+        return time.monotonic() < deadline
+
+
 class WaitBudget:
     """How many long polls may wait at once in this process, and how many of one integration.
 
@@ -310,7 +334,10 @@ def long_poll(conn: sqlite3.Connection, db_path: str, wait_ms: int, look: Callab
     ends early if the `client` socket hangs up. `waiting` is entered for as long as
     the poll holds a slot (the waiting-polls gauge).
     """
-    commits = CommitWaiter(conn, db_path, client)  # before the first look: a commit after it wakes the wait
+    if getattr(conn, "dialect", None) == "postgresql":
+        commits: CommitWaiter | RecheckWaiter = RecheckWaiter(client)
+    else:
+        commits = CommitWaiter(conn, db_path, client)  # before the first look: a commit after it wakes the wait
     found = look()
     if found or wait_ms <= 0:
         return Waited(found)

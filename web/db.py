@@ -18,10 +18,13 @@ A database from before versioning (user_version 0, tables present) is adopted at
 version 1 once 0001's tables and columns are found in it; 0002 and 0003 look
 before they change, since unversioned commits left any mix of old and new indexes.
 
-PostgreSQL would add `migrations/postgresql/`, numbered on its own, with the
-version in a one-row table (it has no user_version); `db upgrade` would pick the
-folder and the version store by the database URL's scheme. `Migration`,
-`load_migrations` and the commands do not depend on the dialect.
+PostgreSQL (DATABASE_URL=postgresql://...) keeps `migrations/postgresql/`, numbered
+on its own, with the version in the one-row table schema_version; `db upgrade` picks
+the folder and the version store by the target's scheme and applies the pending
+migrations in one transaction under `pg_advisory_xact_lock`, so hosts starting at
+once apply each migration once (PostgreSQL's DDL is transactional). Its connections
+come from a per-process pool (web/pg.py, imported only then); a request holds one
+from its first `get_db()` to its teardown.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from flask import current_app
+from flask import current_app, g
 from flask.cli import AppGroup
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schema.sql"
 MIGRATIONS = ROOT / "migrations" / "sqlite"
+PG_MIGRATIONS = ROOT / "migrations" / "postgresql"
+PG_UPGRADE_LOCK = 7261847200  # pg_advisory_xact_lock key: one schema upgrade at a time per database
 UPGRADE = "flask --app app db upgrade"
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -68,8 +73,12 @@ class Migration:
     def name(self) -> str:
         return self.path.name
 
-    def apply(self, conn: sqlite3.Connection) -> None:
-        """Run inside the caller's transaction, statement by statement: executescript would commit it."""
+    def apply(self, conn) -> None:
+        """Run inside the caller's transaction, statement by statement: executescript would commit it.
+        On PostgreSQL an .sql file is one multi-statement execute (its function bodies hold ';' too)."""
+        if self.path.suffix == ".sql" and is_postgres_conn(conn):
+            conn.execute_pg(self.path.read_text())
+            return
         if self.path.suffix == ".py":
             spec = importlib.util.spec_from_file_location(f"migration_{self.number:04d}", self.path)
             module = importlib.util.module_from_spec(spec)
@@ -105,12 +114,39 @@ def statements(script: str) -> Iterator[str]:
             pending = ""
 
 
+def is_postgres(target: str | None) -> bool:
+    """Whether a database target (a DATABASE_URL, or an SQLite path) names PostgreSQL."""
+    return bool(target) and target.startswith(("postgresql://", "postgres://"))
+
+
+def is_postgres_conn(conn) -> bool:
+    return getattr(conn, "dialect", None) == "postgresql"
+
+
+def target(config) -> str:
+    """The app's database: its PostgreSQL URL, or its SQLite file's path."""
+    return config.get("DATABASE_URL") or config["DATABASE_PATH"]
+
+
+def database_settings(url: str | None, path: str) -> tuple[str | None, str]:
+    """(PostgreSQL URL or None, SQLite path) from DATABASE_URL and DATABASE_PATH: sqlite:///p means the path p."""
+    if url and url.startswith("sqlite:///"):
+        return None, url[len("sqlite:///"):]
+    return (url or None), path
+
+
 @contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+def immediate(conn) -> Iterator[None]:
     """A write transaction that takes the write lock up front (no lock upgrade deadlocks).
 
     Some errors end SQLite's transaction themselves; then there is nothing left to roll back.
+    On PostgreSQL it is a plain READ COMMITTED transaction: task_store locks the rows it
+    decides on (FOR UPDATE, in id order) instead of the whole database.
     """
+    if is_postgres_conn(conn):
+        with conn.transaction():
+            yield
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -157,6 +193,8 @@ def upgrade(path: str, folder: Path = MIGRATIONS, echo: Callable[[str], None] = 
     the same file at once apply each migration once. A new database gets all
     migrations in one transaction: a process starting beside it never sees half of it.
     """
+    if is_postgres(path):
+        return _upgrade_pg(path, PG_MIGRATIONS if folder == MIGRATIONS else folder, echo)
     migrations = load_migrations(folder)
     target = len(migrations)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +235,65 @@ def _apply(conn: sqlite3.Connection, migration: Migration, path: str) -> None:
     except Exception as exc:
         raise SchemaError(f"{path}: migration {migration.name} failed and was rolled back: {exc}") from exc
     conn.execute(f"PRAGMA user_version = {migration.number}")
+
+
+def _upgrade_pg(url: str, folder: Path, echo: Callable[[str], None]) -> list[str]:
+    """PostgreSQL: every pending migration and the version bump in one transaction, under the upgrade lock."""
+    from web import pg
+
+    migrations = load_migrations(folder)
+    target, shown = len(migrations), _shown(url)
+    applied: list[str] = []
+    conn = pg.connect(url)
+    try:
+        with conn.transaction():
+            conn.execute_pg("SELECT pg_advisory_xact_lock(%s)", (PG_UPGRADE_LOCK,))
+            conn.execute_pg("CREATE TABLE IF NOT EXISTS schema_version (only_row BOOLEAN PRIMARY KEY DEFAULT true "
+                            "CHECK (only_row), version INTEGER NOT NULL, updated_at DOUBLE PRECISION NOT NULL)")
+            row = conn.execute_pg("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > target:
+                raise SchemaError(_describe(shown, version, target, True))
+            for migration in migrations[version:]:
+                _apply_pg(conn, migration, shown)
+                applied.append(migration.name)
+            if applied:
+                conn.execute_pg("INSERT INTO schema_version (version, updated_at) VALUES (%s, extract(epoch FROM "
+                                "clock_timestamp())) ON CONFLICT (only_row) DO UPDATE SET version = excluded.version, "
+                                "updated_at = excluded.updated_at", (target,))
+    finally:
+        conn.close()
+    for name in applied:
+        echo(f"{shown}: applied {name}")
+    if not applied:
+        echo(f"{shown}: schema version {target} of {target}, nothing to apply")
+    return applied
+
+
+def _apply_pg(conn, migration: Migration, shown: str) -> None:
+    try:
+        migration.apply(conn)
+    except Exception as exc:
+        raise SchemaError(f"{shown}: migration {migration.name} failed and was rolled back: {exc}") from exc
+
+
+def _shown(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def stored_version_pg(url: str) -> tuple[int, bool] | None:
+    """(version, True) of a PostgreSQL database with a schema_version table; None without one."""
+    from web import pg
+
+    conn = pg.connect(url)
+    try:
+        if conn.execute_pg("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+            return None
+        row = conn.execute_pg("SELECT version FROM schema_version").fetchone()
+        return (row[0] if row else 0), True
+    finally:
+        conn.close()
 
 
 def init_db(path: str) -> None:
@@ -243,6 +340,14 @@ def check_at_start(path: str, exit_on_error: bool) -> None:
     if _loading_for_db_command():
         return
     try:
+        if is_postgres(path):
+            target = len(load_migrations(PG_MIGRATIONS))
+            found = stored_version_pg(path)
+            if found is None:
+                upgrade(path)
+            elif found[0] != target:
+                raise SchemaError(_describe(_shown(path), found[0], target, found[1]))
+            return
         target = len(load_migrations())
         found = stored_version(path)
         if found is None or found == (0, False):
@@ -276,8 +381,20 @@ def _loading_for_db_command() -> bool:
 _local = threading.local()
 
 
-def get_db() -> sqlite3.Connection:
-    """This thread's connection to the app's database, opened on first use and then kept."""
+def get_db():
+    """This thread's connection to the app's database, opened on first use and then kept.
+
+    PostgreSQL: a connection of the process's pool, held by the app context (the request)
+    from its first use until its teardown gives it back."""
+    url = current_app.config.get("DATABASE_URL")
+    if url:
+        conn = g.get("_pg_conn")
+        if conn is None:
+            from web import pg
+
+            conn = g._pg_conn = pg.PgConn(pg.pool(url).getconn())
+            g._pg_pool = pg.pool(url)
+        return conn
     path = current_app.config["DATABASE_PATH"]
     cached = getattr(_local, "conn", None)
     if cached is None or cached[0] != path:
@@ -288,7 +405,12 @@ def get_db() -> sqlite3.Connection:
 
 
 def end_request(_exc: BaseException | None = None) -> None:
-    """Never leave a transaction open on a kept connection (a failed request may have)."""
+    """Never leave a transaction open on a kept connection (a failed request may have);
+    a pooled PostgreSQL connection goes back to its pool."""
+    conn = g.pop("_pg_conn", None)
+    if conn is not None:
+        g.pop("_pg_pool").putconn(conn.raw)  # the pool rolls back an open transaction itself
+        return
     cached = getattr(_local, "conn", None)
     if cached is not None and cached[1].in_transaction:
         cached[1].rollback()
@@ -301,7 +423,7 @@ db_cli = AppGroup("db", help="The database's schema version: show it, upgrade it
 def upgrade_command() -> None:
     """Apply the pending migrations (migrations/sqlite/), one transaction each."""
     try:
-        upgrade(current_app.config["DATABASE_PATH"], echo=click.echo)
+        upgrade(target(current_app.config), echo=click.echo)
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -309,20 +431,22 @@ def upgrade_command() -> None:
 @db_cli.command("version")
 def version_command() -> None:
     """Show the database's schema version, the one this release runs on, and what is pending."""
-    path = current_app.config["DATABASE_PATH"]
-    migrations = load_migrations()
-    target = len(migrations)
+    path = target(current_app.config)
+    postgres = is_postgres(path)
+    migrations = load_migrations(PG_MIGRATIONS if postgres else MIGRATIONS)
+    newest = len(migrations)
     try:
-        found = stored_version(path)
+        found = stored_version_pg(path) if postgres else stored_version(path)
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
+    path = _shown(path)
     if found is None or found == (0, False):
-        click.echo(f"{path}: no schema yet; the app creates it at schema version {target}")
-    elif found[0] == target:
-        click.echo(f"{path}: schema version {target} of {target}, current")
+        click.echo(f"{path}: no schema yet; the app creates it at schema version {newest}")
+    elif found[0] == newest:
+        click.echo(f"{path}: schema version {newest} of {newest}, current")
     else:
-        click.echo(_describe(path, found[0], target, found[1]))
-        for migration in migrations[max(found[0], 1):] if found[0] < target else []:
+        click.echo(_describe(path, found[0], newest, found[1]))
+        for migration in migrations[max(found[0], 1):] if found[0] < newest else []:
             click.echo(f"  pending: {migration.name}")
 
 

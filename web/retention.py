@@ -129,6 +129,10 @@ def start(app) -> PeriodicPrune | None:
     days = settings.get("components.retention.days") if settings is not None else None
     if days is None or _running is not None:
         return _running
+    if app.config.get("DATABASE_URL"):  # its lock is a file beside the SQLite database: one host only
+        logs.event(log, "periodic prune not started: not yet built for PostgreSQL; run `flask --app app tasks "
+                   "prune` from one host", pid=os.getpid())
+        return None
     interval = float(settings.get("components.retention.intervalSeconds", DEFAULT_INTERVAL_SECONDS))
     _running = PeriodicPrune(app.config["DATABASE_PATH"], list(app.extensions["task_tables"].values()),
                              float(days) * DAY_SECONDS, interval, media_deleter(app)).start()

@@ -6,6 +6,15 @@ asks `decide()` what the report does, applies that as a conditional UPDATE
 (status and attempts in the WHERE) and appends its event in the same
 transaction. A refused report writes nothing.
 
+On PostgreSQL (DATABASE_URL; `conn` is a web.pg.PgConn) the same functions keep
+the same promises with row locks instead of one write lock: a READ COMMITTED
+transaction first locks the task rows it will judge (`FOR UPDATE`, several in id
+order, so two transactions never wait on each other in a cycle), and a claim picks
+its tasks with one `ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED` per claimable kind,
+each over its own partial index, so claimers never wait on or collide with each
+other. `decide()` stays the only judge on both, and the fenced UPDATE stays as a
+second fence. Only the SQL that differs is written twice (`_pg(conn)` branches).
+
 It knows tables, not integrations: a `TaskTable` (built once per integration
 from the configuration) names the table, its columns and its claim policy.
 
@@ -32,6 +41,7 @@ from typing import Any
 
 from settings import Config
 from web.db import immediate
+from web.db import is_postgres_conn as _pg
 
 STATUSES = ("pending", "queued", "processing", "completed", "failed", "cancelled")
 # Progress reports (a workflow's, or an operator's `tasks fail`): the statuses each status may move to.
@@ -44,6 +54,9 @@ CANCEL_RESEND_SECONDS = 30.0  # a cancel handed to a processor is handed out aga
 CANCEL_BATCH = 100
 EXPIRE_BATCH = 100
 PROBE_CANDIDATES = 10  # a blocked integration's probe is the least handed-back of its oldest claimable tasks
+FOLD_SECONDS = 5.0  # PostgreSQL: a process folds the counters' delta rows at most this often on the claim path
+CAP_LOCK = 7261847202  # PostgreSQL: advisory lock (seed of hashtextextended(table)): one capped claim at a time
+KEY_LOCK = 7261847203  # PostgreSQL: advisory lock (seed of hashtextextended(scope:key)): per Idempotency-Key
 
 
 IDEMPOTENCY_SECONDS = 86_400  # an Idempotency-Key answers the same task for this long
@@ -360,7 +373,17 @@ def transition_many(conn: sqlite3.Connection, table: TaskTable, reports: list[tu
     """
     now = time.time() if now is None else now
     with immediate(conn):
+        _lock_rows(conn, table, [task_id for task_id, _ in reports])
         return _apply_each(conn, table, reports, now)
+
+
+def _lock_rows(conn, table: TaskTable, ids: list[str]) -> None:
+    """PostgreSQL: lock these task rows in id order before any is judged (no lock-order deadlocks).
+    SQLite holds its one write lock already."""
+    if _pg(conn) and len(ids) > 1:
+        id_col = _q(table.entity.column("id"))
+        conn.execute(f"SELECT 1 FROM {_q(table.entity.table)} WHERE {id_col} = ANY(?) ORDER BY {id_col} FOR UPDATE",
+                     (sorted(set(ids)),)).fetchall()
 
 
 def _apply_each(conn, table, reports, now) -> list[Outcome | TaskNotFound | TransitionRefused]:
@@ -387,10 +410,15 @@ def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmat
     """
     now = time.time() if now is None else now
     claimed = []
+    confirmations = list(confirmations)
     with immediate(conn):
+        _lock_rows(conn, table, [task_id for task_id, _ in confirmations])
         confirmed = _apply_each(conn, table, [(task_id, Report.dispatched(attempt))
                                               for task_id, attempt in confirmations], now)
-        for task in fetch_claimable(conn, table, limit, now):
+        if _pg(conn) and table.policy.max_active is not None:  # the cap is counted by one claimer at a time
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, ?))",
+                         (table.entity.table, CAP_LOCK)).fetchall()
+        for task in fetch_claimable(conn, table, limit, now, lock=True):
             try:
                 outcome = _apply(conn, table, task["id"], Report.claim(), now)
             except TransitionRefused:  # cannot happen under the lock; if it did, claim the others
@@ -401,7 +429,7 @@ def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmat
 
 
 def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Report, now: float) -> Outcome:
-    task = _select(conn, table.entity, task_id)
+    task = _select(conn, table.entity, task_id, lock=True)
     if task is None:
         raise TaskNotFound("Task not found")
     decision = decide(task, report, table.policy, now)
@@ -463,12 +491,14 @@ def take_cancels(conn: sqlite3.Connection, table: TaskTable, limit: int = CANCEL
         return []
     handed = []
     with immediate(conn):
+        # PostgreSQL: rows another transaction holds are left to it (a cancel is delivered at least once anyway)
+        skip = " FOR UPDATE SKIP LOCKED" if _pg(conn) else ""
         ids = [row[0] for row in conn.execute(
             f"SELECT {_q(table.entity.column('id'))} {_cancel_due_sql(table)} "
-            f"ORDER BY {_q(table.entity.column('cancelSentAt'))} LIMIT :limit",
+            f"ORDER BY {_q(table.entity.column('cancelSentAt'))} LIMIT :limit{skip}",
             {"resend": now - CANCEL_RESEND_SECONDS, "limit": limit})]
         for task_id in ids:
-            task = _select(conn, table.entity, task_id)
+            task = _select(conn, table.entity, task_id, lock=True)
             if task is None or task["status"] not in ACTIVE or task["cancelRequestedAt"] is None:
                 continue
             changes: dict[str, Any] = {"cancelSentAt": now}
@@ -500,8 +530,9 @@ def _block(conn: sqlite3.Connection, table: TaskTable, task_id: str, reason: str
 
 def _take_probe(conn: sqlite3.Connection, table: TaskTable, task_id: str, now: float) -> None:
     """A claim of a blocked integration is its probe: refused until the probe is due; then taken, and the
-    next probe is an interval away. (Every claim path, batch or single, passes here.)"""
-    block = get_block(conn, table.integration)
+    next probe is an interval away. (Every claim path, batch or single, passes here.) On PostgreSQL the
+    block's row is locked first, so of two claimers only one takes a probe."""
+    block = get_block(conn, table.integration, lock=_pg(conn))
     if block is None:
         return
     if block["probeAt"] > now:
@@ -511,13 +542,15 @@ def _take_probe(conn: sqlite3.Connection, table: TaskTable, task_id: str, now: f
                  (now + table.policy.probe_seconds, task_id, table.integration))
 
 
-SELECT_BLOCKS = ("SELECT integration, reason, task_id AS taskId, since, probe_at AS probeAt, "
-                 "updated_at AS updatedAt FROM integration_blocks")
+SELECT_BLOCKS = ('SELECT integration, reason, task_id AS "taskId", since, probe_at AS "probeAt", '
+                 'updated_at AS "updatedAt" FROM integration_blocks')
 
 
-def get_block(conn: sqlite3.Connection, integration: str) -> dict | None:
-    """The integration's block ({integration, reason, taskId, since, probeAt, updatedAt}), or None."""
-    row = conn.execute(f"{SELECT_BLOCKS} WHERE integration = ?", (integration,)).fetchone()
+def get_block(conn: sqlite3.Connection, integration: str, lock: bool = False) -> dict | None:
+    """The integration's block ({integration, reason, taskId, since, probeAt, updatedAt}), or None.
+    `lock` (PostgreSQL, in a transaction): its row is locked until the commit."""
+    row = conn.execute(f"{SELECT_BLOCKS} WHERE integration = ?{' FOR UPDATE' if lock else ''}",
+                       (integration,)).fetchone()
     return dict(row) if row else None
 
 
@@ -552,18 +585,30 @@ def create_task_once(conn: sqlite3.Connection, table: TaskTable, request_params:
     """
     now = time.time() if now is None else now
     with immediate(conn):
+        if _pg(conn):  # concurrent uses of one key wait for each other here (SQLite: its write lock)
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, ?))",
+                         (f"{scope}:{key}", KEY_LOCK)).fetchall()
         seen = conn.execute("SELECT fingerprint, task_id FROM idempotency_keys WHERE scope = ? AND key = ? "
                             "AND created_at > ?", (scope, key, now - IDEMPOTENCY_SECONDS)).fetchone()
         if seen is not None:
             if seen[0] != fingerprint:
                 raise KeyReused("This Idempotency-Key was used for a different request in the last 24 hours")
             return seen[1], False
-        conn.execute("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys "
-                     "WHERE created_at <= ? ORDER BY created_at LIMIT ?)", (now - IDEMPOTENCY_SECONDS,
-                                                                         EXPIRED_KEYS_BATCH))
+        if _pg(conn):
+            conn.execute("DELETE FROM idempotency_keys WHERE (scope, key) IN (SELECT scope, key FROM idempotency_keys "
+                         "WHERE created_at <= ? ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED)",
+                         (now - IDEMPOTENCY_SECONDS, EXPIRED_KEYS_BATCH))
+        else:
+            conn.execute("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys "
+                         "WHERE created_at <= ? ORDER BY created_at LIMIT ?)", (now - IDEMPOTENCY_SECONDS,
+                                                                             EXPIRED_KEYS_BATCH))
         task_id = _insert_task(conn, table, request_params, now)
-        conn.execute("INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) "
-                     "VALUES (?, ?, ?, ?, ?)", (scope, key, fingerprint, task_id, now))
+        upsert = ("INSERT INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) VALUES (?, ?, ?, ?, ?) "
+                  "ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                  "task_id = excluded.task_id, created_at = excluded.created_at") if _pg(conn) else (
+            "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?)")
+        conn.execute(upsert, (scope, key, fingerprint, task_id, now))
     return task_id, True
 
 
@@ -587,6 +632,9 @@ def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None =
     now = time.time() if now is None else now
     entity, policy, c = table.entity, table.policy, table.entity.column
     cutoff = now - policy.stuck_timeout_seconds
+    if _pg(conn):
+        _maybe_fold(conn, now)
+        cutoff = math.ceil(cutoff)  # startedAt is a BIGINT: an integer cutoff keeps its index (same rows)
     candidates = [row[0] for row in conn.execute(
         f"SELECT {_q(c('id'))} FROM {_q(entity.table)} WHERE {_q(c('status'))} = 'queued' "
         f"AND {_q(c('attempts'))} >= ? AND +{_q(c('startedAt'))} < ? "  # + : use the attempts index
@@ -597,7 +645,7 @@ def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None =
     expired = []
     for task_id in candidates:
         with immediate(conn):
-            task = _select(conn, entity, task_id)
+            task = _select(conn, entity, task_id, lock=True, skip_locked=True)  # a held one: another host has it
             if not (task and task["status"] == "queued" and (task["startedAt"] or 0) < cutoff
                     and spent(task) >= policy.max_attempts and task["dispatchedAt"] is None):
                 continue
@@ -609,7 +657,8 @@ def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None =
     return expired
 
 
-def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now: float | None = None) -> list[dict]:
+def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now: float | None = None,
+                    lock: bool = False) -> list[dict]:
     """Claimable tasks, oldest createdAt first: pending, retry due, stuck queued (docs/design.md §3).
 
     A queued claim is stuck only if its workflow start was never confirmed
@@ -627,6 +676,10 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     PROBE_CANDIDATES, the one handed back least often (its claim moves the probe on, _take_probe).
     Spent attempts (attempts less the refunded ones) count against the limit. Each task carries
     `externalId`: the previous attempt's job.
+
+    On PostgreSQL each kind is its own CTE over its partial index (FOR UPDATE is refused across
+    a UNION); with `lock` (claim_next, in its transaction) each locks what it reads, skipping rows
+    another transaction holds, so concurrent claimers take disjoint tasks.
     """
     now = time.time() if now is None else now
     block = get_block(conn, table.integration)
@@ -634,6 +687,9 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
         if block["probeAt"] > now:
             return []
         limit = PROBE_CANDIDATES
+    if _pg(conn):
+        found = _claimable_pg(conn, table, limit, now, lock)
+        return _pick_and_cap(conn, table, found, block)
     c = lambda name: _q(table.entity.column(name))
     spent_sql = f"+{c('attempts')} - {c('attemptsRefunded')}"  # spent(); the unary + keeps each kind's index
     select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('startedAt')} AS startedAt, "
@@ -655,6 +711,38 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     params = {"limit": limit, "max": table.policy.max_attempts, "now": now,
               "cutoff": now - table.policy.stuck_timeout_seconds}
     found = [_decode(dict(row)) for row in conn.execute(sql, params)]
+    return _pick_and_cap(conn, table, found, block)
+
+
+def _claimable_pg(conn, table: TaskTable, limit: int, now: float, lock: bool) -> list[dict]:
+    """fetch_claimable's three kinds on PostgreSQL: each a MATERIALIZED CTE (a fence: the planner must not
+    turn the LIMIT into a nested loop that locks more) walking its partial index."""
+    c = lambda name: _q(table.entity.column(name))
+    tbl, skip = _q(table.entity.table), " FOR UPDATE SKIP LOCKED" if lock else ""
+    spent_sql = f"{c('attempts')} - {c('attemptsRefunded')}"
+    sql = f"""
+        WITH p AS MATERIALIZED (SELECT {c('id')} AS id FROM {tbl} WHERE {c('status')} = 'pending'
+                                ORDER BY {c('createdAt')} LIMIT :limit{skip}),
+             r AS MATERIALIZED (SELECT {c('id')} AS id FROM {tbl} WHERE {c('status')} = 'failed'
+                                AND {c('retryable')} = 1 AND {c('retryAt')} <= :now AND {spent_sql} < :max
+                                ORDER BY {c('retryAt')} LIMIT :limit{skip}),
+             s AS MATERIALIZED (SELECT {c('id')} AS id FROM {tbl} WHERE {c('status')} = 'queued'
+                                AND {c('dispatchedAt')} IS NULL AND {c('startedAt')} < :cutoff AND {spent_sql} < :max
+                                AND {c('cancelRequestedAt')} IS NULL ORDER BY {c('startedAt')} LIMIT :limit{skip})
+        SELECT {c('id')} AS "id", {c('status')} AS "status", {c('startedAt')} AS "startedAt",
+               {c('attempts')} AS "attempts", {c('attemptsRefunded')} AS "attemptsRefunded",
+               {c('requestParams')} AS "requestParams", {c('externalId')} AS "externalId",
+               {c('createdAt')} AS "createdAt"
+        FROM {tbl} WHERE {c('id')} IN (SELECT id FROM p UNION ALL SELECT id FROM r UNION ALL SELECT id FROM s)
+        ORDER BY {c('createdAt')} LIMIT :limit
+    """
+    params = {"limit": limit, "max": table.policy.max_attempts, "now": now,
+              "cutoff": math.ceil(now - table.policy.stuck_timeout_seconds)}  # BIGINT: an integer keeps the index
+    return [_decode(dict(row)) for row in conn.execute(sql, params)]
+
+
+def _pick_and_cap(conn, table: TaskTable, found: list[dict], block: dict | None) -> list[dict]:
+    """A blocked integration's one probe, then the active cap: what fetch_claimable answers."""
     if block is not None and found:
         # One probe: of the oldest few, the one handed back least often, so a task the account cannot afford
         # (a 4K image on a low balance) does not hold the head of the line and keep the block for ever.
@@ -693,15 +781,15 @@ def list_dispatched(conn: sqlite3.Connection, table: TaskTable, older_than_secon
     now = time.time() if now is None else now
     c = lambda name: _q(table.entity.column(name))
     created, task_id = after if after is not None else (float("-inf"), "")
-    select = (f"SELECT {c('id')} AS id, {c('status')} AS status, {c('attempts')} AS attempts, "
-              f"{c('createdAt')} AS createdAt, {c('updatedAt')} AS updatedAt FROM {_q(table.entity.table)}")
+    select = (f'SELECT {c("id")} AS "id", {c("status")} AS "status", {c("attempts")} AS "attempts", '
+              f'{c("createdAt")} AS "createdAt", {c("updatedAt")} AS "updatedAt" FROM {_q(table.entity.table)}')
     page = (f"AND ({c('createdAt')} > :created OR ({c('createdAt')} = :created AND {c('id')} > :id)) "
             f"AND +{c('updatedAt')} < :cutoff ORDER BY {c('createdAt')}, {c('id')} LIMIT :limit")
     sql = f"""
-        SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'processing' {page})
+        SELECT * FROM (SELECT * FROM ({select} WHERE {c('status')} = 'processing' {page}) AS processing
         UNION ALL
-        SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NOT NULL {page}))
-        ORDER BY createdAt, id LIMIT :limit
+        SELECT * FROM ({select} WHERE {c('status')} = 'queued' AND {c('dispatchedAt')} IS NOT NULL {page}) AS queued)
+        AS dispatched ORDER BY "createdAt", "id" LIMIT :limit
     """
     params = {"created": created, "id": task_id, "cutoff": now - older_than_seconds, "limit": limit}
     return [dict(row) for row in conn.execute(sql, params)]
@@ -726,7 +814,7 @@ def find_task(conn: sqlite3.Connection, tables: Iterable[TaskTable], task_id: st
 def list_events(conn: sqlite3.Connection, task_id: str) -> list[dict]:
     """A task's events, oldest first."""
     rows = conn.execute(
-        "SELECT status, attempt, external_id AS externalId, data, error, created_at AS createdAt "
+        'SELECT status, attempt, external_id AS "externalId", data, error, created_at AS "createdAt" '
         "FROM task_events WHERE task_id = ? ORDER BY id", (task_id,),
     )
     return [{**dict(row), "data": _load(row["data"])} for row in rows]
@@ -741,9 +829,9 @@ def list_tasks(conn: sqlite3.Connection, table: TaskTable, status: str | None = 
     statuses = [status] if status else list(STATUSES)
     c = lambda name: _q(table.entity.column(name))
     parts = [f"SELECT * FROM (SELECT {_all_columns(table.entity)} FROM {_q(table.entity.table)} "
-             f"WHERE {c('status')} = ? AND {c('createdAt')} > -1e308 ORDER BY {c('createdAt')} DESC LIMIT ?)"
-             for _ in statuses]
-    sql = " UNION ALL ".join(parts) + " ORDER BY createdAt DESC LIMIT ?"
+             f"WHERE {c('status')} = ? AND {c('createdAt')} > -1e308 ORDER BY {c('createdAt')} DESC LIMIT ?) AS s{i}"
+             for i, _ in enumerate(statuses)]
+    sql = " UNION ALL ".join(parts) + ' ORDER BY "createdAt" DESC LIMIT ?'
     params = [value for s in statuses for value in (s, limit)] + [limit]
     return [_decode(dict(row)) for row in conn.execute(sql, params)]
 
@@ -751,6 +839,12 @@ def list_tasks(conn: sqlite3.Connection, table: TaskTable, status: str | None = 
 def count_by_status(conn: sqlite3.Connection, table: TaskTable) -> dict[str, int]:
     """Tasks per status, read from task_counts (kept exact by the table's triggers): no scan, at any size."""
     counts = dict.fromkeys(STATUSES, 0)
+    if _pg(conn):  # delta rows, added up (migrations/postgresql/0001)
+        fold_counts(conn)
+        rows = conn.execute("SELECT status, SUM(n)::bigint FROM task_counts WHERE tbl = ? GROUP BY status",
+                            (table.entity.table,))
+        counts.update(dict(rows.fetchall()))
+        return counts
     rows = conn.execute("SELECT status, n FROM task_counts WHERE tbl = ?", (table.entity.table,))
     counts.update(dict(rows.fetchall()))
     return counts
@@ -761,6 +855,22 @@ def oldest_pending_created_at(conn: sqlite3.Connection, table: TaskTable) -> flo
     row = conn.execute(f"SELECT MIN({_q(c('createdAt'))}) FROM {_q(table.entity.table)} "
                        f"WHERE {_q(c('status'))} = 'pending'").fetchone()
     return row[0]
+
+
+_folded_at = 0.0
+
+
+def fold_counts(conn) -> None:
+    """PostgreSQL: fold the dashboard counters' delta rows (one folder at a time; a busy fold is skipped)."""
+    global _folded_at
+    _folded_at = time.monotonic()
+    conn.execute("SELECT fold_task_counts()").fetchall()
+
+
+def _maybe_fold(conn, _now: float) -> None:
+    """Fold at most every FOLD_SECONDS per process, so the delta rows stay few without any reader."""
+    if time.monotonic() - _folded_at >= FOLD_SECONDS:
+        fold_counts(conn)
 
 
 # -- helpers --
@@ -774,10 +884,14 @@ def _all_columns(entity: EntityMapping) -> str:
     return ", ".join(f"{_q(col)} AS {_q(field)}" for field, col in entity.columns.items())
 
 
-def _select(conn: sqlite3.Connection, entity: EntityMapping, task_id: str) -> dict | None:
+def _select(conn: sqlite3.Connection, entity: EntityMapping, task_id: str, lock: bool = False,
+            skip_locked: bool = False) -> dict | None:
+    """The task's row; `lock` (inside a write transaction): on PostgreSQL its row is locked until the commit
+    (`skip_locked`: None if another transaction holds it). SQLite's write lock covers it already."""
+    locking = (" FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE") if lock and _pg(conn) else ""
     row = conn.execute(
-        f"SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {_q(entity.column('id'))} = ?", (task_id,)
-    ).fetchone()
+        f"SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {_q(entity.column('id'))} = ?{locking}",
+        (task_id,)).fetchone()
     return dict(row) if row else None
 
 
@@ -875,19 +989,22 @@ def prune_finished(conn: sqlite3.Connection, tables: Iterable[TaskTable], older_
     report = PruneReport()
     # The WAL is checkpointed after each batch, outside the write lock, rather than by the commit that fills
     # it (an auto-checkpoint runs inside that COMMIT call and would add its disk writes to the batch's time).
-    autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-    conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint if CHECKPOINT_EVERY == 0 else 0}")
+    # PostgreSQL has no WAL file of ours to checkpoint and no rowid: its cursor is (createdAt, id).
+    postgres = _pg(conn)
+    autocheckpoint = None if postgres else conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    if not postgres:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint if CHECKPOINT_EVERY == 0 else 0}")
     try:
         for table in tables:
             for status in PRUNABLE:
-                after: tuple[float, int] = (float("-inf"), 0)
+                after: tuple[float, int | str] = (float("-inf"), "" if postgres else 0)
                 while not (stop is not None and stop.is_set()):
                     found = _prune_candidates(conn, table, status, cutoff, after, batch_size)
                     if not found:
                         break
                     after = (found[-1][2], found[-1][0])
                     pruned, held_ms = _prune_batch(conn, table, status, cutoff, found, report, now)
-                    if CHECKPOINT_EVERY and report.batches % CHECKPOINT_EVERY == 0:
+                    if CHECKPOINT_EVERY and report.batches % CHECKPOINT_EVERY == 0 and not postgres:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # waits for no reader or writer
                     if pruned and on_pruned is not None:
                         on_pruned(pruned)
@@ -896,7 +1013,8 @@ def prune_finished(conn: sqlite3.Connection, tables: Iterable[TaskTable], older_
                     if len(found) < batch_size:
                         break
     finally:
-        conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
+        if not postgres:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
     report.seconds = time.perf_counter() - started
     return report
 
@@ -917,9 +1035,10 @@ def _prune_candidates(conn, table: TaskTable, status: str, cutoff: float, after:
                       limit: int) -> list[tuple[int, str, float]]:
     """(rowid, id, createdAt) of the next prunable tasks after the cursor, read without the write lock."""
     c = lambda name: _q(table.entity.column(name))
-    sql = (f"SELECT rowid, {c('id')}, {c('createdAt')} FROM {_q(table.entity.table)} "
-           f"WHERE {_prune_where(table, status)} AND ({c('createdAt')}, rowid) > (?, ?) "
-           f"ORDER BY {c('createdAt')}, rowid LIMIT ?")
+    rowid = c("id") if _pg(conn) else "rowid"  # PostgreSQL: its (status, created_at, id) index
+    sql = (f"SELECT {rowid}, {c('id')}, {c('createdAt')} FROM {_q(table.entity.table)} "
+           f"WHERE {_prune_where(table, status)} AND ({c('createdAt')}, {rowid}) > (?, ?) "
+           f"ORDER BY {c('createdAt')}, {rowid} LIMIT ?")
     return [tuple(row) for row in conn.execute(sql, (status, cutoff, cutoff, *after, limit))]
 
 

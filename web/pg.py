@@ -1,0 +1,164 @@
+"""PostgreSQL connections that speak the few sqlite3 idioms task_store uses (DATABASE_URL=postgresql://...).
+
+Imported only when PostgreSQL is selected (psycopg is never loaded for SQLite, and never by the processor
+or the worker). `PgConn` wraps a psycopg 3 connection in autocommit mode, so a transaction exists only
+inside `transaction()` (an implicit one would hold locks and pin vacuum on a kept connection). Its
+`execute()` takes task_store's SQLite-flavoured SQL: `?` and `:name` placeholders become psycopg's, and
+SQLite's unary `+"column"` index hints are dropped (PostgreSQL has no unary plus on text, and its planner
+needs no hint). Rows answer both `row[0]` and `row["name"]`, like sqlite3.Row; JSONB reads back as text,
+so the shared code decodes JSON the same way on both backends.
+
+One pool per process and URL, opened on first use (after gunicorn forks: a pool made in the master would
+share sockets with its children). Every connection gets a connect timeout, `lock_timeout` (a transition
+waits this long for a row another holds, then fails instead of hanging a thread) and
+`idle_in_transaction_session_timeout` (a transaction left open cannot pin vacuum for long).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool
+
+CONNECT_TIMEOUT_SECONDS = 10
+LOCK_TIMEOUT = "5s"
+IDLE_IN_TRANSACTION_TIMEOUT = "10s"
+POOL_TIMEOUT_SECONDS = 30.0  # waiting for a free connection of the pool
+POOL_MAX = int(os.environ.get("DATABASE_POOL_MAX", "10"))  # per process; a long poll holds one while it waits
+
+
+class Row(tuple):
+    """A result row: by position and by column name, and `dict(row)` gives {name: value}."""
+
+    def __new__(cls, values, names: dict[str, int]):
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self):
+        return list(self._names)
+
+
+def _row_factory(cursor):
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(values, names)
+
+
+_STRINGS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_HINT = re.compile(r"(?<=[\s(])\+(?=\")")
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """SQLite placeholders and hints to psycopg's (string literals and quoted names are left alone)."""
+    out, at = [], 0
+    for match in _STRINGS.finditer(sql):
+        out.append(_translate_code(sql[at:match.start()]))
+        out.append(match.group().replace("%", "%%"))
+        at = match.end()
+    out.append(_translate_code(sql[at:]))
+    return _HINT.sub("", "".join(out))
+
+
+def _translate_code(code: str) -> str:
+    code = code.replace("%", "%%").replace("?", "%s")
+    return _NAMED.sub(r"%(\1)s", code)
+
+
+class PgConn:
+    """A psycopg connection with sqlite3's `execute()` shape (see the module docstring)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, raw: psycopg.Connection):
+        self.raw = raw
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
+        return self.raw.execute(translate(sql), params or ())  # () still turns %% back into %
+
+    def execute_pg(self, sql: str, params: Any = None) -> psycopg.Cursor:
+        """PostgreSQL's own SQL, as is (%s placeholders)."""
+        return self.raw.execute(sql, params)
+
+    def executemany(self, sql: str, params_seq) -> psycopg.Cursor:
+        cursor = self.raw.cursor()
+        cursor.executemany(translate(sql), params_seq)
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN (READ COMMITTED) ... COMMIT, or ROLLBACK on an exception."""
+        with self.raw.transaction():
+            yield
+
+    def rollback(self) -> None:
+        self.raw.rollback()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def configure(conn: psycopg.Connection) -> None:
+    """Every new connection: JSONB read as text, the session's timeouts, rows by name and position."""
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
+    conn.row_factory = _row_factory
+    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
+
+
+def connect(url: str) -> PgConn:
+    """One connection of its own (the CLI, migrations, tests): autocommit, configured."""
+    raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    configure(raw)
+    return PgConn(raw)
+
+
+_pools: dict[tuple[int, str], ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool(url: str) -> ConnectionPool:
+    """This process's pool for `url`, opened on first use (so after a fork, never inherited)."""
+    key = (os.getpid(), url)
+    found = _pools.get(key)
+    if found is not None:
+        return found
+    with _pools_lock:
+        if key not in _pools:
+            made = ConnectionPool(url, min_size=1, max_size=POOL_MAX, open=False, timeout=POOL_TIMEOUT_SECONDS,
+                                  kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                                  configure=configure, check=ConnectionPool.check_connection,
+                                  name=f"tasks-{os.getpid()}")
+            made.open(wait=True, timeout=POOL_TIMEOUT_SECONDS)
+            _pools[key] = made
+        return _pools[key]
+
+
+def close_pools(url: str | None = None) -> None:
+    """Close this process's pools (of `url` only, if given): tests, and a process that ends."""
+    with _pools_lock:
+        for key in [k for k in _pools if url is None or k[1] == url]:
+            if key[0] == os.getpid():
+                _pools.pop(key).close(timeout=5)
+            else:
+                _pools.pop(key)  # inherited from a parent: its sockets are the parent's, never ours to close
