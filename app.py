@@ -22,7 +22,7 @@ from werkzeug.routing import BaseConverter
 import logs
 from integrations import load_integrations
 from settings import ConfigError, load_config
-from web import dashboard, db, internal_api, media, metrics, openapi, user_api
+from web import dashboard, db, internal_api, media, metrics, openapi, pg_copy, user_api
 from web.auth import Credentials
 from web.cli import integrations_cli, tasks_cli
 from web.edge import MAX_BODY_BYTES
@@ -74,6 +74,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["kind"] = one_of(i.short_name for i in integrations)
 
     db.init_app(app)
+    pg_copy.init_app(app)  # `db copy`: SQLite into PostgreSQL
     db.check_at_start(db.target(app.config), exit_on_error=test_config is None)
     app.cli.add_command(tasks_cli)
     app.cli.add_command(integrations_cli)

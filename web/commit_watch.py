@@ -8,7 +8,8 @@ file lets a waiter sleep in the kernel until a write; `PRAGMA data_version`
 still decides whether it was another connection's commit (looked at for a few
 milliseconds after the write, as a commit is published just after it is written). A check every 50 ms
 covers anything the watch could miss (the file replaced, say); where inotify is
-not available the wait falls back to the 1 ms poll.
+not available the wait falls back to the 1 ms poll. On PostgreSQL the wait is `ListenWaiter`: a
+notification for the poll's integration, or a re-check every second (web/pg_wakeup.py).
 
 `long_poll` is the one wait of the internal API's long polls (fetch and claim).
 Two more things bound what a wait may cost the web process:
@@ -44,6 +45,7 @@ POLL_STEP_SECONDS = 0.001  # without inotify: how often to look (a ~5 µs pragma
 SAFETY_CHECK_SECONDS = 0.05  # with inotify: look anyway this often
 SETTLE_SECONDS = 0.005  # after a WAL write: how long to watch for its commit to be published
 SETTLE_STEP_SECONDS = 0.0001
+LISTEN_CLIENT_CHECK_SECONDS = 0.1  # PostgreSQL: a waiting poll looks at its client's socket this often
 CLIENT_CHECK_SECONDS = 0.05  # without hang-up events: look at a waiting poll's client socket this often
 POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer closed its side of a socket
 HANG_UP = POLLRDHUP | select.POLLHUP | select.POLLERR
@@ -243,28 +245,48 @@ class CommitWaiter:
         return changed
 
 
-RECHECK_SECONDS = 0.1  # PostgreSQL, until LISTEN/NOTIFY lands: a waiting poll looks again this often
+class ListenWaiter:
+    """commit_watch.long_poll's wait on PostgreSQL: until a notification for the poll's integration, the
+    next fallback re-check, the deadline, or the client hanging up. The pooled connection is given back
+    while it sleeps (PgConn.released)."""
 
+    def __init__(self, conn: Any, key: str, client: socket.socket | None = None):
+        from web import pg_wakeup  # psycopg is loaded only for PostgreSQL
 
-class RecheckWaiter:
-    """PostgreSQL's wait for now: no commit signal yet, so the poll looks again every RECHECK_SECONDS
-    (one indexed query each) and stops when the client hangs up. LISTEN/NOTIFY is to replace it
-    (issue 16), with this re-check kept as the fallback for a lost notification."""
-
-    def __init__(self, client: socket.socket | None = None):
+        self.pg_wakeup = pg_wakeup
+        self.conn = conn
+        self.key = key
         self.client = client
         self.client_gone = False
+        self.listener = self.pg_wakeup.listener(conn.url)
+        self.seen = self.listener.mark(key)  # before the first look: a notify after it wakes the wait
+        self.wakeups = 0
 
     def wait(self, deadline: float) -> bool:
-        """True when it is time to look again; False at `deadline` or once the client is gone."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(remaining, RECHECK_SECONDS))
-        if self.client is not None and client_gone(self.client):
-            self.client_gone = True
-            return False
-        return time.monotonic() < deadline
+        """True when it is time to look again (notified, or the fallback tick); False at `deadline` or once
+        the client is gone."""
+        with self.conn.released():
+            return self._wait(deadline)
+
+    def _wait(self, deadline: float) -> bool:
+        tick = min(deadline, time.monotonic() + self.pg_wakeup.FALLBACK_SECONDS)
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            until = min(tick, now + LISTEN_CLIENT_CHECK_SECONDS) if self.client is not None else tick
+            step = until - now
+            woke = self.listener.wait(self.key, self.seen, max(0.0, step))
+            if woke:
+                self.seen = self.listener.mark(self.key)  # a notify from now on wakes the next wait
+                self.wakeups += 1
+                return True
+            if self.client is not None and client_gone(self.client):
+                self.client_gone = True
+                return False
+            if time.monotonic() >= tick:
+                self.wakeups += 1
+                return time.monotonic() < deadline
 
 
 class WaitBudget:
@@ -329,13 +351,16 @@ def long_poll(conn: sqlite3.Connection, db_path: str, wait_ms: int, look: Callab
               waiting: AbstractContextManager | None = None) -> Waited:
     """`look()`, and while it finds nothing, again after each commit by another connection, up to `wait_ms`.
 
+    On PostgreSQL "each commit" is each notification for the poll's integration (`key`), or the fallback
+    re-check (web/pg_wakeup.py).
+
     The wait needs a slot of the process's budget for `key` (one of `keys`); without
     one it is declined: the answer is the first look's, with `retry_after_ms`. It
     ends early if the `client` socket hangs up. `waiting` is entered for as long as
     the poll holds a slot (the waiting-polls gauge).
     """
     if getattr(conn, "dialect", None) == "postgresql":
-        commits: CommitWaiter | RecheckWaiter = RecheckWaiter(client)
+        commits: CommitWaiter | ListenWaiter = ListenWaiter(conn, key, client)  # LISTEN/NOTIFY (web/pg_wakeup.py)
     else:
         commits = CommitWaiter(conn, db_path, client)  # before the first look: a commit after it wakes the wait
     found = look()

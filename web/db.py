@@ -392,8 +392,9 @@ def get_db():
         if conn is None:
             from web import pg
 
-            conn = g._pg_conn = pg.PgConn(pg.pool(url).getconn())
-            g._pg_pool = pg.pool(url)
+            found = pg.pool(url)
+            conn = g._pg_conn = pg.PgConn(found.getconn(), url, found)
+            g._pg_pool = found
         return conn
     path = current_app.config["DATABASE_PATH"]
     cached = getattr(_local, "conn", None)
@@ -409,7 +410,9 @@ def end_request(_exc: BaseException | None = None) -> None:
     a pooled PostgreSQL connection goes back to its pool."""
     conn = g.pop("_pg_conn", None)
     if conn is not None:
-        g.pop("_pg_pool").putconn(conn.raw)  # the pool rolls back an open transaction itself
+        pool = g.pop("_pg_pool")
+        if conn.raw is not None:  # None: a long poll gave it back and could not get one again
+            pool.putconn(conn.raw)  # the pool rolls back an open transaction itself
         return
     cached = getattr(_local, "conn", None)
     if cached is not None and cached[1].in_transaction:

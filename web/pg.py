@@ -85,8 +85,11 @@ class PgConn:
 
     dialect = "postgresql"
 
-    def __init__(self, raw: psycopg.Connection):
+    def __init__(self, raw: psycopg.Connection, url: str | None = None, from_pool: ConnectionPool | None = None):
         self.raw = raw
+        self.url = url  # for the wake-up's listener and notifier (web/pg_wakeup.py)
+        self.pool = from_pool  # the pool `raw` came from: given back while a long poll sleeps (released)
+        self.ready: set[str] = set()  # integrations whose work this transaction makes claimable
 
     def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
         return self.raw.execute(translate(sql), params or ())  # () still turns %% back into %
@@ -106,9 +109,43 @@ class PgConn:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN (READ COMMITTED) ... COMMIT, or ROLLBACK on an exception."""
-        with self.raw.transaction():
+        """BEGIN (READ COMMITTED) ... COMMIT, or ROLLBACK on an exception.
+
+        Once the outermost transaction has committed, the integrations it marked ready (`mark_ready`)
+        are handed to the notifier; a rolled-back one wakes nobody."""
+        outermost = not self.in_transaction
+        try:
+            with self.raw.transaction():
+                yield
+        except BaseException:
+            if outermost:
+                self.ready.clear()
+            raise
+        if outermost and self.ready:
+            ready, self.ready = self.ready, set()
+            if self.url is not None:
+                from web import pg_wakeup
+
+                pg_wakeup.notify_ready(self.url, ready)
+
+    def mark_ready(self, integration: str) -> None:
+        """This transaction makes work of `integration` claimable: wake its long polls after the commit."""
+        self.ready.add(integration)
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Give the pooled connection back for the block (a long poll's sleep); take one again after.
+        Kept if it is in a transaction or not from a pool. If no connection can be had again the error
+        propagates and `raw` stays None (the request's teardown then has nothing to give back)."""
+        if self.pool is None or self.raw is None or self.in_transaction:
             yield
+            return
+        self.pool.putconn(self.raw)
+        self.raw = None
+        try:
+            yield
+        finally:
+            self.raw = self.pool.getconn()
 
     def rollback(self) -> None:
         self.raw.rollback()
@@ -130,7 +167,7 @@ def connect(url: str) -> PgConn:
     """One connection of its own (the CLI, migrations, tests): autocommit, configured."""
     raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     configure(raw)
-    return PgConn(raw)
+    return PgConn(raw, url)
 
 
 _pools: dict[tuple[int, str], ConnectionPool] = {}
@@ -155,7 +192,12 @@ def pool(url: str) -> ConnectionPool:
 
 
 def close_pools(url: str | None = None) -> None:
-    """Close this process's pools (of `url` only, if given): tests, and a process that ends."""
+    """Close this process's pools (of `url` only, if given), and its wake-up's listener and notifier:
+    tests, and a process that ends."""
+    import sys
+
+    if "web.pg_wakeup" in sys.modules:
+        sys.modules["web.pg_wakeup"].close(url)
     with _pools_lock:
         for key in [k for k in _pools if url is None or k[1] == url]:
             if key[0] == os.getpid():

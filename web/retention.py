@@ -1,9 +1,12 @@
 """Retention: finished tasks older than RETENTION_DAYS deleted by the web process, in the background.
 
 Off unless RETENTION_DAYS is set. Under gunicorn every worker starts a daemon thread
-(gunicorn.conf.py's post_worker_init), but only the one holding an exclusive flock on
-`<database>.prune.lock` prunes; the others try for the lock every interval, so when that
-worker exits (the kernel drops its lock) another takes over. Each run is
+(gunicorn.conf.py's post_worker_init), but only the one holding the prune lock prunes; the
+others try for the lock every interval, so when that worker exits another takes over. On
+SQLite the lock is an exclusive flock on `<database>.prune.lock` (the kernel drops it with the
+process). On PostgreSQL it is a session advisory lock (`pg_try_advisory_lock`, keyed by the
+schema) held on a connection of its own, so one worker of all the hosts prunes at a time; the
+server drops it when that connection ends, and the holder checks its connection every interval. Each run is
 task_store.prune_finished: small write transactions, live tasks never touched. The thread
 stops between two batches at the worker's exit (worker_exit). `flask --app app tasks prune`
 is the same prune, run once by an operator.
@@ -11,6 +14,7 @@ is the same prune, run once by an operator.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -23,6 +27,7 @@ from web.metrics import PRUNED
 from web.task_store import PruneReport, TaskTable
 
 log = logging.getLogger("web.retention")
+PRUNE_LOCK = 7261847204  # PostgreSQL: advisory lock (seed of hashtextextended(current_schema())): one pruner
 DAY_SECONDS = 86_400
 DEFAULT_INTERVAL_SECONDS = 300.0
 
@@ -50,7 +55,7 @@ def media_deleter(app) -> Callable[[list[str]], None] | None:
 class PeriodicPrune:
     """A daemon thread that prunes every `interval_seconds` while this process holds the prune lock."""
 
-    def __init__(self, db_path: str, tables: list[TaskTable], older_than_seconds: float,
+    def __init__(self, db_path: str, tables: list[TaskTable], older_than_seconds: float,  # path or URL
                  interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
                  on_pruned: Callable[[list[str]], None] | None = None):
         self.db_path = db_path
@@ -62,6 +67,8 @@ class PeriodicPrune:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="periodic-prune", daemon=True)
         self._lock_fd: int | None = None
+        self.postgres = db.is_postgres(db_path)
+        self._lock_conn = None  # PostgreSQL: the connection holding the advisory lock
 
     def start(self) -> PeriodicPrune:
         self.thread.start()
@@ -84,7 +91,12 @@ class PeriodicPrune:
             self.stopping.wait(self.interval_seconds)
 
     def run_once(self) -> PruneReport:
-        conn = db.connect(self.db_path)
+        if self.postgres:
+            from web import pg
+
+            conn = pg.connect(self.db_path)
+        else:
+            conn = db.connect(self.db_path)
         try:
             report = task_store.prune_finished(conn, self.tables, self.older_than_seconds,
                                                on_pruned=self.on_pruned, stop=self.stopping)
@@ -98,8 +110,14 @@ class PeriodicPrune:
                        older_than_days=round(self.older_than_seconds / DAY_SECONDS, 6), pid=os.getpid())
         return report
 
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_fd is not None or self._lock_conn is not None
+
     def _hold_lock(self) -> bool:
         """Whether this process holds the prune lock (taken now if it is free)."""
+        if self.postgres:
+            return self._hold_pg_lock()
         if self._lock_fd is not None:
             return True
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -113,7 +131,43 @@ class PeriodicPrune:
                    interval_seconds=self.interval_seconds, pid=os.getpid())
         return True
 
+    def _hold_pg_lock(self) -> bool:
+        """PostgreSQL: hold the advisory lock on a connection of our own. A held lock is checked (its
+        connection may have died, and the lock with it: then it is tried for again, like a free one)."""
+        from web import pg
+
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.execute_pg("SELECT 1").fetchall()
+                return True
+            except Exception as exc:
+                logs.event(log, "periodic prune lost its lock's connection", logging.WARNING, error=str(exc),
+                           pid=os.getpid())
+                self._release()
+        try:
+            conn = pg.connect(self.db_path)
+        except Exception as exc:
+            logs.event(log, "periodic prune cannot reach the database", logging.WARNING, error=str(exc))
+            return False
+        try:
+            got = conn.execute_pg("SELECT pg_try_advisory_lock(hashtextextended(current_schema(), %s))",
+                                  (PRUNE_LOCK,)).fetchone()[0]
+        except Exception:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._lock_conn = conn
+        logs.event(log, "this process runs the periodic prune", older_than_days=self.older_than_seconds / DAY_SECONDS,
+                   interval_seconds=self.interval_seconds, pid=os.getpid(), lock="postgresql advisory")
+        return True
+
     def _release(self) -> None:
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self._lock_conn.close()  # the session's advisory lock goes with it
+            self._lock_conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
@@ -129,12 +183,8 @@ def start(app) -> PeriodicPrune | None:
     days = settings.get("components.retention.days") if settings is not None else None
     if days is None or _running is not None:
         return _running
-    if app.config.get("DATABASE_URL"):  # its lock is a file beside the SQLite database: one host only
-        logs.event(log, "periodic prune not started: not yet built for PostgreSQL; run `flask --app app tasks "
-                   "prune` from one host", pid=os.getpid())
-        return None
     interval = float(settings.get("components.retention.intervalSeconds", DEFAULT_INTERVAL_SECONDS))
-    _running = PeriodicPrune(app.config["DATABASE_PATH"], list(app.extensions["task_tables"].values()),
+    _running = PeriodicPrune(db.target(app.config), list(app.extensions["task_tables"].values()),
                              float(days) * DAY_SECONDS, interval, media_deleter(app)).start()
     return _running
 

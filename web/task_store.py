@@ -449,7 +449,31 @@ def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Rep
         _block(conn, table, task_id, report.error, now)
     resumed = decision.unblocks and conn.execute(
         "DELETE FROM integration_blocks WHERE integration = ?", (table.integration,)).rowcount > 0
+    if _pg(conn) and (resumed or _makes_claimable(table, task, changes)):
+        conn.mark_ready(table.integration)
     return Outcome(status, attempt, resumed=resumed, cancelling=status in ACTIVE and "cancelRequestedAt" in changes)
+
+
+def _makes_claimable(table: TaskTable, task: dict, changes: dict) -> bool:
+    """Whether this change makes work claimable (PostgreSQL wakes the integration's long polls after the
+    commit, web/pg_wakeup.py): pending again (an operator retry, a blocked hand-back), a retryable failure
+    (due now or later: a later one is found by the polls' re-check), a cancel asked of an active task
+    (handed out by claims), or an active task ending under a cap (room for a claim). Claims, dispatch
+    confirmations and other progress wake nobody."""
+    before, after = task["status"], changes.get("status", task["status"])
+    if after == "pending" and before != "pending":
+        return True
+    if after == "failed" and changes.get("retryable") == 1:
+        return True
+    if after in ACTIVE and changes.get("cancelRequestedAt") is not None:
+        return True
+    return table.policy.max_active is not None and before in ACTIVE and after not in ACTIVE
+
+
+def _ready(conn, table: TaskTable) -> None:
+    """PostgreSQL: the transaction makes work of the table's integration claimable (see _makes_claimable)."""
+    if _pg(conn):
+        conn.mark_ready(table.integration)
 
 
 # -- cancel (docs/design.md §3.5) --
@@ -508,6 +532,8 @@ def take_cancels(conn: sqlite3.Connection, table: TaskTable, limit: int = CANCEL
                 changes.update({"status": "cancelled", "retryable": 0, "retryAt": None, "error": None})
             _update(conn, table.entity, task, changes, now)
             if abandoned:
+                if table.policy.max_active is not None:
+                    _ready(conn, table)
                 _append_event(conn, table.integration, task_id, "cancelled", task["attempts"], now,
                               error="cancelled: its claim was abandoned before a workflow was confirmed started")
             handed.append({"id": task_id, "attempt": task["attempts"], "status": changes.get("status",
@@ -564,6 +590,8 @@ def resume_integration(conn: sqlite3.Connection, integration: str) -> dict | Non
     with immediate(conn):
         block = get_block(conn, integration)
         conn.execute("DELETE FROM integration_blocks WHERE integration = ?", (integration,))
+        if block is not None and _pg(conn):
+            conn.mark_ready(integration)
     return block
 
 
@@ -572,6 +600,7 @@ def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict
     now = time.time() if now is None else now
     with immediate(conn):
         task_id = _insert_task(conn, table, request_params, now)
+        _ready(conn, table)
     return get_task(conn, table, task_id)
 
 
@@ -603,6 +632,7 @@ def create_task_once(conn: sqlite3.Connection, table: TaskTable, request_params:
                          "WHERE created_at <= ? ORDER BY created_at LIMIT ?)", (now - IDEMPOTENCY_SECONDS,
                                                                              EXPIRED_KEYS_BATCH))
         task_id = _insert_task(conn, table, request_params, now)
+        _ready(conn, table)
         upsert = ("INSERT INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) VALUES (?, ?, ?, ?, ?) "
                   "ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, "
                   "task_id = excluded.task_id, created_at = excluded.created_at") if _pg(conn) else (
@@ -653,6 +683,8 @@ def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None =
                      f"{policy.stuck_timeout_seconds}s of its claim; no attempts left")
             _update(conn, entity, task, {"status": "failed", "error": error, "retryable": 0}, now)
             _append_event(conn, table.integration, task_id, "failed", task["attempts"], now, error=error)
+            if table.policy.max_active is not None:
+                _ready(conn, table)  # room under the cap
             expired.append(task_id)
     return expired
 
