@@ -81,6 +81,8 @@ class Listener:
                     self.listening.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
+                            if self._stop.is_set():  # close() woke us with a notify of its own
+                                break
                             with self.cond:
                                 self.received += 1
                                 self.generation[note.payload] += 1
@@ -96,7 +98,14 @@ class Listener:
                 self._conn = None
 
     def close(self) -> None:
+        """Stop listening; a notify of our own wakes the thread from its wait at once (else up to 0.5 s)."""
         self._stop.set()
+        if self.listening.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                    conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
+            except psycopg.Error:
+                pass  # the server is gone: the thread's wait ends by its timeout
         self._thread.join(timeout=2)
 
 
