@@ -239,29 +239,27 @@ class PollingRun:
         runs beside it; what happened, as the end of the failure's text."""
         if not workflow.patched(CANCEL_PATCH):
             return ""
-        try:
-            cancelled = await workflow.execute_activity(
-                self.activities.cancel, PollInput(self.task_id, self.attempt, external_id),
-                start_to_close_timeout=CANCEL_TIMEOUT, retry_policy=CANCEL_RETRY)
-        except ActivityError:
-            cancelled = False
+        cancelled = await self.cancel_job(external_id)
         self.log("provider job cancelled at the deadline" if cancelled else "provider job left running",
                  external_id=external_id)
         return ("; cancelled at the provider" if cancelled
                 else "; still running at the provider: the next attempt resumes it")
+
+    async def cancel_job(self, external_id: str) -> bool:
+        """Cancel the provider's job where the provider allows (Ark: while queued): whether it was cancelled."""
+        try:
+            return await workflow.execute_activity(
+                self.activities.cancel, PollInput(self.task_id, self.attempt, external_id),
+                start_to_close_timeout=CANCEL_TIMEOUT, retry_policy=CANCEL_RETRY)
+        except ActivityError:
+            return False
 
     async def stop_on_cancel(self) -> None:
         """The task's cancel reached this run: cancel the provider's job where the provider allows, then report
         `cancelled`. If the task completed or failed first, the report is refused (409): that outcome stands."""
         note = "cancelled before a provider job was made"
         if self.external_id is not None:
-            try:
-                stopped = await workflow.execute_activity(
-                    self.activities.cancel, PollInput(self.task_id, self.attempt, self.external_id),
-                    start_to_close_timeout=CANCEL_TIMEOUT, retry_policy=CANCEL_RETRY)
-            except ActivityError:
-                stopped = False
-            note = ("cancelled; the provider's job was cancelled too" if stopped else
+            note = ("cancelled; the provider's job was cancelled too" if await self.cancel_job(self.external_id) else
                     "cancelled; the provider's job could not be cancelled (running or ended): it ends on its own")
         try:
             await self.report("cancelled", external_id=self.external_id, error=note)
