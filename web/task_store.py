@@ -52,6 +52,7 @@ FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt",
 ACTIVE = ("queued", "processing")
 CANCEL_RESEND_SECONDS = 30.0  # a cancel handed to a processor is handed out again while its task stays active
 CANCEL_BATCH = 100
+CANCELLED = {"status": "cancelled", "retryable": 0, "retryAt": None, "error": None}  # final: never claimed again
 EXPIRE_BATCH = 100
 PROBE_CANDIDATES = 10  # a blocked integration's probe is the least handed-back of its oldest claimable tasks
 FOLD_SECONDS = 5.0  # PostgreSQL: a process folds the counters' delta rows at most this often on the claim path
@@ -258,8 +259,7 @@ def _cancel(task: dict, report: Report, now: float) -> Decision:
         raise TransitionRefused(f"Cannot cancel a {current} task: it is finished", "finished")
     if current in ACTIVE:
         return Decision({"cancelRequestedAt": now, "cancelSentAt": None})
-    return Decision({"status": "cancelled", "retryable": 0, "retryAt": None, "error": None,
-                     "cancelRequestedAt": now}, "cancelled", report.error or "cancelled")
+    return Decision({**CANCELLED, "cancelRequestedAt": now}, "cancelled", report.error or "cancelled")
 
 
 def _hand_back(task: dict, report: Report) -> Decision:
@@ -272,9 +272,8 @@ def _hand_back(task: dict, report: Report) -> Decision:
         raise TransitionRefused(f"Cannot hand back a {current} task: only an active attempt meets a block")
     why = f"integration blocked: {report.error or 'the provider refuses the account'}"
     if task["cancelRequestedAt"] is not None:  # handed back while its cancel is asked for: it ends here
-        return Decision({"status": "cancelled", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
-                         "retryable": 0, "retryAt": None, "error": None}, "cancelled", f"cancelled ({why})",
-                        blocks=True)
+        return Decision({**CANCELLED, "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1}, "cancelled",
+                        f"cancelled ({why})", blocks=True)
     return Decision({"status": "pending", "attemptsRefunded": (task["attemptsRefunded"] or 0) + 1,
                      "dispatchedAt": None, "error": why}, "pending", blocks=True)
 
@@ -314,8 +313,7 @@ def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decisio
     if report.status == "completed":
         changes["result"] = _dump(report.data)
     if report.status == "cancelled":  # the workflow stopped on a cancel request; its text goes on the event
-        changes.update({"retryable": 0, "retryAt": None, "error": None})
-        return Decision(changes, "cancelled", report.error or "cancelled")
+        return Decision({**changes, **CANCELLED}, "cancelled", report.error or "cancelled")
     if report.status == "failed":
         changes["error"] = report.error or "failed (no message given)"
         # Failed for good is decided here, once: the retry index then never holds it. A retryable
@@ -529,7 +527,7 @@ def take_cancels(conn: sqlite3.Connection, table: TaskTable, limit: int = CANCEL
             abandoned = (task["status"] == "queued" and task["dispatchedAt"] is None
                          and (task["startedAt"] or 0) < now - table.policy.stuck_timeout_seconds)
             if abandoned:
-                changes.update({"status": "cancelled", "retryable": 0, "retryAt": None, "error": None})
+                changes.update(CANCELLED)
             _update(conn, table.entity, task, changes, now)
             if abandoned:
                 if table.policy.max_active is not None:
