@@ -1,6 +1,8 @@
 """The invariant checker: reads the database and Temporal after a run and counts violations (docs/design.md §4).
 
-    python -m dev.invariants DATABASE_PATH [TEMPORAL_ADDRESS] [--max-attempts 5]
+    python -m dev.invariants DATABASE [TEMPORAL_ADDRESS] [--max-attempts 5]
+
+DATABASE is the SQLite file's path or the PostgreSQL URL the web process runs on (DATABASE_URL).
 
 Without TEMPORAL_ADDRESS it reads the configured Temporal as the processor and the worker reach it
 (settings.temporal_connection: TLS, mTLS, API key, Temporal's TOML profiles); with one, that plain
@@ -20,12 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import sqlite3
 import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from dev import dbaccess
 from settings import ConfigError
 
 TABLES = {"video_tasks": "fangzhouVideoGeneration", "image_tasks": "nanobanana2ImageGeneration"}
@@ -54,16 +56,15 @@ class Findings:
         return "\n".join(lines)
 
 
-def read_database(db_path: str) -> tuple[dict, dict]:
-    with sqlite3.connect(db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        tasks = {}
-        for table, namespace in TABLES.items():
-            for row in conn.execute(f"SELECT * FROM {table}"):
-                tasks[row["id"]] = {**dict(row), "namespace": namespace}
-        events = defaultdict(list)
-        for row in conn.execute("SELECT * FROM task_events ORDER BY id"):
-            events[row["task_id"]].append(dict(row))
+def read_database(database: str) -> tuple[dict, dict]:
+    """Every task (with its namespace) and its events, from an SQLite path or a PostgreSQL URL."""
+    tasks = {}
+    for table, namespace in TABLES.items():
+        for row in dbaccess.query(database, f"SELECT * FROM {table}"):
+            tasks[row["id"]] = {**row, "namespace": namespace}
+    events = defaultdict(list)
+    for row in dbaccess.query(database, "SELECT * FROM task_events ORDER BY id"):
+        events[row["task_id"]].append(row)
     return tasks, events
 
 
@@ -78,9 +79,9 @@ async def read_runs(address: str | None, workflow_ids: set[str]) -> dict[str, li
     return runs
 
 
-def check(db_path: str, address: str | None, max_attempts: int = 5, settle_seconds: float = 15.0) -> Findings:
+def check(database: str, address: str | None, max_attempts: int = 5, settle_seconds: float = 15.0) -> Findings:
     """Count violations; Temporal's visibility lags a little, so open runs are re-read for a while."""
-    tasks, events = read_database(db_path)
+    tasks, events = read_database(database)
     workflow_ids = {f"{t['namespace']}:{task_id}" for task_id, t in tasks.items()}
     deadline = time.monotonic() + settle_seconds
     while True:
@@ -130,7 +131,7 @@ def check(db_path: str, address: str | None, max_attempts: int = 5, settle_secon
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("database")
+    parser.add_argument("database", help="the SQLite file's path or the PostgreSQL URL")
     parser.add_argument("temporal", nargs="?", help="host:port of a local dev server (default: the configured "
                         "Temporal, as settings.temporal_connection reaches it)")
     parser.add_argument("--max-attempts", type=int, default=5)

@@ -464,6 +464,11 @@ class Stack:
         }
         self.processes: dict[str, subprocess.Popen] = {}
 
+    @property
+    def database(self) -> str:
+        """What the web process stores tasks in (dev/dbaccess.py reads either): DATABASE_URL if given, else the file."""
+        return self.env.get("DATABASE_URL") or self.db_path
+
     def _spawn(self, name: str, command: list[str], ready_url: str | None = None) -> subprocess.Popen:
         with open(self.folder / f"{name}.log", "ab") as log:
             process = subprocess.Popen(command, cwd=ROOT, env=local_environ(self.env),

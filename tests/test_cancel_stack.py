@@ -177,6 +177,6 @@ def test_cancels_racing_completions_have_one_outcome_each(stack):
         assert answers[task_id] in (200, 202, 409)
         if answers[task_id] == 409:
             assert status == "completed"  # it had finished before the cancel came
-    findings = check(stack.db_path, stack.temporal_address, max_attempts=5)
+    findings = check(stack.database, stack.temporal_address, max_attempts=5)
     assert findings.ok, findings.summary()
     assert findings.completed + findings.cancelled >= len(ids)

@@ -99,7 +99,7 @@ def test_chaos(tmp_path, capsys):
                        for t in tasks) and tasks
 
         tasks = wait_until(all_settled, timeout=300, interval=1, message="every task settled")
-        findings = check(stack.db_path, stack.temporal_address, MAX_ATTEMPTS)
+        findings = check(stack.database, stack.temporal_address, MAX_ATTEMPTS)
 
     with capsys.disabled():
         print(f"\nchaos (CHAOS_SEED={seed}) actions:\n  " + "\n  ".join(log))

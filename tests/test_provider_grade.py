@@ -71,7 +71,7 @@ def test_outage_longer_than_the_old_retries_fails_no_task_for_good(tmp_path):
         tasks = settled(stack, ids, timeout=240)
         assert [t["status"] for t in tasks] == ["completed"] * 6
         assert all(t["attempts"] <= 5 for t in tasks)
-        findings = check(stack.db_path, stack.temporal_address)
+        findings = check(stack.database, stack.temporal_address)
         assert findings.ok, findings.summary()
         print(f"\nattempts used through a 170 s outage: {sorted(t['attempts'] for t in tasks)}")
 
@@ -111,7 +111,7 @@ def test_worker_loss_resumes_the_earlier_job(tmp_path):
         history = events(stack, task_id)
         assert ("failed", 1) in [(s, a) for s, a, _, _ in history]
         assert [e for e in history if e[0] == "completed"][0][2] == first_job
-        findings = check(stack.db_path, stack.temporal_address)
+        findings = check(stack.database, stack.temporal_address)
         assert findings.ok, findings.summary()
 
 
@@ -159,7 +159,7 @@ def test_blocked_by_credits_resumes_with_no_attempt_spent(tmp_path):
         assert [t["status"] for t in tasks] == ["completed"] * 4
         assert [t["attempts"] - t["attemptsRefunded"] for t in tasks] == [1] * 4
         assert "integration resumed" in (tmp_path / "web.log").read_text()
-        findings = check(stack.db_path, stack.temporal_address)
+        findings = check(stack.database, stack.temporal_address)
         assert findings.ok, findings.summary()
 
 
@@ -175,7 +175,7 @@ def test_active_cap_never_exceeded_with_two_processors(tmp_path):
         ark = requests.get(f"{stack.fake('ark')}/_fake/stats", timeout=5).json()
         assert (banana["created"], ark["created"]) == (20, 10)
         assert 1 < banana["peak_unfinished"] <= 3 and 1 < ark["peak_unfinished"] <= 2, (banana, ark)
-        findings = check(stack.db_path, stack.temporal_address)
+        findings = check(stack.database, stack.temporal_address)
         assert findings.ok, findings.summary()
 
 
