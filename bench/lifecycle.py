@@ -1,0 +1,292 @@
+"""The lifecycle phase of `make bench` (issue 17): tasks from create to completed, and Temporal's own ceiling.
+
+    .venv/bin/python bench/run.py --only lifecycle [--lifecycle-tasks 300]
+
+stack      N tasks (half video, half image) created over HTTP at once against the whole stack on this
+           machine (dev/stack.Stack: gunicorn, processor, worker, fake providers with 0.4 s jobs polled
+           every 0.5 s, a fresh Temporal dev server): tasks/s from the first create to the last
+           `completed`, CPU ms per task of every process, history events per task, database bytes per task.
+reference  the same workflows (the worker's own classes, so the same activities, the same retry-driven
+           polling and the same history) against the same kind of fresh Temporal server, started
+           directly by a client, with in-process stand-in activities that make no HTTP call: the
+           provider's job is a timestamp, a report and the media copy return at once. Temporal's own
+           ceiling for this work; `lifecycle_ratio` = stack / reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests
+
+from integrations.shared.activities import (
+    CreateInput,
+    JobLook,
+    PollInput,
+    PollOutcome,
+    ReportInput,
+    StoredMediaOutcome,
+    StoreMediaInput,
+    not_done,
+)
+
+JOB_STEP_SECONDS = 0.2  # the fakes' queued and running steps: a 0.4 s job
+POLL_SECONDS = 0.5
+TEMPORAL_PROCESS = "temporal"
+FAST = {"FAKE_STEP_SECONDS": JOB_STEP_SECONDS, "FANGZHOU_POLL_INTERVAL_SECONDS": POLL_SECONDS,
+        "NANOBANANA_POLL_INTERVAL_SECONDS": POLL_SECONDS, "LOG_LEVEL": "WARNING",
+        "FANGZHOU_MAX_ACTIVE": 100000, "NANOBANANA_MAX_ACTIVE": 100000}
+
+
+def _cpu(processes: dict) -> dict[str, float]:
+    from bench.run import cpu_seconds
+
+    return {name: cpu_seconds(p.pid, with_children=True) for name, p in processes.items() if p.poll() is None}
+
+
+def _per_task_ms(before: dict, after: dict, tasks: int) -> dict[str, float]:
+    return {name: round((after[name] - before.get(name, 0.0)) * 1000 / tasks, 2) for name in after}
+
+
+def _history_events(address: str, workflow_ids: list[str]) -> float:
+    from dev.stack import connect_temporal
+
+    async def count() -> list[int]:
+        client = await connect_temporal(address)
+        found = []
+        for workflow_id in workflow_ids:
+            history = await client.get_workflow_handle(workflow_id).fetch_history()
+            found.append(len(history.events))
+        return found
+
+    counts = asyncio.run(count())
+    return sum(counts) / len(counts)
+
+
+def stack_phase(folder: Path, tasks: int) -> dict:
+    """The whole stack, N tasks from create to completed."""
+    from dev import dbaccess
+    from dev.stack import Stack
+
+    with Stack(folder, **FAST) as stack:
+        stack.start_all()
+        kinds = ["video" if n % 2 else "image" for n in range(tasks)]
+        session = requests.Session()
+        session.headers.update(stack.user)
+        warm = stack.create("image", "warm-up")  # the first task pays the processes' first-call costs
+        _wait_completed(stack.database, 1, timeout=60)
+        del warm
+        before = _cpu(stack.processes)
+        began = time.perf_counter()
+
+        def create(n: int) -> str:
+            response = session.post(f"{stack.web_url}/api/{kinds[n]}/generate", json={"prompt": f"lifecycle {n}"},
+                                    timeout=30)
+            response.raise_for_status()
+            return response.json()["taskId"]
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(create, range(tasks)))
+        _wait_completed(stack.database, tasks + 1, timeout=60 + tasks)
+        elapsed = time.perf_counter() - began
+        after = _cpu(stack.processes)
+        cpu = _per_task_ms(before, after, tasks)
+        rows = dbaccess.query(stack.database, "SELECT id FROM video_tasks UNION ALL SELECT id FROM image_tasks")
+        assert len(rows) == tasks + 1
+        sample = [f"{'fangzhouVideoGeneration' if kinds[n] == 'video' else 'nanobanana2ImageGeneration'}:{ids[n]}"
+                  for n in range(0, tasks, max(1, tasks // 10))]
+        events = _history_events(stack.temporal_address, sample)
+        db_bytes = sum(p.stat().st_size for p in folder.glob("app.db*"))
+    outside = sum(v for k, v in cpu.items() if k in ("worker", "web", "processor"))
+    return {"rate": tasks / elapsed, "seconds": elapsed, "cpu_ms_per_task": cpu,
+            "cpu_ms_outside_temporal": round(outside, 2), "history_events": events,
+            "db_bytes_per_task": db_bytes / (tasks + 1)}
+
+
+def _wait_completed(database: str, count: int, timeout: float) -> None:
+    from dev import dbaccess
+
+    deadline = time.monotonic() + timeout
+    sql = ("SELECT (SELECT COUNT(*) FROM video_tasks WHERE status = 'completed') + "
+           "(SELECT COUNT(*) FROM image_tasks WHERE status = 'completed') AS n")
+    while time.monotonic() < deadline:
+        if dbaccess.query(database, sql)[0]["n"] >= count:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {count} tasks completed within {timeout}s")
+
+
+# -- the reference: the worker's workflows, stand-in activities, no HTTP --
+
+def stand_in_activities() -> dict[str, list]:
+    """Per integration, activities with the real names and types that do no I/O: a job is its creation time."""
+    from temporalio import activity
+
+    created: dict[str, float] = {}
+    result = {"fangzhouVideoGeneration": {"video_url": "https://example.invalid/v.mp4",
+                                          "last_frame_url": "https://example.invalid/f.png"},
+              "nanobanana2ImageGeneration": {"images": ["https://example.invalid/i.png"]}}
+    found: dict[str, list] = {}
+    for namespace in result:
+        def make(namespace: str = namespace) -> list:
+            @activity.defn(name=f"{namespace}.createTask")
+            def create_task(task: CreateInput) -> str:
+                job = uuid.uuid4().hex
+                created[job] = time.monotonic()
+                return job
+
+            @activity.defn(name=f"{namespace}.pollTask")
+            def poll_task(poll: PollInput) -> PollOutcome:
+                if time.monotonic() - created[poll.external_id] < 2 * JOB_STEP_SECONDS:
+                    raise not_done(f"job {poll.external_id} is running")
+                return PollOutcome(True, result=result[namespace])
+
+            @activity.defn(name=f"{namespace}.lookTask")
+            def look_task(look: PollInput) -> JobLook:
+                return JobLook("gone", alive=False)
+
+            @activity.defn(name=f"{namespace}.cancelTask")
+            def cancel_task(cancel: PollInput) -> bool:
+                return False
+
+            return [create_task, poll_task, look_task, cancel_task]
+
+        found[namespace] = make()
+
+    @activity.defn(name="reportTaskEvent")
+    def report_task_event(report: ReportInput) -> dict:
+        return {"success": True}
+
+    @activity.defn(name="storeMedia")
+    def store_media(job: StoreMediaInput) -> StoredMediaOutcome:
+        return StoredMediaOutcome(media={"stored": True})
+
+    return {namespace: [*acts, report_task_event, store_media] for namespace, acts in found.items()}
+
+
+async def _reference_worker(stop_file: Path) -> None:
+    """The worker process of the reference: serve()'s workers and settings, stand-in activities."""
+    from concurrent.futures import ThreadPoolExecutor as Threads
+    from contextlib import AsyncExitStack
+    from datetime import timedelta
+
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    import workflows
+    from settings import load_config, temporal_connection
+
+    config = load_config()
+    stand_ins = stand_in_activities()
+    client = await Client.connect(**temporal_connection(config))
+    async with AsyncExitStack() as stack:
+        for namespace, queue, workflow_class, _ in workflows.check_registry(config):
+            executor = stack.enter_context(Threads(max_workers=workflows.ACTIVITY_THREADS))
+            extra = {}
+            if os.environ.get("LIFECYCLE_UNSANDBOXED"):
+                from temporalio.worker import UnsandboxedWorkflowRunner
+                extra["workflow_runner"] = UnsandboxedWorkflowRunner()
+            if os.environ.get("LIFECYCLE_PASSTHROUGH"):
+                from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+                extra["workflow_runner"] = SandboxedWorkflowRunner(
+                    restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+            worker = Worker(client, task_queue=queue, workflows=[workflow_class], activities=stand_ins[namespace],
+                            activity_executor=executor, **extra, max_concurrent_activities=workflows.ACTIVITY_THREADS,
+                            graceful_shutdown_timeout=timedelta(seconds=5))
+            await stack.enter_async_context(worker)
+        stop_file.touch()  # ready
+        while stop_file.exists():
+            await asyncio.sleep(0.1)
+
+
+def reference_phase(folder: Path, tasks: int) -> dict:
+    """Start N workflows directly (as the processor would) and wait for every one to complete."""
+    import subprocess
+
+    from dev.stack import Stack, connect_temporal, local_environ
+    from integrations import load_integrations
+    from settings import ROOT, load_config
+
+    with Stack(folder, **FAST) as stack:
+        stack.start_temporal()
+        ready = folder / "reference-worker.ready"
+        with open(folder / "reference-worker.log", "ab") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "bench.lifecycle", "reference-worker", str(ready)],
+                                      cwd=ROOT, env=local_environ(stack.env), stdout=log, stderr=log)
+        stack.processes["worker"] = worker
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"reference worker did not start; see {folder / 'reference-worker.log'}")
+            time.sleep(0.05)
+        environ = os.environ.copy()
+        os.environ.update({k: str(v) for k, v in stack.env.items()})
+        try:
+            pulls = {i.namespace: i.get_pull_mode_config() for i in load_integrations(load_config())}
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+
+        async def run(count: int) -> tuple[float, list[str]]:
+            client = await connect_temporal(stack.temporal_address)
+            names = list(pulls)
+
+            async def one(n: int) -> str:
+                pull = pulls[names[n % 2]]
+                task = {"id": uuid.uuid4().hex, "requestParams": {"prompt": f"reference {n}"}, "attempt": 1}
+                handle = await client.start_workflow(pull.workflow_name, pull.build_workflow_params(task),
+                                                     id=pull.build_workflow_id(task), task_queue=pull.task_queue)
+                await handle.result()
+                return handle.id
+
+            began = time.perf_counter()
+            ids = await asyncio.gather(*(one(n) for n in range(count)))
+            return time.perf_counter() - began, ids
+
+        asyncio.run(run(1))  # warm-up
+        before = _cpu(stack.processes)
+        elapsed, ids = asyncio.run(run(tasks))
+        after = _cpu(stack.processes)
+        events = _history_events(stack.temporal_address, ids[:: max(1, tasks // 10)])
+        ready.unlink()
+        worker.wait(30)
+    return {"rate": tasks / elapsed, "seconds": elapsed, "cpu_ms_per_task": _per_task_ms(before, after, tasks),
+            "history_events": events}
+
+
+def run(folder: Path, tasks: int) -> dict:
+    """Both measurements, each on its own fresh Temporal server; the results.json keys."""
+    for name in ("reference", "stack"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    reference = reference_phase(folder / "reference", tasks)
+    stack = stack_phase(folder / "stack", tasks)
+    print(f"  lifecycle reference: {reference}")
+    print(f"  lifecycle stack:     {stack}")
+    return {"lifecycle_rate": round(stack["rate"], 2), "lifecycle_reference_rate": round(reference["rate"], 2),
+            "lifecycle_ratio": round(stack["rate"] / reference["rate"], 3),
+            "lifecycle_cpu_ms_outside_temporal": stack["cpu_ms_outside_temporal"],
+            "lifecycle_history_events": stack["history_events"],
+            "lifecycle_reference_history_events": reference["history_events"],
+            "lifecycle_cpu_ms_per_task": stack["cpu_ms_per_task"],
+            "lifecycle_reference_cpu_ms_per_task": reference["cpu_ms_per_task"],
+            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"])}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["reference-worker"]:
+        asyncio.run(_reference_worker(Path(sys.argv[2])))
+    else:
+        import json
+        import tempfile
+
+        count = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+        folder = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp(prefix="lifecycle-"))
+        print(json.dumps(run(folder, count), indent=2))
