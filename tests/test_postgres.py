@@ -189,10 +189,10 @@ class Recording(pg.PgConn):
         self.sent.append((self.phase, sql, params))
         return super().execute(sql, params)
 
-    def executemany(self, sql, params_seq):
+    def executemany(self, sql, params_seq, **kwargs):
         params_seq = list(params_seq)
         self.sent += [(self.phase, sql, params) for params in params_seq[:1]]
-        return super().executemany(sql, params_seq)
+        return super().executemany(sql, params_seq, **kwargs)
 
 
 def plan_nodes(plan) -> list[dict]:
