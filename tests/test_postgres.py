@@ -306,3 +306,22 @@ def claim_path_indexes(target: str, integration: str, table_name: str, now: floa
             used.setdefault(phase, set()).update(
                 n["Index Name"] for n in nodes if n.get("Index Name", "").startswith(table_name))
     return used
+
+
+def test_a_claim_sends_as_many_statements_for_fifty_tasks_as_for_one(db_target):
+    """The claim path's round trips do not grow with the batch: the block, the locked candidates, one pipelined
+    batch of fenced UPDATEs and one of events (besides BEGIN and COMMIT); every claim still has its event."""
+    tasks_table = table(db_target, max_active=None)
+    setup = pg.connect(db_target)
+    for i in range(60):
+        task_store.create_task(setup, tasks_table, {"prompt": f"p{i}"}, now=1000.0 + i)
+    setup.close()
+    with contextlib.closing(pg.connect(db_target)) as raw:
+        conn = Recording(raw)
+        for limit in (1, 50):
+            conn.phase = limit
+            claimed, _ = task_store.claim_next(conn, tasks_table, limit)
+            assert [t["attempt"] for t in claimed] == [1] * limit
+    sent = [phase for phase, _, _ in conn.sent]
+    assert sent.count(1) == sent.count(50) == 4
+    assert dbaccess.query(db_target, "SELECT COUNT(*) AS n FROM task_events WHERE status = 'queued'") == [{"n": 51}]
