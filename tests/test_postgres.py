@@ -4,6 +4,7 @@ walk the partial indexes. (The shared promises run on both backends in the param
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -15,17 +16,18 @@ import pytest
 
 from app import create_app
 from dev import dbaccess
-from tests.conftest import SECRETS, VIDEO
+from tests.conftest import IMAGE, SECRETS, VIDEO
 from web import db, pg, task_store
 from web.task_store import Report, TaskTable, TransitionRefused
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 
-def table(url, **policy) -> TaskTable:
-    """The video table of an app on `url`, its policy changed by `policy` (the default caps active tasks at 100)."""
+def table(url, integration=VIDEO, **policy) -> TaskTable:
+    """An integration's table (video by default) of an app on `url`, its policy changed by `policy`
+    (the default caps active tasks at 100)."""
     app = create_app({"DATABASE_URL": url, **SECRETS})
-    found = app.extensions["task_tables"][VIDEO]
+    found = app.extensions["task_tables"][integration]
     return dataclasses.replace(found, policy=dataclasses.replace(found.policy, **policy))
 
 
@@ -175,53 +177,151 @@ def test_racing_single_claims_and_reports_have_one_winner(db_target):
                       {"status": "queued", "n": 60}]
 
 
-class Explaining:
-    """Runs task_store's own SQL under EXPLAIN (FORMAT JSON) and keeps the plans."""
+class Recording(pg.PgConn):
+    """A real connection that keeps every statement task_store sends, labelled with the phase that sent it,
+    so the test explains the store's own SQL (never a copy of it)."""
 
-    dialect = "postgresql"
-
-    def __init__(self, conn):
-        self.conn, self.plans = conn, []
+    def __init__(self, conn: pg.PgConn):
+        super().__init__(conn.raw)  # no URL: nothing to notify
+        self.phase, self.sent = "", []
 
     def execute(self, sql, params=()):
-        cursor = self.conn.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        plan = cursor.fetchone()[0]
-        self.plans.append(json.loads(plan) if isinstance(plan, str) else plan)
-        return iter(())
+        self.sent.append((self.phase, sql, params))
+        return super().execute(sql, params)
+
+    def executemany(self, sql, params_seq, **kwargs):
+        params_seq = list(params_seq)
+        self.sent += [(self.phase, sql, params) for params in params_seq[:1]]
+        return super().executemany(sql, params_seq, **kwargs)
 
 
-def index_names(plan) -> set[str]:
-    found, stack = set(), [plan]
+def plan_nodes(plan) -> list[dict]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    found, stack = [], [plan]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if "Index Name" in node:
-                found.add(node["Index Name"])
+            if "Node Type" in node:
+                found.append(node)
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
     return found
 
 
-def test_claim_plans_walk_the_partial_indexes(db_target):
-    """20,000 tasks, nearly all finished (as history piles up), then ANALYZE: each claim kind reads its own
-    partial index; none scans the table."""
-    tasks_table = table(db_target, max_active=None)
-    dbaccess.execute(db_target, """
-        INSERT INTO video_tasks (id, status, attempts, started_at, request_params, retryable, dispatched_at,
-                                 created_at, updated_at, retry_at)
-        SELECT 't' || i, (ARRAY['completed','completed','completed','completed','completed','completed','pending',
-                                'failed','queued','processing'])[1 + i % 10],
-               1, 1000 + i, '{}', 1, CASE WHEN i % 20 = 8 THEN NULL ELSE 5 END, i, i, i
-        FROM generate_series(1, 20000) AS i""")
-    dbaccess.execute(db_target, "ANALYZE video_tasks")
-    conn = pg.connect(db_target)
+# At 1,000,000 tasks: a history of finished ones, and a few thousand of each live kind the claim path looks for.
+MIX = [  # (rows, status, retryable, retry_at, started_at, dispatched_at, attempts, cancel_requested_at)
+    (965_000, "completed", 1, None, "NOW - 9000", "NOW - 9000", 1, None),
+    (15_000, "failed", 0, None, "NOW - 9000", "NOW - 9000", 5, None),
+    (4_000, "cancelled", 0, None, None, None, 0, "NOW - 9000"),
+    (5_000, "pending", 1, None, None, None, 0, None),
+    (1_000, "failed", 1, "NOW - 60 - i % 600", "NOW - 9000", "NOW - 9000", 1, None),  # retry due
+    (1_000, "failed", 1, "NOW + 600 + i % 600", "NOW - 9000", "NOW - 9000", 1, None),  # retry later
+    (500, "queued", 1, None, "NOW - i % 60", None, 1, None),  # just claimed, workflow not confirmed yet
+    (200, "queued", 1, None, "NOW - 900 - i % 600", None, 2, None),  # claim abandoned: stuck, rescued
+    (100, "queued", 1, None, "NOW - 900 - i % 600", None, 5, None),  # stuck with no attempt left: expired
+    (2_000, "queued", 1, None, "NOW - i % 600", "NOW - i % 600", 1, None),  # Temporal owns it
+    (6_000, "processing", 1, None, "NOW - i % 3600", "NOW - i % 3600", 1, None),
+    (200, "processing", 1, None, "NOW - 600", "NOW - 600", 1, "NOW - 60 - i % 60"),  # cancel asked
+]
+
+
+def fill(target: str, table_name: str, now: float, scale: float = 1.0) -> int:
+    """Insert MIX (times `scale`) with generate_series: seconds, not minutes. The dashboard's counter triggers
+    are off while it runs (a delta row per task would double the work); the counts are written once after."""
+    base, total = 0, 0
+    for rows, status, retryable, retry_at, started_at, dispatched_at, attempts, cancel in MIX:
+        rows = max(1, int(rows * scale))
+        value = lambda expr, cast: "NULL" if expr is None else f"({expr.replace('NOW', repr(now))})::{cast}"
+        dbaccess.execute(target, f"""
+            INSERT INTO {table_name} (id, status, attempts, started_at, request_params, retryable, dispatched_at,
+                                      created_at, updated_at, retry_at, cancel_requested_at)
+            SELECT 't{base}-' || i, '{status}', {attempts}, {value(started_at, 'bigint')}, '{{"prompt": "p"}}',
+                   {retryable}, {value(dispatched_at, 'float8')}, {now} - 86400 + ({base} + i) * 0.01,
+                   {now} - 60, {value(retry_at, 'float8')}, {value(cancel, 'float8')}
+            FROM generate_series(1, {rows}) AS i""")
+        base, total = base + rows, total + rows
+    return total
+
+
+@pytest.mark.slow
+def test_claim_path_plans_use_the_partial_indexes_at_a_million_tasks(db_target):
+    """1,000,000 tasks (nearly all finished, as history piles up) and ANALYZE: every statement the claim path
+    and the long polls send (task_store's own, recorded as they run) reads the partial index of its kind
+    and none scans a task table."""
+    now = time.time()
+    db.upgrade(db_target)
+    dbaccess.execute(db_target, "SET session_replication_role = replica")  # the counter triggers wait (see fill)
     try:
-        explaining = Explaining(conn)
-        task_store._claimable_pg(explaining, tasks_table, 10, time.time(), lock=True)
-        claim_plan = explaining.plans[-1]
-        assert {"video_tasks_pending", "video_tasks_retry_due", "video_tasks_undispatched"} <= index_names(claim_plan)
-        assert '"Seq Scan"' not in json.dumps(claim_plan)
-        assert json.dumps(claim_plan).count('"LockRows"') >= 3  # each kind locks inside its own walk
+        assert fill(db_target, "video_tasks", now) == 1_000_000
+        fill(db_target, "image_tasks", now, scale=0.1)
     finally:
-        conn.close()
+        dbaccess.execute(db_target, "RESET session_replication_role")
+    for table_name in ("video_tasks", "image_tasks"):
+        dbaccess.execute(db_target, f"INSERT INTO task_counts (tbl, status, n) SELECT '{table_name}', status, "
+                                    f"COUNT(*) FROM {table_name} GROUP BY status")
+    dbaccess.execute(db_target, "ANALYZE")
+    expected = {  # phase: the indexes its statements must read (of the table's)
+        "expire_stuck": {"undispatched"},
+        "fetch_claimable": {"pending", "retry_due", "undispatched"},
+        "cancels_due": {"cancel_due"},
+        "claim_next": {"pending", "retry_due", "undispatched", "pkey"},
+        "claim_next with a cap": {"pending", "retry_due", "undispatched", "status_created"},
+        "take_cancels": {"cancel_due", "pkey"},
+        "report": {"pkey"},
+    }
+    for integration, table_name in ((VIDEO, "video_tasks"), (IMAGE, "image_tasks")):
+        used = claim_path_indexes(db_target, integration, table_name, now)
+        for phase, kinds in expected.items():
+            assert used.get(phase, set()) >= {f"{table_name}_{kind}" for kind in kinds}, phase
+
+
+def claim_path_indexes(target: str, integration: str, table_name: str, now: float) -> dict[str, set[str]]:
+    """Run the claim path's and the long polls' task_store calls on the integration's table, then explain every
+    statement they sent: {phase: the table's indexes its plans read}. Fails on a Seq Scan of a task table."""
+    tasks_table = table(target, integration, max_active=None)
+    capped = dataclasses.replace(tasks_table, policy=dataclasses.replace(tasks_table.policy, max_active=10**6))
+    confirm = [(row["id"], 1) for row in dbaccess.query(
+        target, f"SELECT id FROM {table_name} WHERE status = 'queued' AND dispatched_at IS NULL AND attempts = 1 "
+                f"LIMIT 3")]
+    used: dict[str, set[str]] = {}
+    with contextlib.closing(pg.connect(target)) as raw:
+        conn = Recording(raw)
+        for phase, run in (
+                ("expire_stuck", lambda: task_store.expire_stuck(conn, tasks_table, now)),
+                ("fetch_claimable", lambda: task_store.fetch_claimable(conn, tasks_table, 10, now)),
+                ("cancels_due", lambda: task_store.cancels_due(conn, tasks_table, now)),
+                ("claim_next", lambda: task_store.claim_next(conn, tasks_table, 10, confirm, now)),
+                ("claim_next with a cap", lambda: task_store.claim_next(conn, capped, 10, (), now)),
+                ("take_cancels", lambda: task_store.take_cancels(conn, tasks_table, 10, now)),
+                ("report", lambda: task_store.transition_many(conn, tasks_table, [
+                    (task_id, Report.progress("processing", 1, external_id="j")) for task_id, _ in confirm]))):
+            conn.phase = phase
+            assert run(), phase  # each found work: its statements ran whole
+        for phase, sql, params in conn.sent:
+            plan = conn.raw.execute("EXPLAIN (FORMAT JSON) " + pg.translate(sql), params).fetchone()[0]
+            nodes = plan_nodes(json.loads(plan) if isinstance(plan, str) else plan)
+            scans = [n for n in nodes if n.get("Relation Name") in ("video_tasks", "image_tasks")]
+            assert not [n for n in scans if n["Node Type"] == "Seq Scan"], (phase, sql, plan)
+            used.setdefault(phase, set()).update(
+                n["Index Name"] for n in nodes if n.get("Index Name", "").startswith(table_name))
+    return used
+
+
+def test_a_claim_sends_as_many_statements_for_fifty_tasks_as_for_one(db_target):
+    """The claim path's round trips do not grow with the batch: the block, the locked candidates, one pipelined
+    batch of fenced UPDATEs and one of events (besides BEGIN and COMMIT); every claim still has its event."""
+    tasks_table = table(db_target, max_active=None)
+    setup = pg.connect(db_target)
+    for i in range(60):
+        task_store.create_task(setup, tasks_table, {"prompt": f"p{i}"}, now=1000.0 + i)
+    setup.close()
+    with contextlib.closing(pg.connect(db_target)) as raw:
+        conn = Recording(raw)
+        for limit in (1, 50):
+            conn.phase = limit
+            claimed, _ = task_store.claim_next(conn, tasks_table, limit)
+            assert [t["attempt"] for t in claimed] == [1] * limit
+    sent = [phase for phase, _, _ in conn.sent]
+    assert sent.count(1) == sent.count(50) == 4
+    assert dbaccess.query(db_target, "SELECT COUNT(*) AS n FROM task_events WHERE status = 'queued'") == [{"n": 51}]

@@ -98,9 +98,11 @@ class PgConn:
         """PostgreSQL's own SQL, as is (%s placeholders)."""
         return self.raw.execute(sql, params)
 
-    def executemany(self, sql: str, params_seq) -> psycopg.Cursor:
+    def executemany(self, sql: str, params_seq, returning: bool = False) -> psycopg.Cursor:
+        """One statement for each params, pipelined (one round trip); `returning`: each one's rows are kept,
+        a result set each (cursor.nextset())."""
         cursor = self.raw.cursor()
-        cursor.executemany(translate(sql), params_seq)
+        cursor.executemany(translate(sql), params_seq, returning=returning)
         return cursor
 
     @property

@@ -50,6 +50,8 @@ ALLOWED = {"queued": ("processing", "completed", "failed", "cancelled"),
 FIELDS = ("id", "status", "attempts", "startedAt", "requestParams", "createdAt", "updatedAt", "externalId", "result",
           "error", "retryable", "dispatchedAt", "retryAt", "attemptsRefunded", "cancelRequestedAt", "cancelSentAt")
 ACTIVE = ("queued", "processing")
+CLAIM_FIELDS = ("id", "status", "startedAt", "attempts", "attemptsRefunded", "requestParams", "externalId",
+                "createdAt")  # what fetchPendingTasks shows of a claimable task, and claimPendingTasks with more
 CANCEL_RESEND_SECONDS = 30.0  # a cancel handed to a processor is handed out again while its task stays active
 CANCEL_BATCH = 100
 CANCELLED = {"status": "cancelled", "retryable": 0, "retryAt": None, "error": None}  # final: never claimed again
@@ -416,6 +418,8 @@ def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmat
         if _pg(conn) and table.policy.max_active is not None:  # the cap is counted by one claimer at a time
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, ?))",
                          (table.entity.table, CAP_LOCK)).fetchall()
+        if _pg(conn):
+            return _claim_pg(conn, table, limit, now), confirmed
         for task in fetch_claimable(conn, table, limit, now, lock=True):
             try:
                 outcome = _apply(conn, table, task["id"], Report.claim(), now)
@@ -424,6 +428,49 @@ def claim_next(conn: sqlite3.Connection, table: TaskTable, limit: int, confirmat
             claimed.append({**task, "status": outcome.status, "attempts": outcome.attempt,
                             "startedAt": int(now), "attempt": outcome.attempt})
     return claimed, confirmed
+
+
+def _claim_pg(conn, table: TaskTable, limit: int, now: float) -> list[dict]:
+    """claim_next's claims on PostgreSQL, in round trips that do not grow with the batch: the integration's
+    block (locked, if any), the candidates (locked as they are read, SKIP LOCKED, whole rows: the versions
+    just locked), then `decide()` on each as `_apply` does, one pipelined batch of the fenced UPDATEs (a row
+    whose fence fails is not claimed) and one of their `queued` events. A claim makes nothing claimable, so
+    it wakes nobody."""
+    block = get_block(conn, table.integration, lock=True)  # one claimer at a time takes a blocked one's probe
+    judged = []
+    for task in _claimable_rows(conn, table, limit, now, block, lock=True):
+        try:
+            judged.append((task, decide(task, Report.claim(), table.policy, now)))
+        except TransitionRefused:  # cannot happen on a row locked with its kind's predicate re-checked
+            continue
+    if block is not None and judged:  # its probe: one task, and the next probe an interval away
+        judged = judged[:1]
+        _move_probe(conn, table, judged[0][0]["id"], now)
+    took = _update_many_pg(conn, table.entity, judged, now)
+    claimed = [(task, decision) for task, decision in judged if task["id"] in took]
+    if claimed:
+        conn.executemany(EVENT_SQL, [(table.integration, task["id"], decision.event, decision.changes["attempts"],
+                                      None, None, None, now) for task, decision in claimed])
+    return [{**{name: task[name] for name in CLAIM_FIELDS}, "status": decision.changes["status"],
+             "attempts": decision.changes["attempts"], "startedAt": int(now),
+             "attempt": decision.changes["attempts"]} for task, decision in claimed]
+
+
+def _update_many_pg(conn, entity: EntityMapping, judged: list[tuple[dict, Decision]], now: float) -> set[str]:
+    """`_update` for several tasks whose changes set the same fields, pipelined (one round trip); the ids whose
+    fenced UPDATE took (the others changed nothing)."""
+    if not judged:
+        return set()
+    fields = [*judged[0][1].changes, "updatedAt"]
+    assert all(list(decision.changes) == fields[:-1] for _, decision in judged), "one set of fields per batch"
+    cursor = conn.executemany(f"{_update_sql(entity, fields)} RETURNING {_q(entity.column('id'))}",
+                              [[*decision.changes.values(), now, task["id"], task["status"], task["attempts"]]
+                               for task, decision in judged], returning=True)
+    took = set()
+    while True:
+        took.update(row[0] for row in cursor.fetchall())
+        if not cursor.nextset():
+            return took
 
 
 def _apply(conn: sqlite3.Connection, table: TaskTable, task_id: str, report: Report, now: float) -> Outcome:
@@ -562,6 +609,11 @@ def _take_probe(conn: sqlite3.Connection, table: TaskTable, task_id: str, now: f
     if block["probeAt"] > now:
         raise TransitionRefused(f"Cannot claim: the integration is blocked ({block['reason']}); its next probe "
                                 f"is due in {block['probeAt'] - now:.0f}s", "blocked")
+    _move_probe(conn, table, task_id, now)
+
+
+def _move_probe(conn, table: TaskTable, task_id: str, now: float) -> None:
+    """`task_id` is the blocked integration's probe; the next one is due an interval from now."""
     conn.execute("UPDATE integration_blocks SET probe_at = ?, task_id = ? WHERE integration = ?",
                  (now + table.policy.probe_seconds, task_id, table.integration))
 
@@ -712,7 +764,12 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
     another transaction holds, so concurrent claimers take disjoint tasks.
     """
     now = time.time() if now is None else now
-    block = get_block(conn, table.integration)
+    found = _claimable_rows(conn, table, limit, now, get_block(conn, table.integration), lock)
+    return [{name: task[name] for name in CLAIM_FIELDS} for task in found] if _pg(conn) else found
+
+
+def _claimable_rows(conn, table: TaskTable, limit: int, now: float, block: dict | None, lock: bool) -> list[dict]:
+    """fetch_claimable's tasks; on PostgreSQL whole rows (what claims judge)."""
     if block is not None:
         if block["probeAt"] > now:
             return []
@@ -745,26 +802,22 @@ def fetch_claimable(conn: sqlite3.Connection, table: TaskTable, limit: int, now:
 
 
 def _claimable_pg(conn, table: TaskTable, limit: int, now: float, lock: bool) -> list[dict]:
-    """fetch_claimable's three kinds on PostgreSQL: each a MATERIALIZED CTE (a fence: the planner must not
-    turn the LIMIT into a nested loop that locks more) walking its partial index."""
+    """fetch_claimable's three kinds on PostgreSQL, whole rows: each a MATERIALIZED CTE (a fence: the planner
+    must not turn the LIMIT into a nested loop that locks more) walking its partial index. Locking, a CTE
+    returns the row version it locked (its predicate re-checked on it), not the statement's snapshot."""
     c = lambda name: _q(table.entity.column(name))
     tbl, skip = _q(table.entity.table), " FOR UPDATE SKIP LOCKED" if lock else ""
     spent_sql = f"{c('attempts')} - {c('attemptsRefunded')}"
+    rows = f"SELECT {_all_columns(table.entity)} FROM {tbl}"
     sql = f"""
-        WITH p AS MATERIALIZED (SELECT {c('id')} AS id FROM {tbl} WHERE {c('status')} = 'pending'
-                                ORDER BY {c('createdAt')} LIMIT :limit{skip}),
-             r AS MATERIALIZED (SELECT {c('id')} AS id FROM {tbl} WHERE {c('status')} = 'failed'
+        WITH p AS MATERIALIZED ({rows} WHERE {c('status')} = 'pending' ORDER BY {c('createdAt')} LIMIT :limit{skip}),
+             r AS MATERIALIZED ({rows} WHERE {c('status')} = 'failed'
                                 AND {c('retryable')} = 1 AND {c('retryAt')} <= :now AND {spent_sql} < :max
                                 ORDER BY {c('retryAt')} LIMIT :limit{skip}),
-             s AS MATERIALIZED (SELECT {c('id')} AS id FROM {tbl} WHERE {c('status')} = 'queued'
+             s AS MATERIALIZED ({rows} WHERE {c('status')} = 'queued'
                                 AND {c('dispatchedAt')} IS NULL AND {c('startedAt')} < :cutoff AND {spent_sql} < :max
                                 AND {c('cancelRequestedAt')} IS NULL ORDER BY {c('startedAt')} LIMIT :limit{skip})
-        SELECT {c('id')} AS "id", {c('status')} AS "status", {c('startedAt')} AS "startedAt",
-               {c('attempts')} AS "attempts", {c('attemptsRefunded')} AS "attemptsRefunded",
-               {c('requestParams')} AS "requestParams", {c('externalId')} AS "externalId",
-               {c('createdAt')} AS "createdAt"
-        FROM {tbl} WHERE {c('id')} IN (SELECT id FROM p UNION ALL SELECT id FROM r UNION ALL SELECT id FROM s)
-        ORDER BY {c('createdAt')} LIMIT :limit
+        SELECT * FROM p UNION ALL SELECT * FROM r UNION ALL SELECT * FROM s ORDER BY "createdAt" LIMIT :limit
     """
     params = {"limit": limit, "max": table.policy.max_attempts, "now": now,
               "cutoff": math.ceil(now - table.policy.stuck_timeout_seconds)}  # BIGINT: an integer keeps the index
@@ -925,24 +978,27 @@ def _select(conn: sqlite3.Connection, entity: EntityMapping, task_id: str, lock:
     return dict(row) if row else None
 
 
+def _update_sql(entity: EntityMapping, fields: Iterable[str]) -> str:
+    """The fenced UPDATE of `fields` (params: their values, then id, the status and attempts read)."""
+    assignments = ", ".join(f"{_q(entity.column(f))} = ?" for f in fields)
+    return (f"UPDATE {_q(entity.table)} SET {assignments} WHERE {_q(entity.column('id'))} = ? "
+            f"AND {_q(entity.column('status'))} = ? AND {_q(entity.column('attempts'))} = ?")
+
+
 def _update(conn: sqlite3.Connection, entity: EntityMapping, task: dict, changes: dict, now: float) -> None:
     changes = {**changes, "updatedAt": now}
-    assignments = ", ".join(f"{_q(entity.column(f))} = ?" for f in changes)
-    cursor = conn.execute(
-        f"UPDATE {_q(entity.table)} SET {assignments} WHERE {_q(entity.column('id'))} = ? "
-        f"AND {_q(entity.column('status'))} = ? AND {_q(entity.column('attempts'))} = ?",
-        [*changes.values(), task["id"], task["status"], task["attempts"]],
-    )
+    cursor = conn.execute(_update_sql(entity, changes),
+                          [*changes.values(), task["id"], task["status"], task["attempts"]])
     if cursor.rowcount != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than guess
         raise TransitionRefused(f"Cannot transition to {changes.get('status', task['status'])} from {task['status']}")
 
 
+EVENT_SQL = ("INSERT INTO task_events (namespace, task_id, status, attempt, external_id, data, error, created_at) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 def _append_event(conn, integration, task_id, status, attempt, now, external_id=None, data=None, error=None):
-    conn.execute(
-        "INSERT INTO task_events (namespace, task_id, status, attempt, external_id, data, error, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (integration, task_id, status, attempt, external_id, data, error, now),
-    )
+    conn.execute(EVENT_SQL, (integration, task_id, status, attempt, external_id, data, error, now))
 
 
 def _dump(value: Any) -> str | None:
