@@ -44,7 +44,7 @@ HISTORIES = Path(__file__).with_name("histories")
 RELEASE_1 = HISTORIES / "release-1"  # frozen: the first release's runs, finished and cut mid-flight
 # Where RECORD_HISTORIES=1 writes (HISTORIES_RELEASE overrides): the release being made. A folder with a
 # README.md is frozen and never written again; after freezing this one, bump the name.
-RECORDING_RELEASE = "release-2"
+RECORDING_RELEASE = "release-3"
 RECORDED = sorted(HISTORIES.glob("**/*.json"))
 KINDS = {VIDEO: "video", IMAGE: "image"}
 REPORT = "reportTaskEvent"
@@ -533,7 +533,7 @@ def cut_polling(providers, app, namespace):
 
 
 def cut_reporting(providers, namespace, folder):
-    """Cut while the `completed` report is retried: the job ended, the web process is down."""
+    """Cut while the `completed` report is retried: the job ended, its media were stored, the web process is down."""
     poll = f"{namespace}.pollTask"
     with ExitStack() as web_up:
         app = web_up.enter_context(own_web_process(folder))
@@ -542,7 +542,7 @@ def cut_reporting(providers, namespace, folder):
             assert events_of(app, task_id) == ["pending", "queued", "processing"]
             web_up.close()  # the web process goes down before the job ends
             history, progress = providers.wait_for(wid, lambda p: p.pending.get(REPORT, 0) >= 2)
-            assert progress.steps[-2:] == [f"completed {poll}", f"scheduled {REPORT}"]
+            assert progress.steps[-2:] == ["completed storeMedia", f"scheduled {REPORT}"]
     return history
 
 
