@@ -55,7 +55,7 @@ CANCEL_BATCH = 100
 CANCELLED = {"status": "cancelled", "retryable": 0, "retryAt": None, "error": None}  # final: never claimed again
 EXPIRE_BATCH = 100
 PROBE_CANDIDATES = 10  # a blocked integration's probe is the least handed-back of its oldest claimable tasks
-FOLD_SECONDS = 5.0  # PostgreSQL: a process folds the counters' delta rows at most this often on the claim path
+FOLD_SECONDS = 5.0  # PostgreSQL: a process folds the counters' delta rows at most this often (claims, creates)
 CAP_LOCK = 7261847202  # PostgreSQL: advisory lock (seed of hashtextextended(table)): one capped claim at a time
 KEY_LOCK = 7261847203  # PostgreSQL: advisory lock (seed of hashtextextended(scope:key)): per Idempotency-Key
 
@@ -599,6 +599,8 @@ def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict
     with immediate(conn):
         task_id = _insert_task(conn, table, request_params, now)
         _ready(conn, table)
+    if _pg(conn):
+        _maybe_fold(conn, now)  # after the commit: creates alone (no processor claiming) keep the deltas few too
     return get_task(conn, table, task_id)
 
 
@@ -637,6 +639,8 @@ def create_task_once(conn: sqlite3.Connection, table: TaskTable, request_params:
             "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) "
             "VALUES (?, ?, ?, ?, ?)")
         conn.execute(upsert, (scope, key, fingerprint, task_id, now))
+    if _pg(conn):
+        _maybe_fold(conn, now)
     return task_id, True
 
 
@@ -869,8 +873,8 @@ def list_tasks(conn: sqlite3.Connection, table: TaskTable, status: str | None = 
 def count_by_status(conn: sqlite3.Connection, table: TaskTable) -> dict[str, int]:
     """Tasks per status, read from task_counts (kept exact by the table's triggers): no scan, at any size."""
     counts = dict.fromkeys(STATUSES, 0)
-    if _pg(conn):  # delta rows, added up (migrations/postgresql/0001)
-        fold_counts(conn)
+    if _pg(conn):  # delta rows, added up (migrations/postgresql/0001); folded by the writers (_maybe_fold),
+        # never here: a read must not write (the dashboard's GET, a metrics scrape), and a fold rewrites the rows
         rows = conn.execute("SELECT status, SUM(n)::bigint FROM task_counts WHERE tbl = ? GROUP BY status",
                             (table.entity.table,))
         counts.update(dict(rows.fetchall()))
@@ -898,7 +902,8 @@ def fold_counts(conn) -> None:
 
 
 def _maybe_fold(conn, _now: float) -> None:
-    """Fold at most every FOLD_SECONDS per process, so the delta rows stay few without any reader."""
+    """Fold at most every FOLD_SECONDS per process, on the write paths (claims, creates), so the delta rows stay
+    few and the reads that add them up (the dashboard, metrics, the CLI's stats) write nothing."""
     if time.monotonic() - _folded_at >= FOLD_SECONDS:
         fold_counts(conn)
 
