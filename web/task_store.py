@@ -923,6 +923,8 @@ def _select(conn: sqlite3.Connection, entity: EntityMapping, task_id: str, lock:
             skip_locked: bool = False) -> dict | None:
     """The task's row; `lock` (inside a write transaction): on PostgreSQL its row is locked until the commit
     (`skip_locked`: None if another transaction holds it). SQLite's write lock covers it already."""
+    if "\x00" in task_id:  # no id holds a NUL; PostgreSQL refuses one in a text parameter (a 500, not a 404)
+        return None
     locking = (" FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE") if lock and _pg(conn) else ""
     row = conn.execute(
         f"SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {_q(entity.column('id'))} = ?{locking}",
