@@ -85,8 +85,32 @@ def db_config(target):
 @pytest.fixture(autouse=True)
 def backend(request):
     """Which task store the test runs on: "sqlite" unless the module parametrizes it (BACKENDS).
-    Autouse, so a module's parametrization reaches every test in it."""
-    return getattr(request, "param", "sqlite")
+    Autouse, so a module's parametrization reaches every test in it. A test marked `sqlite_only` skips its
+    PostgreSQL run, giving its reason."""
+    found = getattr(request, "param", "sqlite")
+    only = request.node.get_closest_marker("sqlite_only")
+    if only is not None and found != "sqlite":
+        pytest.skip(f"SQLite only: {only.args[0]}")
+    return found
+
+
+both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # one test, on both stores
+
+
+def sqlite_only(reason: str):
+    """Mark a test of a module run on both backends as meaningful on SQLite alone; `reason` says why."""
+    return pytest.mark.sqlite_only(reason)
+
+
+def connect(target: str):
+    """A task_store connection of its own to `target` (as db_target gives it), for calls made outside a request."""
+    from web import db
+
+    if dbaccess.is_postgres(target):
+        from web import pg
+
+        return pg.connect(target)
+    return db.connect(target)
 
 
 @pytest.fixture

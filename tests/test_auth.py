@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
 
+from dev import dbaccess
 from settings import ROOT
-from tests.conftest import AUTH, CLIENT_KEY, DASHBOARD, SECRETS, USER, VIDEO
+from tests.conftest import AUTH, BACKENDS, CLIENT_KEY, DASHBOARD, SECRETS, USER, VIDEO, db_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", BACKENDS, indirect=True)]  # on both stores
 SECOND_KEY = "second-client-key-abcdefgh"
 
 
@@ -109,17 +111,22 @@ def test_a_result_url_that_is_not_http_is_never_a_link(web):
     ({**SECRETS, "INTERNAL_API_TOKEN": " " * 20}, "config error: INTERNAL_API_TOKEN must be at least 16"),
 ], ids=["no client keys", "no dashboard password", "a short key", "a short password", "a short token",
         "a blank token"])
-def test_the_web_process_refuses_to_start_unprotected(tmp_path, env, line):
-    result = start({**env, "DATABASE_PATH": str(tmp_path / "app.db")})
+def test_the_web_process_refuses_to_start_unprotected(db_target, env, line):
+    result = start({**env, **db_config(db_target)})
     assert result.returncode == 2, result.stdout
     assert result.stderr.strip().splitlines()[0].startswith(line), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "app.db").exists()
+    assert not made_a_database(db_target)
 
 
-def test_allow_unauthenticated_opens_only_what_is_unset_and_says_so(web, tmp_path):
+def made_a_database(target: str) -> bool:
+    """The SQLite file, or any table in the PostgreSQL schema."""
+    return bool(dbaccess.tables(target)) if dbaccess.is_postgres(target) else Path(target).exists()
+
+
+def test_allow_unauthenticated_opens_only_what_is_unset_and_says_so(web, db_target):
     result = start({"INTERNAL_API_TOKEN": SECRETS["INTERNAL_API_TOKEN"], "ALLOW_UNAUTHENTICATED": "1",
-                    "DASHBOARD_PASSWORD": SECRETS["DASHBOARD_PASSWORD"], "DATABASE_PATH": str(tmp_path / "a.db")})
+                    "DASHBOARD_PASSWORD": SECRETS["DASHBOARD_PASSWORD"], **db_config(db_target)})
     assert result.returncode == 0 and "started" in result.stdout
     assert "the user API is open to anyone" in result.stderr and "dashboard is open" not in result.stderr
 

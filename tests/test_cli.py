@@ -4,7 +4,9 @@ import time
 
 import pytest
 
-from tests.conftest import IMAGE, VIDEO
+from tests.conftest import BACKENDS, IMAGE, VIDEO
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 
 @pytest.fixture
@@ -100,14 +102,14 @@ def test_retry_makes_an_exhausted_task_claimable_again(runner, tasks):
 
 
 @pytest.mark.parametrize("status", ["completed", "pending", "processing"])
-def test_retry_refuses_tasks_that_have_not_failed(runner, tasks, db_path, status):
+def test_retry_refuses_tasks_that_have_not_failed(runner, tasks, db_target, status):
     from tests.conftest import snapshot
     task_id = tasks.put(status=status, attempts=1)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     result = runner.invoke(args=["tasks", "retry", task_id])
     assert result.exit_code == 1
     assert f"Cannot retry a {status} task: only a failed task can be retried" in result.output
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
 @pytest.mark.parametrize("status", ["queued", "processing"])
@@ -137,14 +139,14 @@ def test_fail_no_retry_fails_for_good(runner, tasks):
 
 
 @pytest.mark.parametrize("status", ["pending", "completed", "failed"])
-def test_fail_refuses_tasks_that_are_not_running(runner, tasks, db_path, status):
+def test_fail_refuses_tasks_that_are_not_running(runner, tasks, db_target, status):
     from tests.conftest import snapshot
     task_id = tasks.put(status=status, attempts=0 if status == "pending" else 1)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     result = runner.invoke(args=["tasks", "fail", task_id])
     assert result.exit_code == 1
     assert f"Cannot fail a {status} task: only a queued or processing task can be failed" in result.output
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
 def test_stats_counts_by_status_and_oldest_pending(runner, tasks, fleet):

@@ -1,4 +1,8 @@
-"""The long polls' wait: wake on another connection's commit, sleep (not spin) otherwise."""
+"""The long polls' wait: wake on another connection's commit, sleep (not spin) otherwise.
+
+SQLite only, by nature: it watches SQLite's WAL file (PostgreSQL's wake-up is LISTEN/NOTIFY:
+tests/test_pg_wakeup.py).
+"""
 
 import threading
 import time

@@ -3,7 +3,6 @@
 import os
 import re
 import shutil
-import sqlite3
 import struct
 import threading
 import time
@@ -14,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DASHBOARD, DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO
+from dev import dbaccess
+from tests.conftest import BACKENDS, DASHBOARD, DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO, sqlite_only
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STATUSES = ("pending", "queued", "processing", "completed", "failed")
@@ -73,16 +75,16 @@ def populate(tasks):
     return done, broken
 
 
-def db_counts(db_path):
-    with sqlite3.connect(db_path) as conn:
-        return {ns: dict(conn.execute(f"SELECT status, COUNT(*) FROM {TABLE[ns]} GROUP BY status").fetchall())
-                for ns in (VIDEO, IMAGE)}
+def db_counts(target):
+    return {ns: {r["status"]: r["n"] for r in dbaccess.query(
+                target, f"SELECT status, COUNT(*) AS n FROM {TABLE[ns]} GROUP BY status")}
+            for ns in (VIDEO, IMAGE)}
 
 
-def test_dashboard_counts_and_rows(client, tasks, db_path):
+def test_dashboard_counts_and_rows(client, tasks, db_target):
     populate(tasks)
     html = client.get("/").get_data(as_text=True)
-    counts = db_counts(db_path)
+    counts = db_counts(db_target)
     for ns, short in ((VIDEO, "video"), (IMAGE, "image")):
         for status in STATUSES:
             cell = re.search(rf'data-count="{short}-{status}"><a[^>]*>(\d+)<', html).group(1)
@@ -113,16 +115,17 @@ def test_task_page_shows_request_result_timeline_and_temporal_link(client, tasks
     assert client.get("/tasks/unknown").status_code == 404
 
 
-def test_dashboard_is_read_only(client, tasks, db_path):
+def test_dashboard_is_read_only(client, tasks, db_target):
     from tests.conftest import snapshot
     populate(tasks)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     for url in ("/", "/?status=failed", "/?integration=video"):
         client.get(url)
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
     assert client.post("/").status_code == 405
 
 
+@sqlite_only("SQLite's EXPLAIN QUERY PLAN of the statements it traces (sqlite3's trace callback)")
 def test_counts_and_chart_read_no_task_table_or_event_scan(client, tasks):
     """The page's cost follows the page, not the table: every statement it runs is an index search."""
     from web import db
@@ -142,6 +145,7 @@ def test_counts_and_chart_read_no_task_table_or_event_scan(client, tasks):
     assert plan and not scans, "\n".join(plan)
 
 
+@sqlite_only("plants SQLite's statistics (sqlite_stat1) and reads SQLite's plans")
 def test_recent_tasks_stay_on_their_index_after_analyze(client, tasks):
     """With the statistics of a 100,000-task table (ANALYZE), the list still reads each status's newest tasks
     from (status, created_at) instead of sorting every task of the status (126 ms a page at 1M tasks)."""
@@ -172,15 +176,14 @@ def test_recent_tasks_stay_on_their_index_after_analyze(client, tasks):
     assert len(used) == len(on_index) == 2 * len(task_store.STATUSES), "\n".join(plan)
 
 
-def test_counts_follow_every_write(client, tasks, db_path):
+def test_counts_follow_every_write(client, tasks, db_target):
     """task_counts is kept by triggers: creates, transitions, an operator's SQL and deletes all show."""
     populate(tasks)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE video_tasks SET status = 'completed' WHERE status = 'processing'")
-        conn.execute("UPDATE image_tasks SET status = 'cancelled' WHERE status = 'queued'")
-        conn.execute("DELETE FROM image_tasks WHERE status = 'pending'")
+    dbaccess.execute(db_target, "UPDATE video_tasks SET status = 'completed' WHERE status = 'processing'")
+    dbaccess.execute(db_target, "UPDATE image_tasks SET status = 'cancelled' WHERE status = 'queued'")
+    dbaccess.execute(db_target, "DELETE FROM image_tasks WHERE status = 'pending'")
     html = client.get("/").get_data(as_text=True)
-    counts = db_counts(db_path)
+    counts = db_counts(db_target)
     assert counts[IMAGE]["cancelled"] == 2
     for ns, short in ((VIDEO, "video"), (IMAGE, "image")):
         for status in (*STATUSES, "cancelled"):
@@ -205,13 +208,12 @@ def test_chart_shows_this_hours_tasks_per_minute(client, tasks):
     assert re.search(r'data-total="completed">completed 0<', only_images)
 
 
-def test_chart_ignores_retries_and_old_minutes(client, tasks, db_path):
+def test_chart_ignores_retries_and_old_minutes(client, tasks, db_target):
     """Created counts a task's first event only (an operator's retry is not a new task); an hour ago is gone."""
     task_id = tasks.put(VIDEO, status="failed", attempts=1, retryable=False)
     assert client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token(client)}).status_code == 303
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
-                     "VALUES (?, 'old', 'completed', 1, ?)", (VIDEO, time.time() - 3700))
+    dbaccess.execute(db_target, "INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
+                                "VALUES (?, 'old', 'completed', 1, ?)", (VIDEO, time.time() - 3700))
     html = client.get("/").get_data(as_text=True)
     assert re.search(r'data-total="created">created 1<', html)
     assert re.search(r'data-total="completed">completed 0<', html)
@@ -315,12 +317,12 @@ def test_cancel_button_cancels_pending_at_once_and_asks_an_active_tasks_workflow
 
 
 @pytest.mark.parametrize("action", ["retry", "cancel"])
-def test_actions_refuse_a_post_without_the_sessions_token(client, tasks, db_path, action):
+def test_actions_refuse_a_post_without_the_sessions_token(client, tasks, db_target, action):
     from tests.conftest import snapshot
 
     task_id = tasks.put(VIDEO, status="failed", attempts=1, retryable=True)
     good = token(client)
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     url = f"/tasks/{task_id}/{action}"
     assert client.post(url).status_code == 400
     assert client.post(url, data={"csrf_token": ""}).status_code == 400
@@ -333,7 +335,7 @@ def test_actions_refuse_a_post_without_the_sessions_token(client, tasks, db_path
     fresh = client.application.test_client()  # another browser: no session, so its own token does not fit
     assert fresh.post(url, data={"csrf_token": good}).status_code == 403
     assert client.post(url, data={"csrf_token": good}, headers={"Authorization": ""}).status_code == 401
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
 def test_next_only_leads_back_into_this_site(client, tasks):

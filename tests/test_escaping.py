@@ -16,7 +16,7 @@ import re
 import pytest
 
 import logs
-from tests.conftest import VIDEO
+from tests.conftest import VIDEO, both_backends
 
 HOSTILE = "red\x1b[31m alert\x1b[0m\x1b]0;owned title\x07 hidden\rshown bell\x07 \u202eevil\x9b2J \x7f"
 ESCAPED = ["\\x1b[31m", "\\x1b]0;owned title\\x07", "hidden\\rshown", "\\u202eevil", "\\x9b2J", "\\x7f"]
@@ -34,6 +34,7 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@both_backends
 def test_tasks_show_and_list_escape_control_characters(runner, tasks):
     task_id = tasks.create(prompt=f"a prompt {HOSTILE}")
     attempt = tasks.report(task_id, "queued").json["attempt"]
@@ -53,6 +54,7 @@ def test_tasks_show_and_list_escape_control_characters(runner, tasks):
     assert "Ark says red\\x1b[31m alert" in listed.output
 
 
+@both_backends
 def test_an_operators_reason_and_refusals_are_escaped_too(runner, tasks):
     task_id = tasks.create()
     attempt = tasks.report(task_id, "queued").json["attempt"]
@@ -122,6 +124,7 @@ def test_escape_controls_leaves_printable_text_alone():
     assert logs.escape_controls("\x1b\r\n\t\x07\x9b\u2028\ufeff") == "\\x1b\\r\\n\\t\\x07\\x9b\\u2028\\ufeff"
 
 
+@both_backends
 def test_integration_name_is_unchanged(runner, tasks):
     """Escaping changes nothing printable: the plain output of `tasks show` is as before."""
     task_id = tasks.create(VIDEO, prompt="a heron")

@@ -31,7 +31,7 @@ from integrations.shared.media import (
 )
 from integrations.shared.media_copy import DownloadFailed, MediaRefused, copy_media, download
 from settings import ROOT, load_config
-from tests.conftest import DASHBOARD, USER, VIDEO
+from tests.conftest import DASHBOARD, USER, VIDEO, both_backends
 
 MP4 = (ROOT / "fakes" / "media" / "video.mp4").read_bytes()
 JPG = (ROOT / "fakes" / "media" / "image.jpg").read_bytes()
@@ -320,10 +320,12 @@ def completed(app, tasks):
     return task_id
 
 
+@both_backends
 def test_the_store_is_beside_the_database_by_default(app, db_path):
     assert app.extensions["media"].root == Path(db_path).parent / "media"
 
 
+@both_backends
 def test_served_under_the_client_key_with_its_type_and_nosniff(client, completed):
     answer = client.get(f"/api/tasks/{completed}/media/video.mp4")
     assert answer.status_code == 200 and answer.get_data() == MP4
@@ -335,6 +337,7 @@ def test_served_under_the_client_key_with_its_type_and_nosniff(client, completed
         assert client.get(f"/api/tasks/{completed}/media/video.mp4", headers=headers).status_code == 401
 
 
+@both_backends
 def test_the_dashboard_route_needs_the_login(client, completed):
     path = f"/dashboard/media/{completed}/last-frame.png"
     assert client.get(path, headers={"Authorization": ""}).status_code == 401
@@ -343,6 +346,7 @@ def test_the_dashboard_route_needs_the_login(client, completed):
     assert answer.status_code == 200 and answer.get_data() == PNG and answer.mimetype == "image/png"
 
 
+@both_backends
 def test_ranges_are_answered_206_and_past_the_end_416(client, completed):
     path = f"/api/tasks/{completed}/media/video.mp4"
     part = client.get(path, headers={**USER, "Range": "bytes=100-199"})
@@ -360,17 +364,20 @@ def test_ranges_are_answered_206_and_past_the_end_416(client, completed):
 @pytest.mark.parametrize("name, status", [("image-9.png", 404), ("nothing.mp4", 404), ("..", 400),
                                           ("%2e%2e", 400), ("..%2f..%2fapp.db", 404), ("video.mp4%00", 400),
                                           ("VIDEO.MP4", 400), ("video.html", 400)])
+@both_backends
 def test_unknown_and_malformed_names_are_4xx(client, completed, name, status):
     answer = client.get(f"/api/tasks/{completed}/media/{name}")
     assert answer.status_code == status, answer.get_data()
     assert answer.is_json and answer.json["success"] is False
 
 
+@both_backends
 def test_an_unknown_task_is_404(client):
     assert client.get("/api/tasks/no-such-task/media/video.mp4").status_code == 404
     assert client.get("/dashboard/media/no-such-task/video.mp4", headers=DASHBOARD).status_code == 404
 
 
+@both_backends
 def test_the_public_task_keeps_provider_urls_and_adds_ours(client, completed):
     result = client.get(f"/api/tasks/{completed}").json["result"]
     ours = f"http://localhost/api/tasks/{completed}/media"
@@ -381,6 +388,7 @@ def test_the_public_task_keeps_provider_urls_and_adds_ours(client, completed):
     assert client.get(result["media"]["videoUrl"].removeprefix("http://localhost")).get_data() == MP4
 
 
+@both_backends
 def test_media_gone_from_the_store_is_404(app, client, completed):
     app.extensions["media"].delete_task(completed)
     assert client.get(f"/api/tasks/{completed}/media/video.mp4").status_code == 404

@@ -6,7 +6,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AUTH, VIDEO, wait_until
+from tests.conftest import AUTH, VIDEO, both_backends, db_config, wait_until
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -20,6 +20,7 @@ def value(found: dict, name: str, **labels) -> float:
 
 
 @pytest.mark.slow
+@both_backends
 def test_web_metrics_move_as_tasks_flow_across_gunicorn_workers(web):
     app = web()
     scrape = lambda: samples(requests.get(f"{app.url}/metrics", timeout=10).text)
@@ -54,6 +55,7 @@ def test_web_metrics_move_as_tasks_flow_across_gunicorn_workers(web):
 
 
 @pytest.mark.slow
+@both_backends
 def test_waiting_long_polls_are_counted_while_they_wait(web):
     import threading
 
@@ -68,11 +70,12 @@ def test_waiting_long_polls_are_counted_while_they_wait(web):
                  "web_long_polls_waiting", integration=VIDEO) == 0
 
 
-def test_metrics_token_restricts_the_web_metrics(db_path):
+@both_backends
+def test_metrics_token_restricts_the_web_metrics(db_path, db_target):
     from app import create_app
     from tests.conftest import SECRETS
 
-    app = create_app({"DATABASE_PATH": db_path, **SECRETS, "METRICS_TOKEN": "m-secret"})
+    app = create_app({"DATABASE_PATH": db_path, **db_config(db_target), **SECRETS, "METRICS_TOKEN": "m-secret"})
     client = app.test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -80,6 +83,7 @@ def test_metrics_token_restricts_the_web_metrics(db_path):
     assert answer.status_code == 200 and "web_tasks" in answer.text
 
 
+@both_backends
 def test_metrics_are_open_without_a_token(client):
     answer = client.get("/metrics")
     assert answer.status_code == 200

@@ -4,6 +4,9 @@ The fixtures are `git show <commit>:schema.sql` saved verbatim (CI clones may be
 3b50bad (first release), c44efa3 and 2f3308c (fetch indexes), c6e0045 (the last unversioned one). They ran their
 schema.sql with IF NOT EXISTS at every start, so a database that lived through several of them
 holds a mix; `legacy()` builds one the same way.
+
+SQLite only, by nature: its files, PRAGMA user_version and the unversioned history are SQLite's
+(PostgreSQL's migrations under the advisory lock: tests/test_postgres.py).
 """
 
 import hashlib

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,25 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from dev import dbaccess
 from integrations.shared.media import LocalStore
 from integrations.shared.validation import Field
 from settings import ROOT
-from tests.conftest import AUTH, CLIENT_KEY, DASHBOARD, DASHBOARD_LOGIN, IMAGE, REPORT, SECRETS, TOKEN, USER, VIDEO
+from tests.conftest import (
+    AUTH,
+    BACKENDS,
+    CLIENT_KEY,
+    DASHBOARD,
+    DASHBOARD_LOGIN,
+    IMAGE,
+    REPORT,
+    SECRETS,
+    TOKEN,
+    USER,
+    VIDEO,
+    both_backends,
+    db_config,
+)
 from web import internal_api, task_store
 
 DOCUMENT_PATH = ROOT / "web" / "openapi.json"
@@ -274,6 +290,7 @@ def test_the_enums_are_the_codes(app):
     assert reports == {i.report_api_name: i.namespace for i in integrations}
 
 
+@both_backends
 def test_every_success_answer_conforms_in_process(app, tasks):
     """Every operation once, through the app itself: a quick check of the success answers (no gunicorn; the
     fuzz below is the thorough one), so a new field without its line in the document fails here too."""
@@ -321,6 +338,7 @@ def test_every_success_answer_conforms_in_process(app, tasks):
                                                response_headers_conformance, response_schema_conformance])
 
 
+@both_backends
 def test_numbers_and_bodies_are_read_as_the_document_says(client):
     """What the fuzz found at the edge (web/edge.py): JSON Schema's `integer` admits 5.0, so every integer
     field takes it; a number no float holds (1e400) would be stored as Infinity, which no JSON answer can
@@ -413,22 +431,36 @@ def fresh_idempotency_key(case) -> None:
 SEEN: dict[str, set[int]] = {}  # operation -> the statuses its fuzz got (checked by a test after the fuzz)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """The web process under gunicorn (2 workers, METRICS_TOKEN set), seeded with tasks in every state."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def live(request, tmp_path_factory):
+    """The web process under gunicorn (2 workers, METRICS_TOKEN set), seeded with tasks in every state; once on
+    each task store (PostgreSQL: a schema of its own on the session's cluster)."""
     from dev.stack import gunicorn
 
     folder = tmp_path_factory.mktemp("openapi")
-    db_path = str(folder / "app.db")
-    seed(db_path)
-    with gunicorn(db_path, folder / "gunicorn.log", workers=2,
-                  env={**SECRETS, "METRICS_TOKEN": METRICS_TOKEN}) as url:
-        yield url
+    db_path = target = str(folder / "app.db")
+    if request.param == "postgres":
+        admin, url_for = request.getfixturevalue("pg_server")
+        schema = f"openapi_{secrets.token_hex(6)}"
+        dbaccess.execute(admin, f"CREATE SCHEMA {schema}")
+        target = url_for(schema)
+    try:
+        seed(db_path, target)
+        with gunicorn(db_path, folder / "gunicorn.log", workers=2,
+                      env={**SECRETS, **db_config(target), "METRICS_TOKEN": METRICS_TOKEN}) as url:
+            yield url
+    finally:
+        if target != db_path:
+            from web import pg
+
+            pg.close_pools(target)
+            dbaccess.close(target)
+            dbaccess.execute(admin, f"DROP SCHEMA {schema} CASCADE")
     log = (folder / "gunicorn.log").read_text()
     assert "Traceback" not in log, log[-3000:]
 
 
-def seed(db_path: str) -> None:
+def seed(db_path: str, target: str) -> None:
     """The tasks the document's examples name (completed, failed, pending, processing), and a backlog.
 
     Made through the API (in process, before gunicorn opens the database), under the examples' ids.
@@ -438,7 +470,7 @@ def seed(db_path: str) -> None:
 
     from app import create_app
 
-    client = create_app({"DATABASE_PATH": db_path, **SECRETS}).test_client()
+    client = create_app({"DATABASE_PATH": db_path, **db_config(target), **SECRETS}).test_client()
 
     def call(path, headers, body):
         answer = client.post(path, json=body, headers=headers)

@@ -29,7 +29,7 @@ from integrations.shared.providers import ProviderBlocked, ProviderError, Provid
 from integrations.shared.public_errors import UNAVAILABLE_RETRYING, public_error
 from reconciler import Reconciler, ReconcilerSettings
 from settings import load_config
-from tests.conftest import AUTH, IMAGE, TOKEN, VIDEO, wait_until
+from tests.conftest import AUTH, IMAGE, TOKEN, VIDEO, both_backends, wait_until
 from tests.test_report_origin import Listener
 from web import current, db, public, task_store
 
@@ -330,6 +330,7 @@ def start_failed_text(provider):
      "The task failed: an internal error"),
 ], ids=["rejected", "job-failed", "job-failed-last", "connection-refused", "5xx", "refused-last", "start-failed",
         "start-failed-last", "old-text"])
+@both_backends
 def test_users_see_the_public_message_operators_the_detail(app, client, tasks, provider, make, retryable,
                                                             last_attempt, expected):
     stored = make(provider)
@@ -338,6 +339,7 @@ def test_users_see_the_public_message_operators_the_detail(app, client, tasks, p
     assert_public_and_detail(app, client, task_id, stored, expected)
 
 
+@both_backends
 def test_the_reconcilers_failure(app, client, tasks):
     task_id = tasks.put(VIDEO)
     attempt = claim(tasks, task_id)
@@ -350,6 +352,7 @@ def test_the_reconcilers_failure(app, client, tasks):
     assert_public_and_detail(app, client, task_id, stored, UNAVAILABLE_RETRYING)
 
 
+@both_backends
 def test_the_stuck_sweeps_failure(app, client, tasks):
     task_id = tasks.put(VIDEO, status="queued", attempts=5, started_at=int(time.time()) - 3600)
     assert tasks.fetch().status_code == 200  # the sweep runs first
@@ -364,6 +367,7 @@ def test_the_stuck_sweeps_failure(app, client, tasks):
     assert stored in app.test_cli_runner().invoke(args=["tasks", "show", task_id]).output
 
 
+@both_backends
 def test_an_earlier_failure_that_was_retried_says_retrying(app, client, tasks):
     """The events keep each failure: one followed by the next claim was retried, whatever came after."""
     task_id = tasks.put(VIDEO)
@@ -389,6 +393,7 @@ def rejected_like():
     (f"{pe.START_FAILED}RPCError: Namespace no-such-namespace is not found.", True, UNAVAILABLE_RETRYING),
     ("an old text from before this release", False, "The task failed: an internal error"),
 ], ids=["rejected", "transient", "start-failed", "old-text"])
+@both_backends
 def test_the_user_api_shows_the_public_message(app, client, tasks, stored, retryable, expected):
     task_id = failed_task(tasks, stored, retryable=retryable)
     task = client.get(f"/api/tasks/{task_id}").json
@@ -452,6 +457,7 @@ def public_of(row):
 
 
 @pytest.mark.slow
+@both_backends
 def test_the_workflows_write_the_prefixes_users_messages_are_made_from(stack):
     ended, row = run_workflow(stack, VIDEO, f"forbidden {uuid.uuid4().hex[:6]} [reject]")
     assert ended == "FAILED" and row["error"].startswith(pe.REJECTED + "Ark 400 InputTextSensitiveContentDetected")
@@ -468,6 +474,7 @@ def test_the_workflows_write_the_prefixes_users_messages_are_made_from(stack):
 
 
 @pytest.mark.slow
+@both_backends
 def test_the_worker_sends_no_report_to_a_foreign_report_url(stack):
     """A workflow started with another reportUrl (anyone on the task queue can): no request, the run fails."""
     foreign = Listener()
@@ -484,6 +491,7 @@ def test_the_worker_sends_no_report_to_a_foreign_report_url(stack):
 
 
 @pytest.mark.slow
+@both_backends
 def test_the_processors_start_failure(web, temporal):
     from processor import ProcessorSettings, TaskProcessor
 

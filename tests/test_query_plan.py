@@ -1,4 +1,7 @@
-"""fetchPendingTasks never scans the task table: each claimable kind reads its own index."""
+"""fetchPendingTasks never scans the task table: each claimable kind reads its own index.
+
+SQLite only, by nature: it reads SQLite's EXPLAIN QUERY PLAN (PostgreSQL's plans: tests/test_postgres.py).
+"""
 
 import sqlite3
 import time

@@ -1,4 +1,5 @@
-"""Retention (issue 15 part 5): finished tasks pruned whole, live ones untouched, on a real SQLite file."""
+"""Retention (issue 15 part 5): finished tasks pruned whole, live ones untouched, on a real SQLite file and a
+real PostgreSQL schema (test_pg_prune.py: the periodic prune's lock across hosts)."""
 
 import sqlite3
 import threading
@@ -7,8 +8,21 @@ from contextlib import closing
 
 import pytest
 
+from dev import dbaccess
 from settings import ConfigError, load_config
-from tests.conftest import IMAGE, SECRETS, TABLE, USER, VIDEO, snapshot, wait_until
+from tests.conftest import (
+    IMAGE,
+    SECRETS,
+    TABLE,
+    USER,
+    VIDEO,
+    both_backends,
+    connect,
+    db_config,
+    snapshot,
+    sqlite_only,
+    wait_until,
+)
 from web import db, task_store
 from web.retention import PeriodicPrune
 from web.task_store import TaskTable
@@ -35,24 +49,21 @@ class Fleet:
         assert response.status_code == 201, response.json
         task_id = response.json["taskId"]
         updated = created + 60 if updated is None else updated
-        with closing(sqlite3.connect(self.db_path)) as conn, conn:
-            conn.execute(f"UPDATE {TABLE[namespace]} SET status = ?, retryable = ?, attempts = 1, created_at = ?, "
-                         "updated_at = ? WHERE id = ?", (status, retryable, created, updated, task_id))
-            for step in ("queued", "processing", status):  # with `pending`, the four events a run leaves
-                conn.execute("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
+        dbaccess.execute(self.db_path, f"UPDATE {TABLE[namespace]} SET status = ?, retryable = ?, attempts = 1, "
+                         "created_at = ?, updated_at = ? WHERE id = ?", (status, retryable, created, updated, task_id))
+        for step in ("queued", "processing", status):  # with `pending`, the four events a run leaves
+            dbaccess.execute(self.db_path, "INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
                              "VALUES (?, ?, ?, 1, ?)", (namespace, task_id, step, created))
         return task_id
 
     def age_keys(self):
         """Keys carry their task's createdAt (create_task_once); done last, as a create deletes expired keys."""
-        with closing(sqlite3.connect(self.db_path)) as conn, conn:
-            for table in TABLE.values():
-                conn.execute(f"UPDATE idempotency_keys SET created_at = (SELECT created_at FROM {table} "
+        for table in TABLE.values():
+            dbaccess.execute(self.db_path, f"UPDATE idempotency_keys SET created_at = (SELECT created_at FROM {table} "
                              f"WHERE id = task_id) WHERE task_id IN (SELECT id FROM {table})")
 
     def rows(self, sql, *params):
-        with closing(sqlite3.connect(self.db_path)) as conn:
-            return conn.execute(sql, params).fetchall()
+        return [tuple(row.values()) for row in dbaccess.query(self.db_path, sql, params)]
 
     def exists(self, task_id):
         return any(self.rows(f"SELECT 1 FROM {t} WHERE id = ?", task_id) for t in TABLE.values())
@@ -65,11 +76,12 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(client, db_path):
-    return Fleet(client, db_path)
+def fleet(client, db_target):
+    return Fleet(client, db_target)
 
 
-def test_old_finished_tasks_go_with_their_events_and_keys_and_nothing_else_changes(app, fleet, db_path):
+@both_backends
+def test_old_finished_tasks_go_with_their_events_and_keys_and_nothing_else_changes(app, fleet, db_target):
     doomed, kept = [], []
     for namespace in (VIDEO, IMAGE):
         doomed += [fleet.make(namespace, "completed", key=f"key-{namespace}"),
@@ -86,7 +98,7 @@ def test_old_finished_tasks_go_with_their_events_and_keys_and_nothing_else_chang
                                 f"SELECT * FROM {TABLE[IMAGE]} WHERE id = ?", t, t), fleet.events(t), fleet.keys(t))
                  for t in kept}
 
-    with closing(db.connect(db_path)) as conn:
+    with closing(connect(db_target)) as conn:
         report = task_store.prune_finished(conn, tables(app), 7 * DAY)
 
     assert (report.tasks, report.events, report.keys) == (4, 16, 2)
@@ -99,27 +111,30 @@ def test_old_finished_tasks_go_with_their_events_and_keys_and_nothing_else_chang
         assert after == before and len(after[1]) == 4
     assert fleet.client.get(f"/api/tasks/{doomed[0]}").status_code == 404
 
-    with closing(db.connect(db_path)) as conn:  # again: nothing left to prune
+    with closing(connect(db_target)) as conn:  # again: nothing left to prune
         assert task_store.prune_finished(conn, tables(app), 7 * DAY).tasks == 0
 
 
 @CANCELLED
-def test_old_cancelled_tasks_are_pruned(app, fleet, db_path):
+@both_backends
+def test_old_cancelled_tasks_are_pruned(app, fleet, db_target):
     task_id = fleet.make(VIDEO, "cancelled")
-    with closing(db.connect(db_path)) as conn:
+    with closing(connect(db_target)) as conn:
         assert task_store.prune_finished(conn, tables(app), 7 * DAY).tasks == 1
     assert not fleet.exists(task_id)
 
 
-def test_zero_days_prunes_every_finished_task_and_no_live_one(app, fleet, db_path):
+@both_backends
+def test_zero_days_prunes_every_finished_task_and_no_live_one(app, fleet, db_target):
     done = fleet.make(VIDEO, "completed", created=time.time() - 5, updated=time.time() - 4)
     live = fleet.make(VIDEO, "processing", created=time.time() - 5, updated=time.time() - 4)
-    with closing(db.connect(db_path)) as conn:
+    with closing(connect(db_target)) as conn:
         assert task_store.prune_finished(conn, tables(app), 0).tasks == 1
     assert not fleet.exists(done) and fleet.exists(live)
 
 
-def test_batches_commit_one_by_one_and_report_their_ids(app, fleet, db_path):
+@both_backends
+def test_batches_commit_one_by_one_and_report_their_ids(app, fleet, db_target):
     ids = [fleet.make(IMAGE, "completed", created=OLD + n) for n in range(25)]
     seen = []
 
@@ -128,31 +143,34 @@ def test_batches_commit_one_by_one_and_report_their_ids(app, fleet, db_path):
         seen.append(batch)
         assert not any(fleet.exists(t) for t in batch)
 
-    with closing(db.connect(db_path)) as conn:
+    with closing(connect(db_target)) as conn:
         report = task_store.prune_finished(conn, tables(app), DAY, batch_size=10, on_pruned=on_pruned)
     assert [len(b) for b in seen] == [10, 10, 5] and sum(seen, []) == ids  # oldest first
     assert report.batches == 3 and len(report.lock_ms) == 3 and report.longest_lock_ms == max(report.lock_ms)
     assert report.longest_lock_ms < 100  # a loose bound here; bench/prune.py measures it at 1M tasks
 
 
-def test_a_stop_ends_the_prune_between_batches(app, fleet, db_path):
+@both_backends
+def test_a_stop_ends_the_prune_between_batches(app, fleet, db_target):
     for n in range(30):
         fleet.make(VIDEO, "completed", created=OLD + n)
     stop = threading.Event()
-    with closing(db.connect(db_path)) as conn:
+    with closing(connect(db_target)) as conn:
         report = task_store.prune_finished(conn, tables(app), DAY, batch_size=10, on_pruned=lambda ids: stop.set(),
                                            stop=stop)
     assert report.tasks == 10 and report.batches == 1
     assert len(fleet.rows("SELECT id FROM video_tasks")) == 20
 
 
-def test_a_task_that_moved_since_it_was_read_is_not_pruned(app, fleet, db_path):
+@both_backends
+def test_a_task_that_moved_since_it_was_read_is_not_pruned(app, fleet, db_target, backend):
     """The candidates are read before the lock; the DELETE re-checks them (an operator retried this one)."""
     task_id = fleet.make(VIDEO, "failed", retryable=0)
     table = app.extensions["task_tables"][VIDEO]
-    with closing(db.connect(db_path)) as conn:
+    start = (float("-inf"), 0 if backend == "sqlite" else "")  # prune_finished's cursor: (createdAt, rowid or id)
+    with closing(connect(db_target)) as conn:
         cutoff = time.time() - DAY
-        found = task_store._prune_candidates(conn, table, "failed", cutoff, (float("-inf"), 0), 10)
+        found = task_store._prune_candidates(conn, table, "failed", cutoff, start, 10)
         assert [row[1] for row in found] == [task_id]
         task_store.transition(conn, table, task_id, task_store.Report.operator_retry())
         report = task_store.PruneReport()
@@ -160,46 +178,50 @@ def test_a_task_that_moved_since_it_was_read_is_not_pruned(app, fleet, db_path):
     assert fleet.exists(task_id) and len(fleet.events(task_id)) == 5 and report.tasks == 0
 
 
-def test_long_finished_rows_skipped_by_the_cursor_are_read_once(app, fleet, db_path):
+@both_backends
+def test_long_finished_rows_skipped_by_the_cursor_are_read_once(app, fleet, db_target):
     """Old tasks that finished recently stay, and each batch starts after them rather than rereading them."""
     recent = [fleet.make(VIDEO, "completed", created=OLD + n, updated=time.time()) for n in range(5)]
     old = [fleet.make(VIDEO, "completed", created=OLD + 10 + n) for n in range(5)]
-    with closing(db.connect(db_path)) as conn:
+    with closing(connect(db_target)) as conn:
         report = task_store.prune_finished(conn, tables(app), DAY, batch_size=2)
     assert report.tasks == 5 and report.batches == 3
     assert all(fleet.exists(t) for t in recent) and not any(fleet.exists(t) for t in old)
 
 
-def test_events_stay_append_only_for_every_task_not_pruned_whole(app, fleet, db_path):
+@both_backends
+def test_events_stay_append_only_for_every_task_not_pruned_whole(app, fleet, db_target, backend):
     live = fleet.make(VIDEO, "processing")
     done = fleet.make(IMAGE, "completed")
-    with closing(sqlite3.connect(db_path)) as conn:
+    refused = sqlite3.IntegrityError if backend == "sqlite" else __import__("psycopg").errors.RaiseException
+    with closing(connect(db_target)) as conn:  # autocommit: each statement alone, unless in db.immediate
         for task_id in (live, done):  # a task that exists, live or finished: its events stay
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with pytest.raises(refused, match="append-only"):
                 conn.execute("DELETE FROM task_events WHERE task_id = ?", (task_id,))
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with pytest.raises(refused, match="append-only"):
                 conn.execute("UPDATE task_events SET error = 'rewritten' WHERE task_id = ?", (task_id,))
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(refused, match="append-only"):
             conn.execute("DELETE FROM task_events")
-        conn.commit()
-        with conn:  # the task row first, then its events: allowed (what the prune does)
+        with db.immediate(conn):  # the task row first, then its events: allowed (what the prune does)
             conn.execute("DELETE FROM image_tasks WHERE id = ?", (done,))
             assert conn.execute("DELETE FROM task_events WHERE task_id = ?", (done,)).rowcount == 4
-        with conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(refused, match="append-only"), db.immediate(conn):
             conn.execute("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
                          "VALUES ('x', 'gone', 'pending', 0, 0)")
             conn.execute("UPDATE task_events SET error = 'rewritten' WHERE task_id = 'gone'")
-    assert len(fleet.events(live)) == 4
+    assert len(fleet.events(live)) == 4 and fleet.events("gone") == []
 
 
 @pytest.mark.parametrize("namespace", [VIDEO, IMAGE])
-def test_prune_queries_use_indexes(app, fleet, db_path, namespace):
+@sqlite_only("SQLite's EXPLAIN QUERY PLAN of the statements it traces (sqlite3's trace callback)")
+@both_backends
+def test_prune_queries_use_indexes(app, fleet, db_target, namespace):
     """Each statement reads an index by key; the batch's DELETE (12 ids here) finds its rows by primary key,
     never by walking the (status, createdAt) range, which would make a batch cost what the table costs."""
     for n in range(12):
         fleet.make(namespace, "completed", key=f"k{n}")
     fleet.age_keys()
-    conn = db.connect(db_path)
+    conn = db.connect(db_target)
     statements = []
     conn.set_trace_callback(statements.append)
     task_store.prune_finished(conn, [app.extensions["task_tables"][namespace]], DAY)
@@ -219,8 +241,9 @@ def test_prune_queries_use_indexes(app, fleet, db_path, namespace):
 
 
 @pytest.mark.parametrize("days", [-1, float("nan"), float("inf")])
-def test_a_bad_age_is_refused(app, db_path, days):
-    with closing(db.connect(db_path)) as conn, pytest.raises(ValueError, match="non-negative"):
+@both_backends
+def test_a_bad_age_is_refused(app, db_target, days):
+    with closing(connect(db_target)) as conn, pytest.raises(ValueError, match="non-negative"):
         task_store.prune_finished(conn, tables(app), days)
 
 
@@ -231,6 +254,7 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@both_backends
 def test_prune_command_prints_what_it_pruned(runner, fleet):
     doomed = [fleet.make(VIDEO, "completed"), fleet.make(IMAGE, "failed", retryable=0)]
     live = fleet.make(VIDEO, "pending", updated=OLD)
@@ -242,6 +266,7 @@ def test_prune_command_prints_what_it_pruned(runner, fleet):
     assert not any(fleet.exists(t) for t in doomed) and fleet.exists(live) and fleet.exists(young)
 
 
+@both_backends
 def test_pruned_tasks_take_their_stored_media_with_them(app, runner, fleet):
     store = app.extensions["media"]
     doomed, live = fleet.make(IMAGE, "completed"), fleet.make(IMAGE, "processing", updated=OLD)
@@ -254,12 +279,13 @@ def test_pruned_tasks_take_their_stored_media_with_them(app, runner, fleet):
 
 @pytest.mark.parametrize("args", [[], ["--older-than", "-1"], ["--older-than", "soon"], ["--older-than", "nan"],
                                   ["--older-than", "inf"], ["--older-than", "1", "--batch-size", "0"]])
-def test_prune_command_refuses_bad_input_and_changes_nothing(runner, fleet, db_path, args):
+@both_backends
+def test_prune_command_refuses_bad_input_and_changes_nothing(runner, fleet, db_target, args):
     fleet.make(VIDEO, "completed")
-    before = snapshot(db_path)
+    before = snapshot(db_target)
     result = runner.invoke(args=["tasks", "prune", *args])
     assert result.exit_code == 2, result.output
-    assert snapshot(db_path) == before
+    assert snapshot(db_target) == before
 
 
 # -- the periodic prune --
@@ -274,12 +300,14 @@ def test_retention_is_off_by_default():
     assert load_config(environ=SECRETS).get("components.retention.days") is None
 
 
-def test_one_periodic_prune_at_a_time_and_a_stop_lets_another_take_over(app, fleet, db_path):
+@sqlite_only("the prune lock is a flock on a file beside the database; test_pg_prune.py is its PostgreSQL twin")
+@both_backends
+def test_one_periodic_prune_at_a_time_and_a_stop_lets_another_take_over(app, fleet, db_target):
     doomed = fleet.make(VIDEO, "completed")
     live = fleet.make(VIDEO, "processing")
-    first = PeriodicPrune(db_path, tables(app), 7 * DAY, interval_seconds=0.05).start()
+    first = PeriodicPrune(db_target, tables(app), 7 * DAY, interval_seconds=0.05).start()
     wait_until(lambda: not fleet.exists(doomed), message="the periodic prune")
-    second = PeriodicPrune(db_path, tables(app), 7 * DAY, interval_seconds=0.05).start()
+    second = PeriodicPrune(db_target, tables(app), 7 * DAY, interval_seconds=0.05).start()
     later = fleet.make(VIDEO, "completed")
     wait_until(lambda: not fleet.exists(later), message="the next run")
     assert first._lock_fd is not None and second._lock_fd is None  # the second one waits for the lock
@@ -292,19 +320,20 @@ def test_one_periodic_prune_at_a_time_and_a_stop_lets_another_take_over(app, fle
     assert not second.thread.is_alive() and fleet.exists(live)
 
 
-def test_periodic_prune_is_wired_from_settings(db_path, tmp_path):
+@both_backends
+def test_periodic_prune_is_wired_from_settings(db_path, db_target):
     from app import create_app
     from web import retention
 
-    off = create_app({"DATABASE_PATH": db_path, **SECRETS})
+    off = create_app({"DATABASE_PATH": db_path, **db_config(db_target), **SECRETS})
     assert retention.start(off) is None
-    on = create_app({"DATABASE_PATH": db_path, **SECRETS, "RETENTION_DAYS": "0.5",
+    on = create_app({"DATABASE_PATH": db_path, **db_config(db_target), **SECRETS, "RETENTION_DAYS": "0.5",
                      "RETENTION_INTERVAL_SECONDS": "60"})
     try:
         running = retention.start(on)
         assert running is retention.start(on)  # once per process
         assert (running.older_than_seconds, running.interval_seconds) == (0.5 * DAY, 60)
-        assert running.tables == tables(on) and running.db_path == db_path
+        assert running.tables == tables(on) and running.db_path == db_target
     finally:
         retention.stop()
     assert not running.thread.is_alive()

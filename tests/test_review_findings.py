@@ -1,9 +1,9 @@
 """Review findings on issue 15 (cancel, media, retention): each test fails because of the bug it names."""
 
-import sqlite3
 import time
+from contextlib import closing
 
-from tests.conftest import AUTH, VIDEO
+from tests.conftest import AUTH, VIDEO, both_backends, connect
 from web import task_store
 
 
@@ -17,6 +17,7 @@ def claim(client, namespace=VIDEO):
     return answer.json
 
 
+@both_backends
 def test_operator_retry_of_a_task_that_failed_while_cancelling_is_not_cancelled_again(app, client, tasks):
     """A cancel asked of an active task, then its failure landing first: failed for good (§3.5). An operator's
     `tasks retry` of it must give it a real new attempt; the old cancel must not follow it into the new claim."""
@@ -33,6 +34,7 @@ def test_operator_retry_of_a_task_that_failed_while_cancelling_is_not_cancelled_
     assert tasks.row(task_id)["cancel_requested_at"] is None
 
 
+@both_backends
 def test_prune_under_a_day_keeps_the_idempotency_promise(app, client, tasks):
     """RETENTION_DAYS and `tasks prune --older-than` take fractions of a day (and 0), but an Idempotency-Key
     promises the same task for 24 h. A prune that deletes the key with its task lets the client's retry of the
@@ -44,7 +46,7 @@ def test_prune_under_a_day_keeps_the_idempotency_promise(app, client, tasks):
     assert tasks.report(task_id, "queued").status_code == 200  # claimed
     assert tasks.report(task_id, "completed", attempt=1, data={"videoUrl": "https://x/v.mp4"}).status_code == 200
     later = time.time() + 2 * 3600  # two hours on: the key has 22 h to live
-    with sqlite3.connect(tasks.db_path) as conn:
+    with closing(connect(tasks.db_path)) as conn:
         report = task_store.prune_finished(conn, app.extensions["task_tables"].values(), 3600, now=later)
     assert report.tasks == 1
     again = client.post("/api/video/generate", json=body, headers=headers)
@@ -144,6 +146,7 @@ def test_a_cancel_while_looking_at_the_earlier_attempts_job_cancels_that_job(tem
     assert ("cancel", "cgt-earlier") in calls, f"the earlier attempt's job was left running: {calls}"
 
 
+@both_backends
 def test_a_held_start_that_lands_after_its_claim_was_cancelled_gets_its_run_cancelled(app, client, tasks):
     """A claim undispatched past the stuck timeout is cancelled by the hand-out itself, and its cancel handed out
     once. But the processor holding the claim (Temporal unreachable to it) retries its start for as long as it
@@ -155,8 +158,7 @@ def test_a_held_start_that_lands_after_its_claim_was_cancelled_gets_its_run_canc
     task_id = tasks.put(status="queued", attempts=1, started_at=old)
     assert cancel(client, task_id).status_code == 202
     table = app.extensions["task_tables"][VIDEO]
-    with sqlite3.connect(tasks.db_path) as conn:
-        conn.row_factory = sqlite3.Row
+    with closing(connect(tasks.db_path)) as conn:
         first = task_store.take_cancels(conn, table)
         assert [(c["id"], c["status"]) for c in first] == [(task_id, "cancelled")]
     answer = client.post(f"/api/{VIDEO}/claimPendingTasks", headers=AUTH,

@@ -2,7 +2,9 @@
 
 import pytest
 
-from tests.conftest import IMAGE, VIDEO
+from tests.conftest import BACKENDS, IMAGE, VIDEO
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 
 @pytest.mark.parametrize("path, namespace, body", [

@@ -57,7 +57,7 @@ CANCEL_BATCH = 100
 CANCELLED = {"status": "cancelled", "retryable": 0, "retryAt": None, "error": None}  # final: never claimed again
 EXPIRE_BATCH = 100
 PROBE_CANDIDATES = 10  # a blocked integration's probe is the least handed-back of its oldest claimable tasks
-FOLD_SECONDS = 5.0  # PostgreSQL: a process folds the counters' delta rows at most this often on the claim path
+FOLD_SECONDS = 5.0  # PostgreSQL: a process folds the counters' delta rows at most this often (claims, creates)
 CAP_LOCK = 7261847202  # PostgreSQL: advisory lock (seed of hashtextextended(table)): one capped claim at a time
 KEY_LOCK = 7261847203  # PostgreSQL: advisory lock (seed of hashtextextended(scope:key)): per Idempotency-Key
 
@@ -651,6 +651,8 @@ def create_task(conn: sqlite3.Connection, table: TaskTable, request_params: dict
     with immediate(conn):
         task_id = _insert_task(conn, table, request_params, now)
         _ready(conn, table)
+    if _pg(conn):
+        _maybe_fold(conn, now)  # after the commit: creates alone (no processor claiming) keep the deltas few too
     return get_task(conn, table, task_id)
 
 
@@ -689,6 +691,8 @@ def create_task_once(conn: sqlite3.Connection, table: TaskTable, request_params:
             "INSERT OR REPLACE INTO idempotency_keys (scope, key, fingerprint, task_id, created_at) "
             "VALUES (?, ?, ?, ?, ?)")
         conn.execute(upsert, (scope, key, fingerprint, task_id, now))
+    if _pg(conn):
+        _maybe_fold(conn, now)
     return task_id, True
 
 
@@ -922,8 +926,8 @@ def list_tasks(conn: sqlite3.Connection, table: TaskTable, status: str | None = 
 def count_by_status(conn: sqlite3.Connection, table: TaskTable) -> dict[str, int]:
     """Tasks per status, read from task_counts (kept exact by the table's triggers): no scan, at any size."""
     counts = dict.fromkeys(STATUSES, 0)
-    if _pg(conn):  # delta rows, added up (migrations/postgresql/0001)
-        fold_counts(conn)
+    if _pg(conn):  # delta rows, added up (migrations/postgresql/0001); folded by the writers (_maybe_fold),
+        # never here: a read must not write (the dashboard's GET, a metrics scrape), and a fold rewrites the rows
         rows = conn.execute("SELECT status, SUM(n)::bigint FROM task_counts WHERE tbl = ? GROUP BY status",
                             (table.entity.table,))
         counts.update(dict(rows.fetchall()))
@@ -951,7 +955,8 @@ def fold_counts(conn) -> None:
 
 
 def _maybe_fold(conn, _now: float) -> None:
-    """Fold at most every FOLD_SECONDS per process, so the delta rows stay few without any reader."""
+    """Fold at most every FOLD_SECONDS per process, on the write paths (claims, creates), so the delta rows stay
+    few and the reads that add them up (the dashboard, metrics, the CLI's stats) write nothing."""
     if time.monotonic() - _folded_at >= FOLD_SECONDS:
         fold_counts(conn)
 
@@ -971,6 +976,8 @@ def _select(conn: sqlite3.Connection, entity: EntityMapping, task_id: str, lock:
             skip_locked: bool = False) -> dict | None:
     """The task's row; `lock` (inside a write transaction): on PostgreSQL its row is locked until the commit
     (`skip_locked`: None if another transaction holds it). SQLite's write lock covers it already."""
+    if "\x00" in task_id:  # no id holds a NUL; PostgreSQL refuses one in a text parameter (a 500, not a 404)
+        return None
     locking = (" FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE") if lock and _pg(conn) else ""
     row = conn.execute(
         f"SELECT {_all_columns(entity)} FROM {_q(entity.table)} WHERE {_q(entity.column('id'))} = ?{locking}",

@@ -128,7 +128,7 @@ CREATE TRIGGER task_events_no_truncate BEFORE TRUNCATE ON task_events
 -- report of a table until commit, and two transactions moving tasks between statuses in opposite orders
 -- would deadlock. So a trigger only appends a delta row (no lock on anyone's row), readers add the rows up
 -- (SUM ... GROUP BY), and fold_task_counts() folds the deltas into one row per key now and then
--- (task_store: the reads and the claim path, at most every few seconds per process).
+-- (task_store: on its write paths, claims and creates, at most every few seconds per process; a read only adds up).
 CREATE TABLE task_counts (
     tbl    TEXT NOT NULL,
     status TEXT NOT NULL,
