@@ -478,10 +478,12 @@ class Stack:
             wait_for_http(ready_url, timeout=30, process=process)
         return process
 
-    def start_temporal(self) -> None:
-        """Temporal on this stack's port (the others were told it), with its state in the stack's folder."""
+    def start_temporal(self, in_memory: bool = False) -> None:
+        """Temporal on this stack's port (the others were told it), with its state in the stack's folder
+        (`in_memory`: in memory, lighter on a busy machine, but a restart starts it empty)."""
         # Until another process was told the port, it may still move (see start_dev_server).
-        process, address = start_dev_server(self.folder / "temporal.db", self.folder / "temporal.log",
+        process, address = start_dev_server(None if in_memory else self.folder / "temporal.db",
+                                            self.folder / "temporal.log",
                                             port=self.ports["temporal"], movable=not self.processes)
         self.processes["temporal"] = process
         self.temporal_address = self.env["TEMPORAL_ADDRESS"] = address
