@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint install demo bench bench-fetch bench-dispatch bench-users bench-prune bench-dashboard bench-pg-claims clean
+.PHONY: test lint install demo bench bench-pg bench-fetch bench-dispatch bench-users bench-prune bench-dashboard bench-pg-claims clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ bench-dashboard: $(STAMP) $(BENCH_STAMP)
 
 bench-pg-claims: $(STAMP)
 	$(BIN)/python bench/pg_claims.py
+
+# The bench on PostgreSQL with two web hosts: DATABASE_URL's server, or a throwaway cluster (dev/postgres.py).
+bench-pg: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --postgres

@@ -1,7 +1,13 @@
 """`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
 
-    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3]
+    .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--postgres]
                                   [--only dispatch,latency,idle,burst,users,fetch,prune,dashboard]
+
+On PostgreSQL (`make bench` with DATABASE_URL=postgresql://... set, or `make bench-pg`, which starts a
+throwaway cluster with dev/postgres.py): each phase gets a fresh schema and TWO web hosts (two gunicorn
+instances on it); processors are spread over them, tasks are created through both, and the figures go
+under "postgresql" in bench/results.json (the same keys), the chart to results-postgresql.png. The
+prune and dashboard phases are SQLite's own (they build SQLite files) and are left out.
 
 One Temporal dev server (in memory) serves the latency, idle and burst phases;
 the dispatch phase starts a fresh one for each measurement. Each phase gets a
@@ -58,8 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests
 
-from bench import dashboard, fetch_pending
+from bench import dashboard, fetch_pending, pg_target
 from bench import prune as prune_bench
+from dev import dbaccess
 from dev.stack import (
     ROOT,
     connect_temporal,
@@ -80,34 +87,56 @@ HERE = Path(__file__).resolve().parent
 VIDEO_NS = "fangzhouVideoGeneration"
 
 
+# The PostgreSQL server the run is on (bench/pg_target.py), or None: SQLite, a file per phase.
+POSTGRES: str | None = None
+
+
 class Phase:
-    """A fresh web process (and database) on the shared Temporal server, plus any processes started."""
+    """A fresh web process (and database) on the shared Temporal server, plus any processes started.
+
+    On PostgreSQL a fresh schema and TWO web hosts (two gunicorn instances on it): `urls` are both,
+    `url` and `web` the first; `start(..., host=n)` points a process at host n (MAIN_ENDPOINT)."""
 
     def __init__(self, folder: Path, temporal: str, app: str = "app:create_app()", **env):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db_path = str(folder / "app.db")
+        self.stack = ExitStack()
+        self.db_path = (self.stack.enter_context(pg_target.fresh_schema(POSTGRES)) if POSTGRES
+                        else str(folder / "app.db"))  # what dev/dbaccess reads: a file's path or a URL
+        ports = [free_port() for _ in range(2 if POSTGRES else 1)]
+        self.urls = [f"http://127.0.0.1:{port}" for port in ports]
+        self.port, self.url = ports[0], self.urls[0]
         self.temporal = temporal
         # Caps above any backlog: the dispatch phases measure Temporal's start rate, not a provider's limit.
         self.env = {"INTERNAL_API_TOKEN": TOKEN, "CLIENT_API_KEYS": CLIENT_KEY, "FANGZHOU_MAX_ACTIVE": "100000",
                     "NANOBANANA_MAX_ACTIVE": "100000",
-                    "DASHBOARD_PASSWORD": "bench-dashboard-password", "DATABASE_PATH": self.db_path,
+                    "DASHBOARD_PASSWORD": "bench-dashboard-password",
+                    **({"DATABASE_URL": self.db_path} if POSTGRES else {"DATABASE_PATH": self.db_path}),
                     "MAIN_ENDPOINT": self.url,
                     "TEMPORAL_ADDRESS": temporal, "FANGZHOU_API_KEY": KEY, "NANOBANANA_API_KEY": KEY,
                     "FAKE_API_KEY": KEY, "LOG_LEVEL": "WARNING", "FAKE_STEP_SECONDS": "1",
                     **{k: str(v) for k, v in env.items()}}
-        self.stack = ExitStack()
         self.processes: dict[str, object] = {}
-        with open(folder / "web.log", "ab") as log:
-            self.web = subprocess.Popen(gunicorn_command(self.port, 4, app), cwd=ROOT,
-                                        env={**os.environ, **self.env}, stdout=log, stderr=log)
-        wait_for_http(f"{self.url}/healthz", process=self.web)
+        self.webs: list[subprocess.Popen] = []
+        self.stack.callback(lambda: [stop(web) for web in self.webs])  # after the processes, before the schema
+        try:
+            for n, port in enumerate(ports):  # one after the other: the first creates the schema's tables
+                with open(folder / f"web{n + 1 if n else ''}.log", "ab") as log:
+                    self.webs.append(subprocess.Popen(gunicorn_command(port, 4, app), cwd=ROOT,
+                                                      env={**os.environ, **self.env}, stdout=log, stderr=log))
+                wait_for_http(f"{self.urls[n]}/healthz", process=self.webs[n])
+        except BaseException:
+            self.stack.close()
+            raise
+        self.web = self.webs[0]
 
-    def start(self, name: str, args: list[str], **env) -> object:
+    def web_pids(self) -> dict[str, tuple[int, bool]]:
+        """CpuMeter entries of the web hosts (each with its gunicorn workers)."""
+        return {"web" if n == 0 else f"web{n + 1}": (web.pid, True) for n, web in enumerate(self.webs)}
+
+    def start(self, name: str, args: list[str], host: int = 0, **env) -> object:
         saved = dict(self.env)
-        self.env.update({k: str(v) for k, v in env.items()})
+        self.env.update({"MAIN_ENDPOINT": self.urls[host % len(self.urls)], **{k: str(v) for k, v in env.items()}})
         process = self.stack.enter_context(python_process(args, self.folder / f"{name}.log", dict(self.env)))
         self.env = saved
         self.processes[name] = process
@@ -115,7 +144,6 @@ class Phase:
 
     def close(self) -> None:
         self.stack.close()
-        stop(self.web)
 
 
 def peak_mb(pid: int) -> float:
@@ -187,6 +215,9 @@ def insert_pending(db_path: str, count: int) -> tuple[list[str], float]:
     """`count` pending video tasks in one commit (so dispatch starts from a full backlog at once)."""
     now = time.time()
     ids = [str(uuid.uuid4()) for _ in range(count)]
+    if dbaccess.is_postgres(db_path):
+        pg_target.insert_pending(db_path, ids, VIDEO_NS)
+        return ids, time.time()
     with sqlite3.connect(db_path, timeout=30) as conn:
         conn.executemany(
             "INSERT INTO video_tasks (id, status, attempts, request_params, created_at, updated_at) "
@@ -235,9 +266,10 @@ def dispatch_phase(folder: Path, temporal: str, tasks: int, processors: int) -> 
     # become work for the later phases' worker.
     phase = Phase(folder, temporal, FANGZHOU_TASK_QUEUE=f"bench-dispatch-{uuid.uuid4().hex[:8]}")
     try:
-        procs = [phase.start(f"processor-{n}", ["processor.py"], HOSTNAME=f"bench-{n}") for n in range(processors)]
+        procs = [phase.start(f"processor-{n}", ["processor.py"], host=n, HOSTNAME=f"bench-{n}")
+                 for n in range(processors)]  # spread over the hosts (PostgreSQL: two)
         time.sleep(2.0)  # imports done, long polls waiting
-        meter = CpuMeter({"temporal": (pid_listening_on(temporal), False), "web": (phase.web.pid, True),
+        meter = CpuMeter({"temporal": (pid_listening_on(temporal), False), **phase.web_pids(),
                           **{f"processor-{n}": (p.pid, False) for n, p in enumerate(procs)}})
         meter.start()
         ids, committed = insert_pending(phase.db_path, tasks)
@@ -257,13 +289,14 @@ def idle_phase(folder: Path, temporal: str, seconds: float = 10.0) -> dict[str, 
     """Two processors with nothing to do: the CPU (% of one core) the web process and each processor use."""
     phase = Phase(folder, temporal)
     try:
-        procs = [phase.start(f"processor-{n}", ["processor.py"]) for n in range(2)]
+        procs = [phase.start(f"processor-{n}", ["processor.py"], host=n) for n in range(2)]
         time.sleep(3.0)  # imports done, long polls waiting
-        meter = CpuMeter({"web": (phase.web.pid, True), **{f"p{n}": (p.pid, False) for n, p in enumerate(procs)}})
+        webs = phase.web_pids()
+        meter = CpuMeter({**webs, **{f"p{n}": (p.pid, False) for n, p in enumerate(procs)}})
         meter.start()
         time.sleep(seconds)
         used = meter.stop()
-        return {"idle_web_cpu_pct": used["web"] / seconds * 100,
+        return {"idle_web_cpu_pct": sum(used[name] for name in webs) / seconds * 100,  # all hosts together
                 "idle_processor_cpu_pct": max(used["p0"], used["p1"]) / seconds * 100}
     finally:
         phase.close()
@@ -273,9 +306,8 @@ def wait_for_status(db_path: str, unfinished: str, timeout: float) -> None:
     """Until no video task matches the SQL condition `unfinished` (e.g. not yet dispatched)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with sqlite3.connect(db_path, timeout=30) as conn:
-            if not conn.execute(f"SELECT COUNT(*) FROM video_tasks WHERE {unfinished}").fetchone()[0]:
-                return
+        if not dbaccess.query(db_path, f"SELECT COUNT(*) AS n FROM video_tasks WHERE {unfinished}")[0]["n"]:
+            return
         time.sleep(0.05)
     raise TimeoutError(f"video tasks still match {unfinished!r} after {timeout}s")
 
@@ -322,32 +354,34 @@ def latency_phase(folder: Path, temporal: str, push: bool, count: int = 200, rat
         started = time.monotonic()
         for n in range(count):
             time.sleep(max(0.0, started + n / rate - time.monotonic()))
-            ids.append(session.post(phase.url + path, json={"prompt": f"latency {n}"}, timeout=30).json()["taskId"])
+            host = phase.urls[n % len(phase.urls)]  # PostgreSQL: every other task created on the second host
+            ids.append(session.post(host + path, json={"prompt": f"latency {n}"}, timeout=30).json()["taskId"])
         found = asyncio.run(start_times(temporal, {f"{VIDEO_NS}:{t}" for t in ids}, count))
-        with sqlite3.connect(phase.db_path) as conn:
-            created = dict(conn.execute("SELECT id, created_at FROM video_tasks"))
+        rows = dbaccess.query(phase.db_path, "SELECT id, created_at FROM video_tasks")
+        created = {r["id"]: r["created_at"] for r in rows}
         latencies = sorted((found[f"{VIDEO_NS}:{t}"] - created[t]) * 1000 for t in ids if f"{VIDEO_NS}:{t}" in found)
         # let the workflows run to the end so the worker's peak memory covers whole runs
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with sqlite3.connect(phase.db_path) as conn:
-                if not conn.execute("SELECT COUNT(*) FROM video_tasks WHERE status NOT IN "
-                                    "('completed', 'failed')").fetchone()[0]:
-                    break
+            if not dbaccess.query(phase.db_path, "SELECT COUNT(*) AS n FROM video_tasks WHERE status NOT IN "
+                                                 "('completed', 'failed')")[0]["n"]:
+                break
             time.sleep(0.5)
         return {"latencies": latencies, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                 "worker_mb": peak_mb(worker.pid), "processor_mb": peak_mb(processor.pid) if processor else None}
 
 
-def _create_burst(url: str, count: int, threads: int) -> float:
-    """Run in a child process (its own GIL): `count` creations from `threads` threads; returns seconds."""
+def _create_burst(urls: list[str], count: int, threads: int) -> float:
+    """Run in a child process (its own GIL): `count` creations from `threads` threads, spread over the
+    web hosts `urls`; returns seconds."""
     sessions = threading.local()
 
     def create(n):
         if not hasattr(sessions, "s"):
             sessions.s = requests.Session()
             sessions.s.headers.update(USER)
-        sessions.s.post(f"{url}/api/video/generate", json={"prompt": f"burst {n}"}, timeout=30).raise_for_status()
+        sessions.s.post(f"{urls[n % len(urls)]}/api/video/generate", json={"prompt": f"burst {n}"},
+                        timeout=30).raise_for_status()
 
     began = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -365,7 +399,7 @@ def burst_phase(folder: Path, temporal: str, count: int = 1000) -> dict:
         session.headers["Authorization"] = f"Bearer {TOKEN}"
         fetch_ms: list[float] = []
         with ProcessPoolExecutor(1) as creators:
-            burst = creators.submit(_create_burst, phase.url, count, 16)
+            burst = creators.submit(_create_burst, phase.urls, count, 16)
             while not burst.done():
                 began = time.perf_counter()
                 session.get(f"{phase.url}/api/{VIDEO_NS}/fetchPendingTasks?limit=10", timeout=10).raise_for_status()
@@ -593,6 +627,11 @@ def percentile(values: list[float], pct: float) -> float:
 def fetch_phase(folder: Path) -> dict[int, float]:
     p99 = {}
     for rows in (10_000, 100_000, 1_000_000):
+        if POSTGRES:
+            with pg_target.fresh_schema(POSTGRES) as url:
+                fetch_pending.build(url, rows)
+                p99[rows] = fetch_pending.measure(url)["p99_ms"]
+            continue
         path = str(folder / f"fetch-{rows}.db")
         fetch_pending.build(path, rows)
         p99[rows] = fetch_pending.measure(path)["p99_ms"]
@@ -656,13 +695,33 @@ GOALS = [  # key, what it is, goal text, check
 ]
 
 
+ALL_PHASES = "dispatch,latency,idle,burst,users,fetch,prune,dashboard"
+SQLITE_ONLY = {"prune", "dashboard"}  # bench/prune.py and bench/dashboard.py build SQLite files
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--only", default="dispatch,latency,idle,burst,users,fetch,prune,dashboard")
+    parser.add_argument("--only", default=None, help=f"comma-separated phases (default: {ALL_PHASES}; "
+                        f"on PostgreSQL without {', '.join(sorted(SQLITE_ONLY))})")
     parser.add_argument("--rounds", type=int, default=3, help="dispatch rounds; medians are reported")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run on PostgreSQL: DATABASE_URL's server, or a throwaway cluster if it names none")
     args = parser.parse_args()
-    phases = set(args.only.split(","))
+    with ExitStack() as server:
+        global POSTGRES
+        POSTGRES = pg_target.server_url(args.postgres, server)
+        phases = set((args.only or ALL_PHASES).split(","))
+        if POSTGRES:
+            if args.only and phases & SQLITE_ONLY:
+                parser.error(f"{', '.join(sorted(phases & SQLITE_ONLY))}: SQLite only")
+            phases -= SQLITE_ONLY
+            print(f"PostgreSQL ({dbaccess.query(POSTGRES, 'SELECT version() AS v')[0]['v'].split(',')[0]}), "
+                  "two web hosts per phase", flush=True)
+        run_phases(args, phases)
+
+
+def run_phases(args: argparse.Namespace, phases: set[str]) -> None:
     results: dict[str, float] = {}
     latencies: dict[str, list[float]] = {}
     fetch_p99: dict[int, float] = {}
@@ -699,12 +758,19 @@ def main() -> None:
             results.update(dashboard_ms_1m=dashboard.run(tmp)["/"]["p50_ms"])
     report(results)
     # Phases not run this time keep their last figures: `--only users` adds its keys, drops none.
+    # PostgreSQL's figures sit beside SQLite's, under the same keys in the "postgresql" object.
     path = HERE / "results.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**previous, **{k: round(v, 3) for k, v in results.items()}}, indent=2) + "\n")
+    rounded = {k: round(v, 3) for k, v in results.items()}
+    if POSTGRES:
+        updated = {**previous, "postgresql": {**previous.get("postgresql", {}), **rounded}}
+    else:
+        updated = {**previous, **rounded}
+    path.write_text(json.dumps(updated, indent=2) + "\n")
+    picture = HERE / ("results-postgresql.png" if POSTGRES else "results.png")
     if latencies or fetch_p99:
-        chart(results, latencies, fetch_p99, HERE / "results.png")
-    print(f"\nwrote {HERE / 'results.json'}" + (f" and {HERE / 'results.png'}" if latencies or fetch_p99 else ""))
+        chart(results, latencies, fetch_p99, picture)
+    print(f"\nwrote {HERE / 'results.json'}" + (f" and {picture}" if latencies or fetch_p99 else ""))
 
 
 def report(results: dict[str, float]) -> None:

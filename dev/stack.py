@@ -478,10 +478,12 @@ class Stack:
             wait_for_http(ready_url, timeout=30, process=process)
         return process
 
-    def start_temporal(self) -> None:
-        """Temporal on this stack's port (the others were told it), with its state in the stack's folder."""
+    def start_temporal(self, in_memory: bool = False) -> None:
+        """Temporal on this stack's port (the others were told it), with its state in the stack's folder
+        (`in_memory`: in memory, lighter on a busy machine, but a restart starts it empty)."""
         # Until another process was told the port, it may still move (see start_dev_server).
-        process, address = start_dev_server(self.folder / "temporal.db", self.folder / "temporal.log",
+        process, address = start_dev_server(None if in_memory else self.folder / "temporal.db",
+                                            self.folder / "temporal.log",
                                             port=self.ports["temporal"], movable=not self.processes)
         self.processes["temporal"] = process
         self.temporal_address = self.env["TEMPORAL_ADDRESS"] = address
@@ -502,17 +504,36 @@ class Stack:
         """A fake provider's base URL, for its /_fake/ test endpoints."""
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start_web(self, workers: int = 2) -> None:
-        self._spawn("web", gunicorn_command(self.ports["web"], workers), ready_url=f"{self.web_url}/healthz")
+    def start_web(self, workers: int = 2, name: str = "web") -> str:
+        """A web process (gunicorn) on the stack's database; returns its URL.
 
-    def start_worker(self) -> None:
-        self._spawn("worker", [sys.executable, "workflows.py"])
+        "web" is the one the processor and worker talk to by default (MAIN_ENDPOINT); another
+        name ("web2", ...) is a further host on the same database (PostgreSQL: several hosts),
+        on a port of its own that a restart of that name reuses (`web_urls[name]`)."""
+        if name not in self.ports:
+            self.ports[name] = free_port()
+        url = self.web_urls[name]
+        self._spawn(name, gunicorn_command(self.ports[name], workers), ready_url=f"{url}/healthz")
+        return url
+
+    @property
+    def web_urls(self) -> dict[str, str]:
+        """Every web host's URL by name: "web", and those start_web was given another name for."""
+        return {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items() if name.startswith("web")}
+
+    def start_worker(self, name: str = "worker", **env) -> None:
+        """The worker; `env` overrides the stack's settings for it (e.g. MAIN_ENDPOINT=another host's URL)."""
+        self._spawn_with(name, [sys.executable, "workflows.py"], env)
 
     def start_processor(self, name: str = "processor", **env) -> None:
+        """A processor; `env` overrides the stack's settings for it (e.g. MAIN_ENDPOINT=another host's URL)."""
+        self._spawn_with(name, [sys.executable, "processor.py"], {"HOSTNAME": name, **env})
+
+    def _spawn_with(self, name: str, command: list[str], env: dict) -> None:
         saved = dict(self.env)
-        self.env.update({"HOSTNAME": name, **{k: str(v) for k, v in env.items()}})
+        self.env.update({k: str(v) for k, v in env.items()})
         try:
-            self._spawn(name, [sys.executable, "processor.py"])
+            self._spawn(name, command)
         finally:
             self.env = saved
 
