@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint install demo bench bench-pg bench-fetch bench-dispatch bench-users bench-prune bench-dashboard bench-pg-claims clean
+.PHONY: test lint install demo bench bench-pg bench-fetch bench-dispatch bench-users bench-prune bench-dashboard bench-pg-claims bench-lifecycle clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-prune: $(STAMP) $(BENCH_STAMP)
 
 bench-dashboard: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --only dashboard
+
+bench-lifecycle: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --only lifecycle
 
 bench-pg-claims: $(STAMP)
 	$(BIN)/python bench/pg_claims.py

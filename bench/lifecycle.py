@@ -174,6 +174,7 @@ def stand_in_activities() -> dict[str, list]:
 
 async def _reference_worker(stop_file: Path) -> None:
     """The worker process of the reference: serve()'s workers and settings, stand-in activities."""
+    import logging
     from concurrent.futures import ThreadPoolExecutor as Threads
     from contextlib import AsyncExitStack
     from datetime import timedelta
@@ -185,21 +186,14 @@ async def _reference_worker(stop_file: Path) -> None:
     from settings import load_config, temporal_connection
 
     config = load_config()
+    workflows.cache_bytecode(logging.getLogger("reference-worker"))
     stand_ins = stand_in_activities()
     client = await Client.connect(**temporal_connection(config))
     async with AsyncExitStack() as stack:
         for namespace, queue, workflow_class, _ in workflows.check_registry(config):
             executor = stack.enter_context(Threads(max_workers=workflows.ACTIVITY_THREADS))
-            extra = {}
-            if os.environ.get("LIFECYCLE_UNSANDBOXED"):
-                from temporalio.worker import UnsandboxedWorkflowRunner
-                extra["workflow_runner"] = UnsandboxedWorkflowRunner()
-            if os.environ.get("LIFECYCLE_PASSTHROUGH"):
-                from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
-                extra["workflow_runner"] = SandboxedWorkflowRunner(
-                    restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
             worker = Worker(client, task_queue=queue, workflows=[workflow_class], activities=stand_ins[namespace],
-                            activity_executor=executor, **extra, max_concurrent_activities=workflows.ACTIVITY_THREADS,
+                            activity_executor=executor, max_concurrent_activities=workflows.ACTIVITY_THREADS,
                             graceful_shutdown_timeout=timedelta(seconds=5))
             await stack.enter_async_context(worker)
         stop_file.touch()  # ready
@@ -262,23 +256,61 @@ def reference_phase(folder: Path, tasks: int) -> dict:
             "history_events": events}
 
 
+IDLE_PROCESSORS = 64
+
+
+def idle_phase(folder: Path, seconds: float = 20.0) -> dict:
+    """64 real processors (`python processor.py`, default settings) connected to one web process with nothing to
+    do: the web process's CPU while they wait, as a percentage of one core."""
+    from bench.run import CpuMeter, _waiting_polls
+    from dev.stack import Stack
+
+    with Stack(folder, LOG_LEVEL="WARNING") as stack:
+        stack.start_temporal()
+        stack.start_web()
+        for n in range(IDLE_PROCESSORS):
+            stack.start_processor(f"processor-{n}")
+        # Every processor connected: each holds a long poll per integration (or is between two).
+        deadline = time.monotonic() + 180
+        while _waiting_polls(stack.web_url) < IDLE_PROCESSORS * 2 * 0.9:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {_waiting_polls(stack.web_url)} long polls waiting after 180 s")
+            time.sleep(0.5)
+        time.sleep(5)  # the processors' start-up is over
+        meter = CpuMeter({"web": (stack.processes["web"].pid, True)})
+        meter.start()
+        held = []
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            time.sleep(1)
+            held.append(_waiting_polls(stack.web_url))
+        used = meter.stop()["web"]
+        elapsed = time.monotonic() - began
+    pct = used / elapsed * 100
+    print(f"  idle: {IDLE_PROCESSORS} processors, {min(held)}-{max(held)} long polls held; "
+          f"web CPU {pct:.2f}% of a core")
+    return {"idle_web_cpu_pct_64_processors": round(pct, 2)}
+
+
 def run(folder: Path, tasks: int) -> dict:
     """Both measurements, each on its own fresh Temporal server; the results.json keys."""
-    for name in ("reference", "stack"):
+    for name in ("reference", "stack", "idle"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     reference = reference_phase(folder / "reference", tasks)
     stack = stack_phase(folder / "stack", tasks)
+    idle = idle_phase(folder / "idle")
     print(f"  lifecycle reference: {reference}")
     print(f"  lifecycle stack:     {stack}")
+    per_process = {f"lifecycle_cpu_ms_{name}": ms for name, ms in stack["cpu_ms_per_task"].items()}
+    reference_per_process = {f"lifecycle_reference_cpu_ms_{name}": ms
+                             for name, ms in reference["cpu_ms_per_task"].items()}
     return {"lifecycle_rate": round(stack["rate"], 2), "lifecycle_reference_rate": round(reference["rate"], 2),
             "lifecycle_ratio": round(stack["rate"] / reference["rate"], 3),
             "lifecycle_cpu_ms_outside_temporal": stack["cpu_ms_outside_temporal"],
             "lifecycle_history_events": stack["history_events"],
             "lifecycle_reference_history_events": reference["history_events"],
-            "lifecycle_cpu_ms_per_task": stack["cpu_ms_per_task"],
-            "lifecycle_reference_cpu_ms_per_task": reference["cpu_ms_per_task"],
-            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"])}
-
+            **per_process, **reference_per_process,
+            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"]), **idle}
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["reference-worker"]:

@@ -1,7 +1,8 @@
 """`make bench`: the real stack on this machine, measured; a table, bench/results.json and bench/results.png.
 
     .venv/bin/python bench/run.py [--tasks 1000] [--rounds 3] [--postgres]
-                                  [--only dispatch,latency,idle,burst,users,fetch,prune,dashboard]
+                                  [--only dispatch,latency,idle,burst,users,fetch,prune,dashboard,lifecycle]
+                                  [--lifecycle-tasks 300]
 
 On PostgreSQL (`make bench` with DATABASE_URL=postgresql://... set, or `make bench-pg`, which starts a
 throwaway cluster with dev/postgres.py): each phase gets a fresh schema and TWO web hosts (two gunicorn
@@ -39,6 +40,9 @@ unless a phase says otherwise.
             tasks/s and the longest write transaction
   dashboard the dashboard page (GET /) at 1,000,000 tasks with their events, through the Flask test client:
             the median of 200 renders (bench/dashboard.py)
+  lifecycle N tasks from create to completed through the whole stack with fast fakes, against the same
+            workflows driven directly with in-process stand-in activities (Temporal's own ceiling); CPU ms
+            per task per process; the web process's CPU with 64 idle processors (bench/lifecycle.py)
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests
 
-from bench import dashboard, fetch_pending, pg_target
+from bench import dashboard, fetch_pending, lifecycle, pg_target
 from bench import prune as prune_bench
 from dev import dbaccess
 from dev.stack import (
@@ -692,11 +696,17 @@ GOALS = [  # key, what it is, goal text, check
     ("prune_rate", "prune of 1M finished tasks (tasks/s)", "", None),
     ("prune_max_lock_ms", "  longest write lock while pruning (ms)", "<= 10", lambda v: v <= 10),
     ("worker_peak_mb", "worker peak RSS (MB)", "", None),
+    ("lifecycle_rate", "lifecycle, create -> completed (tasks/s)", "", None),
+    ("lifecycle_reference_rate", "  reference: the workflows alone (tasks/s)", "", None),
+    ("lifecycle_ratio", "  lifecycle / reference", ">= 0.8", lambda v: v >= 0.8),
+    ("lifecycle_cpu_ms_outside_temporal", "  CPU per task: worker+web+processor (ms)", "<= 15", lambda v: v <= 15),
+    ("lifecycle_history_events", "  history events per task", "", None),
+    ("idle_web_cpu_pct_64_processors", "web CPU, 64 idle processors (% of a core)", "<= 5", lambda v: v <= 5),
 ]
 
 
-ALL_PHASES = "dispatch,latency,idle,burst,users,fetch,prune,dashboard"
-SQLITE_ONLY = {"prune", "dashboard"}  # bench/prune.py and bench/dashboard.py build SQLite files
+ALL_PHASES = "dispatch,latency,idle,burst,users,fetch,prune,dashboard,lifecycle"
+SQLITE_ONLY = {"prune", "dashboard", "lifecycle"}  # prune.py and dashboard.py build SQLite files; lifecycle: not yet
 
 
 def main() -> None:
@@ -705,6 +715,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help=f"comma-separated phases (default: {ALL_PHASES}; "
                         f"on PostgreSQL without {', '.join(sorted(SQLITE_ONLY))})")
     parser.add_argument("--rounds", type=int, default=3, help="dispatch rounds; medians are reported")
+    parser.add_argument("--lifecycle-tasks", type=int, default=300, help="tasks of the lifecycle phase")
     parser.add_argument("--postgres", action="store_true",
                         help="run on PostgreSQL: DATABASE_URL's server, or a throwaway cluster if it names none")
     args = parser.parse_args()
@@ -756,6 +767,8 @@ def run_phases(args: argparse.Namespace, phases: set[str]) -> None:
             results.update(prune_bench.run(tmp, 1_000_000))
         if "dashboard" in phases:
             results.update(dashboard_ms_1m=dashboard.run(tmp)["/"]["p50_ms"])
+        if "lifecycle" in phases:
+            results.update(lifecycle.run(tmp / "lifecycle", args.lifecycle_tasks))
     report(results)
     # Phases not run this time keep their last figures: `--only users` adds its keys, drops none.
     # PostgreSQL's figures sit beside SQLite's, under the same keys in the "postgresql" object.
