@@ -121,5 +121,10 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
+        if db.busy(exc):  # nothing was written; a processor or worker sends it again after Retry-After
+            log.warning("database busy on %s %s: %s", request.method, request.path, str(exc).splitlines()[0])
+            response = jsonify({"success": False, "error": "The database is busy; try again shortly"})
+            response.headers["Retry-After"] = "1"
+            return response, 503
         log.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify({"success": False, "error": "Internal server error"}), 500

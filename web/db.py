@@ -381,6 +381,22 @@ def _loading_for_db_command() -> bool:
 _local = threading.local()
 
 
+def busy(exc: BaseException) -> bool:
+    """The database could not take the request in time, through no fault of the client: SQLite's write lock held
+    past the busy timeout, a PostgreSQL lock past `lock_timeout`, no pooled connection free, or the server
+    unreachable. Such a request changed nothing (its transaction rolled back) and may be sent again: a 503."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    psycopg, psycopg_pool = sys.modules.get("psycopg"), sys.modules.get("psycopg_pool")  # imported only when used
+    if psycopg_pool is not None and isinstance(exc, psycopg_pool.PoolTimeout):
+        return True
+    if psycopg is not None:
+        errors = psycopg.errors
+        return isinstance(exc, (errors.LockNotAvailable, errors.DeadlockDetected, errors.SerializationFailure,
+                                errors.AdminShutdown, errors.CannotConnectNow)) or type(exc) is psycopg.OperationalError
+    return False
+
+
 def get_db():
     """This thread's connection to the app's database, opened on first use and then kept.
 
