@@ -6,7 +6,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AUTH, VIDEO, wait_until
+from tests.conftest import AUTH, BACKENDS, VIDEO, wait_until
+
+
+def pytest_generate_tests(metafunc):
+    """The web process's metrics (counted from the store of tasks) on both stores, with the same assertions."""
+    if "web" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
 
 
 def samples(text: str) -> dict[tuple, float]:
