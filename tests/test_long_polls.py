@@ -219,6 +219,24 @@ def test_a_long_poll_whose_client_went_away_stops_waiting_at_once(server, aio):
     assert freed_in < 1, freed_in
 
 
+def test_a_claim_whose_client_went_away_takes_no_task(server):
+    """A processor killed while its claim waits: a task created right after stays pending for a live
+    processor, never claimed for the dead one (it would sit `queued` until the stuck timeout). Five times,
+    since the create lands within moments of the hang-up."""
+    for n in range(5):
+        with socket.create_connection(address(server), timeout=10) as sock:
+            sock.sendall(request_bytes(server, "POST", f"/api/{VIDEO}/claimPendingTasks", {"waitMs": WAIT_MS}))
+            wait_until(lambda: waiting_polls(server) == 1, interval=0.02, message="the claim waits")
+        _, response = create(server, f"after a hang-up {n}")  # the socket is closed: its processor is gone
+        assert response.status_code == 201, response.text
+        wait_until(lambda: waiting_polls(server) == 0, timeout=5, interval=0.02, message="the wait ended")
+        task_id = response.json()["taskId"]
+        task = requests.get(f"{server}/api/tasks/{task_id}", headers=USER, timeout=10).json()
+        assert (task["status"], task["attempts"]) == ("pending", 0), task
+        cancelled = requests.post(f"{server}/api/tasks/{task_id}/cancel", headers=USER, timeout=10)
+        assert cancelled.status_code == 200, cancelled.text  # out of the way of the next claim
+
+
 def test_forty_slowloris_sockets_do_not_hold_user_requests(server, aio):
     """40 slow clients (silent, stalled in the middle of the headers, trickling a header a byte at a
     time, trickling a body) hold sockets, not threads: users are served as usual meanwhile, and each
