@@ -10,6 +10,7 @@ Rows are read through dev/dbaccess.py, which speaks both.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -57,24 +58,30 @@ def pg_server():
         yield cluster.url, lambda schema: cluster.url_for(schema=schema)
 
 
-@pytest.fixture
-def pg_url(pg_server):
-    """A URL whose connections see only a fresh, empty schema of their own (dropped after the test).
-
-    A schema per test, not a database: measured on this machine, create + migrate 19.6 ms and drop
-    6.3 ms (median of 10), against 22.8 ms + 6.1 ms for CREATE DATABASE ... TEMPLATE, which also
-    costs every connection a new handshake."""
-    from dev import dbaccess
+@contextlib.contextmanager
+def fresh_schema(pg_server):
+    """A URL whose connections see only a fresh, empty schema of their own (dropped when the block ends)."""
     from web import pg
 
     admin, url_for = pg_server
     schema = f"t_{secrets.token_hex(6)}"
     dbaccess.execute(admin, f"CREATE SCHEMA {schema}")
     url = url_for(schema)
-    yield url
-    pg.close_pools(url)
-    dbaccess.close(url)
-    dbaccess.execute(admin, f"DROP SCHEMA {schema} CASCADE")
+    try:
+        yield url
+    finally:
+        pg.close_pools(url)
+        dbaccess.close(url)
+        dbaccess.execute(admin, f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh schema per test (fresh_schema), not a database: measured on this machine, create + migrate
+    19.6 ms and drop 6.3 ms (median of 10), against 22.8 ms + 6.1 ms for CREATE DATABASE ... TEMPLATE,
+    which also costs every connection a new handshake."""
+    with fresh_schema(pg_server) as url:
+        yield url
 
 
 def db_config(target):
@@ -84,10 +91,13 @@ def db_config(target):
 
 @pytest.fixture(autouse=True)
 def backend(request):
-    """Which task store the test runs on: "sqlite" unless the module parametrizes it (BACKENDS).
-    Autouse, so a module's parametrization reaches every test in it. A test marked `sqlite_only` skips its
-    PostgreSQL run, giving its reason."""
-    found = getattr(request, "param", "sqlite")
+    """Which task store the test runs on: "sqlite" unless the module parametrizes it (BACKENDS), or
+    module_backend's. Autouse, so a module's parametrization reaches every test in it. A test marked
+    `sqlite_only` skips its PostgreSQL run, giving its reason."""
+    if "module_backend" in request.fixturenames:
+        found = request.getfixturevalue("module_backend")
+    else:
+        found = getattr(request, "param", "sqlite")
     only = request.node.get_closest_marker("sqlite_only")
     if only is not None and found != "sqlite":
         pytest.skip(f"SQLite only: {only.args[0]}")
@@ -117,6 +127,30 @@ def connect(target: str):
 def db_target(request, backend, db_path):
     """What the app runs on and the helpers read: the SQLite file's path, or the PostgreSQL schema's URL."""
     return request.getfixturevalue("pg_url") if backend == "postgres" else db_path
+
+
+@pytest.fixture
+def db_env(db_path, db_target):
+    """The settings that put a process (gunicorn, every process of a Stack) on db_target: DATABASE_URL on
+    PostgreSQL; none on SQLite, where each keeps its own file (a Stack in tmp_path: its app.db is db_path)."""
+    return {} if db_target == db_path else {"DATABASE_URL": db_target}
+
+
+@pytest.fixture(scope="module")
+def module_backend(request):
+    """The backend of a module whose stack lasts the module: parametrize it with
+    `pytest.mark.parametrize("module_backend", BACKENDS, indirect=True, scope="module")`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="module")
+def module_db_env(request, module_backend):
+    """db_env for a module-scoped stack: on PostgreSQL, a fresh schema that lasts the module."""
+    if module_backend != "postgres":
+        yield {}
+        return
+    with fresh_schema(request.getfixturevalue("pg_server")) as url:
+        yield {"DATABASE_URL": url}
 
 
 class SignedInClient(FlaskClient):
@@ -231,16 +265,15 @@ def temporal(tmp_path_factory):
 
 
 @pytest.fixture
-def web(tmp_path, db_path, db_target):
+def web(tmp_path, db_path, db_target, db_env):
     """The web process under gunicorn (2 workers); yields a `Web` with its URL and a `Tasks`-like API."""
     from dev.stack import gunicorn
 
     started = []
-    url_env = {"DATABASE_URL": db_target} if db_target != db_path else {}
 
     def start(**env):
         context = gunicorn(db_path, tmp_path / "gunicorn.log", workers=2,
-                           env={**SECRETS, **url_env, "RETRY_BASE_SECONDS": "0",
+                           env={**SECRETS, **db_env, "RETRY_BASE_SECONDS": "0",
                                 **{k: str(v) for k, v in env.items()}})
         url = context.__enter__()
         started.append(context)

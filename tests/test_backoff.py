@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
@@ -10,9 +9,11 @@ import pytest
 import requests
 from freezegun import freeze_time
 
-from tests.conftest import AUTH, IMAGE, TABLE, VIDEO
+from dev import dbaccess
+from tests.conftest import AUTH, BACKENDS, IMAGE, TABLE, VIDEO, db_config
 from web.task_store import Policy
 
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 DEFAULT = Policy()
 
 
@@ -75,20 +76,20 @@ def test_the_user_api_shows_retry_at(tasks):
 
 
 @pytest.fixture
-def capped(db_path):
+def capped(db_target):
     from app import create_app
     from tests.conftest import SECRETS, SignedInClient
 
-    app = create_app({"DATABASE_PATH": db_path, **SECRETS, "RETRY_BASE_SECONDS": 0, "FANGZHOU_MAX_ACTIVE": 2,
+    app = create_app({**db_config(db_target), **SECRETS, "RETRY_BASE_SECONDS": 0, "FANGZHOU_MAX_ACTIVE": 2,
                       "STUCK_TIMEOUT_SECONDS": 60})
     app.test_client_class = SignedInClient
     return app
 
 
-def test_the_cap_limits_claims_and_the_rest_wait_in_fifo_order(capped, db_path):
+def test_the_cap_limits_claims_and_the_rest_wait_in_fifo_order(capped, db_target):
     from tests.conftest import Tasks
 
-    tasks = Tasks(capped.test_client(), db_path)
+    tasks = Tasks(capped.test_client(), db_target)
     ids = [tasks.create() for _ in range(5)]
     assert claim(tasks, limit=10) == ids[:2]
     assert claim(tasks, limit=10) == [] and tasks.fetch().json["tasks"] == []  # a waiting processor is not woken
@@ -100,10 +101,10 @@ def test_the_cap_limits_claims_and_the_rest_wait_in_fifo_order(capped, db_path):
     assert claim(tasks, IMAGE) == [image]  # each integration has its own cap (none set for images)
 
 
-def test_a_stuck_claim_is_rescued_even_at_the_cap(capped, db_path):
+def test_a_stuck_claim_is_rescued_even_at_the_cap(capped, db_target):
     from tests.conftest import Tasks
 
-    tasks = Tasks(capped.test_client(), db_path)
+    tasks = Tasks(capped.test_client(), db_target)
     stuck = tasks.put(status="queued", attempts=1, started_at=int(time.time()) - 600)
     tasks.put(status="processing", attempts=1)
     waiting = tasks.create()
@@ -131,9 +132,9 @@ def test_the_cap_is_exact_across_concurrent_claimants(web):
     for thread in threads:
         thread.join()
     assert len(claimed) == len(set(claimed)) == 7
-    with sqlite3.connect(app.db_path) as conn:
-        active = conn.execute(f"SELECT COUNT(*) FROM {TABLE[VIDEO]} WHERE status IN ('queued', 'processing')")
-        assert active.fetchone()[0] == 7
+    [active] = dbaccess.query(app.db_path, f"SELECT COUNT(*) AS n FROM {TABLE[VIDEO]} "
+                                           "WHERE status IN ('queued', 'processing')")
+    assert active["n"] == 7
     assert sorted(claimed) == sorted(ids[:7])  # FIFO: the oldest seven
 
 

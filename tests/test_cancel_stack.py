@@ -1,27 +1,29 @@
 """Cancel through the whole stack (issue 15): gunicorn, processor, worker, Temporal dev server and the fakes.
 
-One stack serves the module; the tests run in file order (the first needs the processor not started yet).
+One stack serves the module, once per task store (the same assertions on both); the tests run in file order
+(the first needs the processor not started yet).
 """
 
 import random
-import sqlite3
 import threading
 import time
 
 import pytest
 import requests
 
+from dev import dbaccess
 from dev.invariants import check
 from dev.stack import Stack
-from tests.conftest import wait_until
+from tests.conftest import BACKENDS, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.parametrize("module_backend", BACKENDS, indirect=True, scope="module")]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, module_db_env):
     stack = Stack(tmp_path_factory.mktemp("cancel"), FANGZHOU_DEADLINE_SECONDS=600,
-                  NANOBANANA_DEADLINE_SECONDS=600)
+                  NANOBANANA_DEADLINE_SECONDS=600, **module_db_env)
     stack.start_temporal()
     stack.start_fakes()
     stack.start_web()
@@ -48,15 +50,14 @@ def ended(stack, task_id, timeout=60.0):
 
 
 def events(stack, task_id):
-    with sqlite3.connect(stack.db_path) as conn:
-        return conn.execute("SELECT status, attempt, error FROM task_events WHERE task_id = ? ORDER BY id",
-                            (task_id,)).fetchall()
+    rows = dbaccess.query(stack.database, "SELECT status, attempt, error FROM task_events WHERE task_id = ? "
+                                          "ORDER BY id", (task_id,))
+    return [(r["status"], r["attempt"], r["error"]) for r in rows]
 
 
 def row(stack, task_id, table="video_tasks"):
-    with sqlite3.connect(stack.db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        return dict(conn.execute(f"SELECT * FROM {table} WHERE id = ?", (task_id,)).fetchone())
+    [found] = dbaccess.query(stack.database, f"SELECT * FROM {table} WHERE id = ?", (task_id,))
+    return found
 
 
 def fake_stats(stack, name):

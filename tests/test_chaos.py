@@ -18,9 +18,10 @@ import requests
 
 from dev.invariants import check
 from dev.stack import Stack
-from tests.conftest import wait_until
+from tests.conftest import BACKENDS, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.parametrize("backend", BACKENDS, indirect=True)]  # the same assertions on both stores
 TASKS = 200
 MAX_ATTEMPTS = 5
 
@@ -46,11 +47,11 @@ def create_with_retry(stack, kind, prompt, deadline):
     raise TimeoutError(f"could not create {prompt!r}")
 
 
-def test_chaos(tmp_path, capsys):
+def test_chaos(tmp_path, capsys, db_env):
     seed = int(os.environ.get("CHAOS_SEED", "20261127"))
     rng = random.Random(seed)
     prompts = make_prompts(rng)
-    with Stack(tmp_path, STUCK_TIMEOUT_SECONDS=15, MAX_ATTEMPTS=MAX_ATTEMPTS, BATCH_SIZE=10) as stack:
+    with Stack(tmp_path, STUCK_TIMEOUT_SECONDS=15, MAX_ATTEMPTS=MAX_ATTEMPTS, BATCH_SIZE=10, **db_env) as stack:
         stack.start_all()
         ids: dict[str, str] = {}
         deadline = time.monotonic() + 120

@@ -20,20 +20,28 @@ import time
 import pytest
 import requests
 
+from dev import dbaccess
 from dev.stack import gunicorn
 from dev.stack import read_http_answer as read_answer
 from settings import ROOT
-from tests.conftest import AUTH, IMAGE, SECRETS, USER, VIDEO, wait_until
+from tests.conftest import AUTH, BACKENDS, IMAGE, SECRETS, USER, VIDEO, wait_until
 
 pytestmark = pytest.mark.slow
 
 WAIT_MS = 30_000
 
 
+def pytest_generate_tests(metafunc):
+    """The tests against a web process run on both task stores (on PostgreSQL a wait is woken by
+    LISTEN/NOTIFY, web/pg_wakeup.py), with the same assertions; the others touch no store of tasks."""
+    if "server" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def server(tmp_path, db_path):
+def server(tmp_path, db_path, db_env):
     """The web process at its default settings (gunicorn.conf.py: 4 workers, 8 threads each); yields its URL."""
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=SECRETS) as url:
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={**SECRETS, **db_env}) as url:
         yield url
 
 
@@ -99,7 +107,7 @@ def create(url: str, prompt: str = "a cat") -> tuple[float, requests.Response]:
     return time.monotonic() - began, response
 
 
-def test_128_long_polls_never_starve_user_requests(server, aio, db_path):
+def test_128_long_polls_never_starve_user_requests(server, aio, db_target):
     """64 processors' worth of long polls (one per integration each, waitMs 30 s, fetches and claims)
     stay in flight while users create tasks: every create is answered at once, every poll answers a
     task list (with its tasks, empty, or declined with `retryAfterMs`), and the work is claimed."""
@@ -155,7 +163,7 @@ def test_128_long_polls_never_starve_user_requests(server, aio, db_path):
             ids.append(response.json()["taskId"])
             time.sleep(0.05)
         # The polls holding the slots wake on each commit and claim: no task waits for a declined poll.
-        wait_until(lambda: claimed(db_path, ids), timeout=5, message="every task claimed by a waiting poll")
+        wait_until(lambda: claimed(db_target, ids), timeout=5, message="every task claimed by a waiting poll")
     finally:
         stopping.set()
         for poll in polls:
@@ -165,13 +173,10 @@ def test_128_long_polls_never_starve_user_requests(server, aio, db_path):
     assert answers["declined"] > 0 and answers["tasks"] > 0, answers
 
 
-def claimed(db_path: str, ids: list[str]) -> bool:
-    import sqlite3
-
-    with sqlite3.connect(db_path) as conn:
-        marks = ",".join("?" * len(ids))
-        return not conn.execute(f"SELECT COUNT(*) FROM video_tasks WHERE id IN ({marks}) AND attempts = 0",
-                                ids).fetchone()[0]
+def claimed(target: str, ids: list[str]) -> bool:
+    marks = ",".join("?" * len(ids))
+    return not dbaccess.query(target, f"SELECT COUNT(*) AS n FROM video_tasks WHERE id IN ({marks}) AND attempts = 0",
+                              ids)[0]["n"]
 
 
 def test_a_long_poll_whose_client_went_away_stops_waiting_at_once(server, aio):
@@ -212,6 +217,24 @@ def test_a_long_poll_whose_client_went_away_stops_waiting_at_once(server, aio):
     assert response.status_code == 201 and seconds < 2
     aio.run(drop(again))
     assert freed_in < 1, freed_in
+
+
+def test_a_claim_whose_client_went_away_takes_no_task(server):
+    """A processor killed while its claim waits: a task created right after stays pending for a live
+    processor, never claimed for the dead one (it would sit `queued` until the stuck timeout). Five times,
+    since the create lands within moments of the hang-up."""
+    for n in range(5):
+        with socket.create_connection(address(server), timeout=10) as sock:
+            sock.sendall(request_bytes(server, "POST", f"/api/{VIDEO}/claimPendingTasks", {"waitMs": WAIT_MS}))
+            wait_until(lambda: waiting_polls(server) == 1, interval=0.02, message="the claim waits")
+        _, response = create(server, f"after a hang-up {n}")  # the socket is closed: its processor is gone
+        assert response.status_code == 201, response.text
+        wait_until(lambda: waiting_polls(server) == 0, timeout=5, interval=0.02, message="the wait ended")
+        task_id = response.json()["taskId"]
+        task = requests.get(f"{server}/api/tasks/{task_id}", headers=USER, timeout=10).json()
+        assert (task["status"], task["attempts"]) == ("pending", 0), task
+        cancelled = requests.post(f"{server}/api/tasks/{task_id}/cancel", headers=USER, timeout=10)
+        assert cancelled.status_code == 200, cancelled.text  # out of the way of the next claim
 
 
 def test_forty_slowloris_sockets_do_not_hold_user_requests(server, aio):

@@ -4,18 +4,19 @@ them after the provider is gone; a store that fails keeps the task waiting, neve
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 import requests
 
+from dev import dbaccess
 from dev.stack import Stack
 from settings import ROOT
-from tests.conftest import wait_until
+from tests.conftest import BACKENDS, wait_until
 from workflows import MEDIA_GIVEN_UP
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.parametrize("backend", BACKENDS, indirect=True)]  # the same assertions on both stores
 MP4 = (ROOT / "fakes" / "media" / "video.mp4").read_bytes()
 PNG = __import__("fakes.common", fromlist=["png"]).png()  # what the fakes serve as a last frame
 
@@ -25,12 +26,17 @@ def completed(stack, task_id, timeout=90.0):
                       interval=0.3, message=f"{task_id} completed")
 
 
+def event_statuses(stack, task_id):
+    rows = dbaccess.query(stack.database, "SELECT status FROM task_events WHERE task_id = ? ORDER BY id", (task_id,))
+    return [r["status"] for r in rows]
+
+
 def fetch(stack, url, **headers):
     return requests.get(url, headers={**stack.user, **headers}, timeout=10)
 
 
-def test_media_are_served_after_the_provider_is_stopped(tmp_path):
-    with Stack(tmp_path).start_all() as stack:
+def test_media_are_served_after_the_provider_is_stopped(tmp_path, db_env):
+    with Stack(tmp_path, **db_env).start_all() as stack:
         video_id = stack.create("video", "a lighthouse in a storm")
         image_id = stack.create("image", "a banana on the moon")
         video, image = completed(stack, video_id), completed(stack, image_id)
@@ -65,12 +71,12 @@ def test_media_are_served_after_the_provider_is_stopped(tmp_path):
         assert (Path(stack.db_path).parent / "media" / video_id / "video.mp4").read_bytes() == MP4
 
 
-def test_a_failing_store_is_retried_and_never_fails_the_task(tmp_path):
+def test_a_failing_store_is_retried_and_never_fails_the_task(tmp_path, db_env):
     """MEDIA_DIR is unusable (a file stands where the folder should be): the task stays `processing` while
     the storeMedia activity is retried; once the disk is back, it completes with its media."""
     blocker = tmp_path / "blocked-media"
     blocker.write_text("in the way")
-    with Stack(tmp_path, MEDIA_DIR=str(blocker)).start_all() as stack:
+    with Stack(tmp_path, MEDIA_DIR=str(blocker), **db_env).start_all() as stack:
         task_id = stack.create("image", "a kite over the sea")
         wait_until(lambda: "media not stored; will retry" in (tmp_path / "worker.log").read_text(), timeout=60,
                    interval=0.3, message="a failed storeMedia attempt")
@@ -82,16 +88,14 @@ def test_a_failing_store_is_retried_and_never_fails_the_task(tmp_path):
         assert task["result"]["media"]["imageUrls"] == [f"{stack.web_url}/api/tasks/{task_id}/media/image-1.png"]
         assert "mediaNote" not in task["result"]
         assert fetch(stack, task["result"]["media"]["imageUrls"][0]).status_code == 200
-        with sqlite3.connect(stack.db_path) as conn:
-            statuses = [s for (s,) in conn.execute("SELECT status FROM task_events WHERE task_id = ? ORDER BY id",
-                                                   (task_id,))]
+        statuses = event_statuses(stack, task_id)
         assert statuses == ["pending", "queued", "processing", "completed"]  # no failed attempt
 
 
-def test_a_file_too_large_completes_with_the_provider_url_and_a_note(tmp_path):
+def test_a_file_too_large_completes_with_the_provider_url_and_a_note(tmp_path, db_env):
     """MEDIA_MAX_BYTES below the fake's last frame (a 6 KB PNG) but above its video (2 KB): the frame is refused
     (noted), the video stored; the task completes all the same, the provider's frame URL kept."""
-    with Stack(tmp_path, MEDIA_MAX_BYTES=len(PNG) - 1).start_all() as stack:
+    with Stack(tmp_path, MEDIA_MAX_BYTES=len(PNG) - 1, **db_env).start_all() as stack:
         task_id = stack.create("video", "a very large last frame")
         task = completed(stack, task_id)
         assert task["result"]["lastFrameUrl"].startswith(stack.fake("ark"))
@@ -99,12 +103,12 @@ def test_a_file_too_large_completes_with_the_provider_url_and_a_note(tmp_path):
         assert "lastFrameUrl" in task["result"]["mediaNote"] and "MEDIA_MAX_BYTES" in task["result"]["mediaNote"]
 
 
-def test_a_store_that_never_comes_back_completes_the_task_with_provider_urls_and_a_note(tmp_path):
+def test_a_store_that_never_comes_back_completes_the_task_with_provider_urls_and_a_note(tmp_path, db_env):
     """MEDIA_GIVE_UP_SECONDS=6 (24 h by default, the links' life) and MEDIA_DIR unusable throughout: once the
     retries run out the task completes all the same, with the provider URLs and a note, never failed."""
     blocker = tmp_path / "blocked-media"
     blocker.write_text("in the way")
-    with Stack(tmp_path, MEDIA_DIR=str(blocker), MEDIA_GIVE_UP_SECONDS=6).start_all() as stack:
+    with Stack(tmp_path, MEDIA_DIR=str(blocker), MEDIA_GIVE_UP_SECONDS=6, **db_env).start_all() as stack:
         task_id = stack.create("video", "a harbour at night")
         task = completed(stack, task_id, timeout=120)
         assert task["result"]["videoUrl"].startswith(stack.fake("ark")) and "media" not in task["result"]
@@ -112,7 +116,5 @@ def test_a_store_that_never_comes_back_completes_the_task_with_provider_urls_and
         given_up = [line for line in (tmp_path / "worker.log").read_text().splitlines()
                     if "media not stored; completing with the provider URLs only" in line]
         assert len(given_up) == 1 and "blocked-media" in given_up[0]  # the cause, for operators
-        with sqlite3.connect(stack.db_path) as conn:
-            statuses = [s for (s,) in conn.execute("SELECT status FROM task_events WHERE task_id = ? ORDER BY id",
-                                                   (task_id,))]
+        statuses = event_statuses(stack, task_id)
         assert statuses == ["pending", "queued", "processing", "completed"]

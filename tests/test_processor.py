@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,13 +16,15 @@ from collections import Counter
 
 import pytest
 
+from dev import dbaccess
 from dev.stack import free_port, stop, temporal_server, workflow_runs
 from integrations import load_integrations
 from processor import ProcessorSettings, StartResult, TaskProcessor, TemporalUnavailable, start_workflow
 from settings import ROOT, load_config
-from tests.conftest import IMAGE, TOKEN, VIDEO, wait_until
+from tests.conftest import BACKENDS, IMAGE, TOKEN, VIDEO, db_config, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.parametrize("backend", BACKENDS, indirect=True)]  # the same assertions on both stores
 
 
 def processor_for(url, temporal, instance="test", **env):
@@ -75,14 +76,13 @@ def test_failed_fetches_are_survived(web, temporal):
 
     app = web()
     task_id = app.create()
-    with sqlite3.connect(app.db_path) as conn:  # break the app: fetch answers 500
-        conn.execute("ALTER TABLE video_tasks RENAME TO video_tasks_away")
+    # Break the app: fetch answers 500.
+    dbaccess.execute(app.db_path, "ALTER TABLE video_tasks RENAME TO video_tasks_away")
     processor = processor_for(app.url, temporal)
     processor.start(processor.pull_configs)
     try:
         wait_until(lambda: processor.failures >= 2, message="two failed polls (500)")
-        with sqlite3.connect(app.db_path) as conn:
-            conn.execute("ALTER TABLE video_tasks_away RENAME TO video_tasks")
+        dbaccess.execute(app.db_path, "ALTER TABLE video_tasks_away RENAME TO video_tasks")
         wait_until(lambda: app.task(task_id)["status"] == "queued", message="claim after recovery")
     finally:
         processor.stop()
@@ -202,7 +202,7 @@ print(json.dumps({"modules": sorted(m for m in sys.modules
                   "sqlite_events": connects, "claimed": p.stats["claimed"]}))
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env=process_env(app.url, temporal, DATABASE_PATH=app.db_path), timeout=60)
+                            env=process_env(app.url, temporal, **db_config(app.db_path)), timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"modules": [], "db_files": [], "sqlite_events": [], "claimed": 1}
@@ -337,13 +337,13 @@ def test_sigterm_mid_batch_exits_zero_and_leaves_no_claim_without_a_workflow(web
     assert all(len(r) == 1 for r in runs.values()), [t for t, r in runs.items() if len(r) != 1]
 
 
-def test_a_declined_long_poll_waits_in_the_processor_without_spinning(web, temporal):
+def test_a_declined_long_poll_waits_in_the_processor_without_spinning(web, temporal, tmp_path):
     """A web process that holds no long poll (WEB_LONG_POLLS=0) answers each at once with `retryAfterMs`:
     the processor then waits on its own side, whether it waits with a fetch or inside a claim (a proof
     of Temporal's health kept fresh, as under steady work), so it asks a few times a second, not
     hundreds; it still claims work as it comes, and stops at once."""
     app = web(WEB_LONG_POLLS=0, GUNICORN_CMD_ARGS="--access-logfile -")
-    log = app.db_path.replace("app.db", "gunicorn.log")
+    log = tmp_path / "gunicorn.log"  # where the web fixture writes
 
     def polls() -> int:
         with open(log) as lines:

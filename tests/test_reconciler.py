@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 
 import pytest
 import requests
 
+from dev import dbaccess
 from dev.stack import Stack
 from reconciler import RateLimit
-from tests.conftest import AUTH, IMAGE, TABLE, VIDEO, wait_until
+from tests.conftest import AUTH, BACKENDS, IMAGE, TABLE, VIDEO, wait_until
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 AFTER_SECONDS = 2
 INTERVAL_SECONDS = 0.5
@@ -20,10 +22,10 @@ RECONCILE = {"RECONCILE_AFTER_SECONDS": AFTER_SECONDS, "RECONCILE_INTERVAL_SECON
              "RECONCILE_CALLS_PER_MINUTE": 600}
 
 
-def age(db_path, namespace, task_id, seconds):
-    """Make a task look unchanged for `seconds`."""
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(f"UPDATE {TABLE[namespace]} SET updated_at = ? WHERE id = ?", (time.time() - seconds, task_id))
+def age(target, namespace, task_id, seconds):
+    """Make a task look unchanged for `seconds` (`target`: as db_target)."""
+    dbaccess.execute(target, f"UPDATE {TABLE[namespace]} SET updated_at = ? WHERE id = ?",
+                     (time.time() - seconds, task_id))
 
 
 def dispatched(client, namespace=VIDEO, **query):
@@ -32,14 +34,14 @@ def dispatched(client, namespace=VIDEO, **query):
     return answer.json
 
 
-def test_fetch_dispatched_tasks_lists_only_what_temporal_owns_and_is_old(client, tasks, db_path):
+def test_fetch_dispatched_tasks_lists_only_what_temporal_owns_and_is_old(client, tasks, db_target):
     processing = tasks.put(status="processing", attempts=1, started_at=int(time.time()))
     confirmed = tasks.put(status="queued", attempts=2, started_at=int(time.time()), dispatched_at=time.time())
     unconfirmed = tasks.put(status="queued", attempts=1, started_at=int(time.time()))  # the stuck rescue's
     young = tasks.put(status="processing", attempts=1)
     others = [tasks.put(status=s, attempts=a) for s, a in (("pending", 0), ("completed", 1), ("failed", 1))]
     for task_id in (processing, confirmed, unconfirmed, *others):
-        age(db_path, VIDEO, task_id, 60)
+        age(db_target, VIDEO, task_id, 60)
     found = dispatched(client, olderThanSeconds=30)
     assert {t["id"] for t in found["tasks"]} == {processing, confirmed}
     assert found["next"] is None
@@ -48,11 +50,11 @@ def test_fetch_dispatched_tasks_lists_only_what_temporal_owns_and_is_old(client,
     assert dispatched(client, IMAGE, olderThanSeconds=30)["tasks"] == []
 
 
-def test_fetch_dispatched_tasks_pages_with_a_cursor(client, tasks, db_path):
+def test_fetch_dispatched_tasks_pages_with_a_cursor(client, tasks, db_target):
     ids = []
     for n in range(7):
         task_id = tasks.put(status="processing", attempts=1, created_at=1000.0 + n // 2)  # ties on createdAt
-        age(db_path, VIDEO, task_id, 60)
+        age(db_target, VIDEO, task_id, 60)
         ids.append(task_id)
     seen, after, pages = [], None, 0
     while True:
@@ -104,8 +106,8 @@ def healed(stack, task_id, since, first_job):
     assert task["externalId"] == first_job
     [failed] = [e for e in events(stack, task_id) if e["status"] == "failed"]
     assert failed["attempt"] == 1 and failed["error"] == "The provider is unavailable; retrying"  # users
-    with sqlite3.connect(stack.db_path) as conn:  # operators keep the whole text
-        [(stored,)] = conn.execute("SELECT error FROM task_events WHERE task_id = ? AND status = 'failed'", (task_id,))
+    [stored] = [r["error"] for r in dbaccess.query(  # operators keep the whole text
+        stack.database, "SELECT error FROM task_events WHERE task_id = ? AND status = 'failed'", (task_id,))]
     assert stored.startswith("Workflow gone: ") and "reconciler" in stored
     assert task["attempts"] == 2
     # The run was gone AFTER_SECONDS after the task's last change; the reconciler found it within an interval.
@@ -116,10 +118,10 @@ def healed(stack, task_id, since, first_job):
 
 
 @pytest.mark.slow
-def test_a_workflow_terminated_in_temporal_is_healed(tmp_path):
+def test_a_workflow_terminated_in_temporal_is_healed(tmp_path, db_env):
     from temporalio.client import Client
 
-    with Stack(tmp_path, **RECONCILE).start_all() as stack:
+    with Stack(tmp_path, **RECONCILE, **db_env).start_all() as stack:
         task_id = stack.create("video", "a heron [slow:10]")  # a 20 s job: alive when attempt 2 starts
         first_job = processing(stack, task_id)
 
@@ -134,8 +136,8 @@ def test_a_workflow_terminated_in_temporal_is_healed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_workflow_lost_with_temporals_state_is_healed(tmp_path):
-    with Stack(tmp_path, **RECONCILE).start_all() as stack:
+def test_a_workflow_lost_with_temporals_state_is_healed(tmp_path, db_env):
+    with Stack(tmp_path, **RECONCILE, **db_env).start_all() as stack:
         task_id = stack.create("image", "a lighthouse [slow:10]")
         first_job = processing(stack, task_id)
         stack.kill("temporal")

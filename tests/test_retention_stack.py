@@ -1,31 +1,29 @@
 """Retention through the whole stack: the web process's periodic prune (RETENTION_DAYS) under gunicorn."""
 
 import re
-import sqlite3
 import time
-from contextlib import closing
 
 import pytest
 import requests
 
+from dev import dbaccess
 from dev.stack import Stack
-from tests.conftest import wait_until
+from tests.conftest import BACKENDS, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.parametrize("backend", BACKENDS, indirect=True)]  # the same assertions on both stores
 KEEP_SECONDS = 3.0
 
 
 def events(stack, task_id):
-    with closing(sqlite3.connect(stack.db_path)) as conn:
-        return conn.execute("SELECT status FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)).fetchall()
+    rows = dbaccess.query(stack.database, "SELECT status FROM task_events WHERE task_id = ? ORDER BY id", (task_id,))
+    return [(r["status"],) for r in rows]
 
 
 def row(stack, task_id, status):
     """The image task's row once it has `status` (None before)."""
-    with closing(sqlite3.connect(stack.db_path)) as conn:
-        conn.row_factory = sqlite3.Row
-        found = conn.execute("SELECT * FROM image_tasks WHERE id = ? AND status = ?", (task_id, status)).fetchone()
-        return dict(found) if found else None
+    found = dbaccess.query(stack.database, "SELECT * FROM image_tasks WHERE id = ? AND status = ?", (task_id, status))
+    return found[0] if found else None
 
 
 def gone(stack, task_id):
@@ -33,10 +31,11 @@ def gone(stack, task_id):
     return answer.status_code == 404 and not events(stack, task_id)
 
 
-def test_periodic_prune_takes_finished_tasks_and_leaves_live_ones_intact(tmp_path):
+def test_periodic_prune_takes_finished_tasks_and_leaves_live_ones_intact(tmp_path, db_env):
     """Finished tasks (completed, failed for good) go KEEP_SECONDS after their last change, with their events;
     tasks still processing or pending, however old, stay whole and run to the end (and are pruned after)."""
-    with Stack(tmp_path, RETENTION_DAYS=f"{KEEP_SECONDS / 86_400:.12f}", RETENTION_INTERVAL_SECONDS=0.5) as stack:
+    with Stack(tmp_path, RETENTION_DAYS=f"{KEEP_SECONDS / 86_400:.12f}", RETENTION_INTERVAL_SECONDS=0.5,
+               **db_env) as stack:
         stack.start_temporal()
         stack.start_fakes()
         stack.start_web()
@@ -66,9 +65,8 @@ def test_periodic_prune_takes_finished_tasks_and_leaves_live_ones_intact(tmp_pat
         stack.start_processor()  # the live tasks run to the end, then go the same way
         wait_until(lambda: all(gone(stack, t) for t in live), timeout=90, interval=0.2,
                    message="the formerly live tasks completed and then pruned")
-        with closing(sqlite3.connect(stack.db_path)) as conn:
-            left = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                    for t in ("video_tasks", "image_tasks", "task_events")]
+        left = [dbaccess.query(stack.database, f"SELECT COUNT(*) AS n FROM {t}")[0]["n"]
+                for t in ("video_tasks", "image_tasks", "task_events")]
         assert left == [0, 0, 0]
         wait_until(lambda: re.search(r"^web_pruned_tasks_total 9\.0$", requests.get(
             f"{stack.web_url}/metrics", timeout=10).text, re.M), message="the metric counts them (after the commit)")

@@ -1,15 +1,17 @@
 """docs/design.md §4.1 across processes: of 32 concurrent claims per task, exactly one wins."""
 
 import random
-import sqlite3
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from dev import dbaccess
 from dev.stack import gunicorn
-from tests.conftest import SECRETS, TOKEN, USER
+from tests.conftest import BACKENDS, SECRETS, TOKEN, USER
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
 UNCAPPED = {**SECRETS, "FANGZHOU_MAX_ACTIVE": "100000"}  # every task may be claimed at once
 
@@ -19,10 +21,9 @@ REPORT = "/api/fangzhouVideoGeneration/reportFangzhouVideoResult"
 
 
 @pytest.mark.slow
-def test_single_winner_across_gunicorn_workers(tmp_path):
-    db_path = str(tmp_path / "app.db")
+def test_single_winner_across_gunicorn_workers(tmp_path, db_path, db_target, db_env):
     log_path = tmp_path / "gunicorn.log"
-    with gunicorn(db_path, log_path, workers=4, env=UNCAPPED) as url:
+    with gunicorn(db_path, log_path, workers=4, env={**UNCAPPED, **db_env}) as url:
         task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(TASKS)]
         claims = [task_id for task_id in task_ids for _ in range(CLAIMS_PER_TASK)]
@@ -39,10 +40,8 @@ def test_single_winner_across_gunicorn_workers(tmp_path):
     by_task = defaultdict(list)
     for task_id, code, body in answers:
         by_task[task_id].append((code, body))
-    with sqlite3.connect(db_path) as conn:
-        queued_events = dict(conn.execute(
-            "SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' GROUP BY task_id").fetchall())
-        rows = dict(conn.execute("SELECT id, attempts FROM video_tasks").fetchall())
+    queued_events = queued_per_task(db_target)
+    rows = {r["id"]: r["attempts"] for r in dbaccess.query(db_target, "SELECT id, attempts FROM video_tasks")}
 
     for task_id in task_ids:
         results = by_task[task_id]
@@ -59,10 +58,9 @@ def test_single_winner_across_gunicorn_workers(tmp_path):
 
 
 @pytest.mark.slow
-def test_single_winner_across_concurrent_batch_claims(tmp_path):
+def test_single_winner_across_concurrent_batch_claims(tmp_path, db_path, db_target, db_env):
     """Processors claim a batch per request: 32 concurrent batches of the same 20 tasks, one winner each."""
-    db_path = str(tmp_path / "app.db")
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=UNCAPPED) as url:
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={**UNCAPPED, **db_env}) as url:
         task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(TASKS)]
 
@@ -80,21 +78,17 @@ def test_single_winner_across_concurrent_batch_claims(tmp_path):
         assert result["success"] or result["code"] == 409
         wins[result["apiCallId"]] += result["success"]
     assert wins == {t: 1 for t in task_ids}
-    with sqlite3.connect(db_path) as conn:
-        counts = conn.execute("SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' "
-                              "GROUP BY task_id").fetchall()
-    assert sorted(n for _, n in counts) == [1] * TASKS
+    assert sorted(queued_per_task(db_target).values()) == [1] * TASKS
 
 
 @pytest.mark.slow
-def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path):
+def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path, db_path, db_target, db_env):
     """32 clients call claimPendingTasks at once over 4 gunicorn workers: every task goes to exactly one.
 
     This is what lets processors share a backlog without a single lost claim.
     """
-    db_path = str(tmp_path / "app.db")
     tasks = 300
-    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env=UNCAPPED) as url:
+    with gunicorn(db_path, tmp_path / "gunicorn.log", workers=4, env={**UNCAPPED, **db_env}) as url:
         task_ids = [requests.post(f"{url}/api/video/generate", json={"prompt": f"race {i}"}, headers=USER, timeout=10)
                     .json()["taskId"] for i in range(tasks)]
 
@@ -114,8 +108,13 @@ def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path):
             claimed = [c for got in pool.map(claim_until_empty, range(CLAIMS_PER_TASK)) for c in got]
     assert sorted(task_id for task_id, _ in claimed) == sorted(task_ids)  # each once, none missing
     assert {attempt for _, attempt in claimed} == {1}
-    with sqlite3.connect(db_path) as conn:
-        counts = dict(conn.execute("SELECT task_id, COUNT(*) FROM task_events WHERE status = 'queued' "
-                                   "GROUP BY task_id").fetchall())
-        statuses = {s for (s,) in conn.execute("SELECT status FROM video_tasks")}
+    counts = queued_per_task(db_target)
+    statuses = {r["status"] for r in dbaccess.query(db_target, "SELECT status FROM video_tasks")}
     assert counts == dict.fromkeys(task_ids, 1) and statuses == {"queued"}
+
+
+def queued_per_task(target):
+    """{task id: its `queued` events}."""
+    rows = dbaccess.query(target, "SELECT task_id, COUNT(*) AS n FROM task_events WHERE status = 'queued' "
+                                  "GROUP BY task_id")
+    return {r["task_id"]: r["n"] for r in rows}

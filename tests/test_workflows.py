@@ -33,10 +33,17 @@ from integrations import load_integrations
 from integrations.base import WorkflowInput
 from processor import start_workflow
 from settings import load_config
-from tests.conftest import IMAGE, SECRETS, TOKEN, VIDEO, Web, wait_until
+from tests.conftest import BACKENDS, IMAGE, SECRETS, TOKEN, VIDEO, Web, wait_until
 from workflows import VIDEO_ACTIVITIES, ImagePollingWorkflow, PollingRun, VideoPollingWorkflow
 
 pytestmark = pytest.mark.slow
+
+
+def pytest_generate_tests(metafunc):
+    """The tests with a web process run on both task stores, with the same assertions; the replay tests
+    touch no database and run once, and so does the recording of a release's histories."""
+    if "web" in metafunc.fixturenames and metafunc.function.__name__ != "test_record_histories":
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
 
 ARK_KEY = "ark-secret-key-123"
 BANANA_KEY = "banana-secret-key-456"

@@ -277,13 +277,15 @@ class ListenWaiter:
             until = min(tick, now + LISTEN_CLIENT_CHECK_SECONDS) if self.client is not None else tick
             step = until - now
             woke = self.listener.wait(self.key, self.seen, max(0.0, step))
+            # The client first, even when notified: a look claims work, and a claim for a client that
+            # hung up meanwhile (a processor killed) would sit `queued` until the stuck timeout.
+            if self.client is not None and client_gone(self.client):
+                self.client_gone = True
+                return False
             if woke:
                 self.seen = self.listener.mark(self.key)  # a notify from now on wakes the next wait
                 self.wakeups += 1
                 return True
-            if self.client is not None and client_gone(self.client):
-                self.client_gone = True
-                return False
             if time.monotonic() >= tick:
                 self.wakeups += 1
                 return time.monotonic() < deadline
