@@ -47,7 +47,7 @@ FAST = {"FAKE_STEP_SECONDS": JOB_STEP_SECONDS, "FANGZHOU_POLL_INTERVAL_SECONDS":
 
 
 def _cpu(processes: dict) -> dict[str, float]:
-    from bench.run import cpu_seconds
+    from bench.procstat import cpu_seconds
 
     return {name: cpu_seconds(p.pid, with_children=True) for name, p in processes.items() if p.poll() is None}
 
@@ -262,7 +262,7 @@ IDLE_PROCESSORS = 64
 def idle_phase(folder: Path, seconds: float = 20.0) -> dict:
     """64 real processors (`python processor.py`, default settings) connected to one web process with nothing to
     do: the web process's CPU while they wait, as a percentage of one core."""
-    from bench.run import CpuMeter, _waiting_polls
+    from bench.procstat import CpuMeter, waiting_polls
     from dev.stack import Stack
 
     with Stack(folder, LOG_LEVEL="WARNING") as stack:
@@ -272,9 +272,9 @@ def idle_phase(folder: Path, seconds: float = 20.0) -> dict:
             stack.start_processor(f"processor-{n}")
         # Every processor connected: each holds a long poll per integration (or is between two).
         deadline = time.monotonic() + 180
-        while _waiting_polls(stack.web_url) < IDLE_PROCESSORS * 2 * 0.9:
+        while waiting_polls(stack.web_url) < IDLE_PROCESSORS * 2 * 0.9:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {_waiting_polls(stack.web_url)} long polls waiting after 180 s")
+                raise TimeoutError(f"only {waiting_polls(stack.web_url)} long polls waiting after 180 s")
             time.sleep(0.5)
         time.sleep(5)  # the processors' start-up is over
         meter = CpuMeter({"web": (stack.processes["web"].pid, True)})
@@ -283,7 +283,7 @@ def idle_phase(folder: Path, seconds: float = 20.0) -> dict:
         began = time.monotonic()
         while time.monotonic() - began < seconds:
             time.sleep(1)
-            held.append(_waiting_polls(stack.web_url))
+            held.append(waiting_polls(stack.web_url))
         used = meter.stop()["web"]
         elapsed = time.monotonic() - began
     pct = used / elapsed * 100

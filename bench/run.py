@@ -70,6 +70,7 @@ import requests
 
 from bench import dashboard, fetch_pending, lifecycle, pg_target
 from bench import prune as prune_bench
+from bench.procstat import CpuMeter, waiting_polls
 from dev import dbaccess
 from dev.stack import (
     ROOT,
@@ -157,22 +158,6 @@ def peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int, with_children: bool = False) -> float:
-    """User + system CPU a process has used so far (and its live children's: gunicorn's workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or (with_children and int(fields[1]) == pid):
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def pid_listening_on(address: str) -> int | None:
     """The process serving `host:port` (the Temporal dev server), found by its command line."""
     port = address.rsplit(":", 1)[1]
@@ -184,21 +169,6 @@ def pid_listening_on(address: str) -> int | None:
         if b"start-dev" in args and port.encode() in args:
             return int(entry.name)
     return None
-
-
-class CpuMeter:
-    """CPU used per named process between start() and stop(), to show where the time goes."""
-
-    def __init__(self, pids: dict[str, tuple[int, bool]]):
-        self.pids = pids
-        self.used: dict[str, float] = {}
-
-    def start(self) -> None:
-        self.before = {name: cpu_seconds(pid, kids) for name, (pid, kids) in self.pids.items()}
-
-    def stop(self) -> dict[str, float]:
-        self.used = {name: cpu_seconds(pid, kids) - self.before[name] for name, (pid, kids) in self.pids.items()}
-        return self.used
 
 
 async def start_times(address: str, workflow_ids: set[str], expected: int, timeout: float = 60) -> dict[str, float]:
@@ -572,13 +542,6 @@ def _user_latencies(url: str, seconds: float, rate: float = 20.0) -> tuple[list[
     return latencies, failures
 
 
-def _waiting_polls(url: str) -> int:
-    """Long polls the web process holds now (its web_long_polls_waiting gauge, all workers)."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("web_long_polls_waiting{")))
-
-
 def users_phase(folder: Path, seconds: float = 15.0) -> dict:
     """User create latency on a web process at default settings: idle, with 64 processors' long polls
     waiting, and with 40 slowloris sockets open. The load runs in child processes (their own GIL)."""
@@ -602,7 +565,7 @@ def users_phase(folder: Path, seconds: float = 15.0) -> dict:
         with ProcessPoolExecutor(1) as load:
             polls = load.submit(_hold_long_polls, phase.url, LONG_POLLING_PROCESSORS, seconds + 5)
             time.sleep(3)  # every poll sent and waiting (or declined)
-            held = _waiting_polls(phase.url)
+            held = waiting_polls(phase.url)
             busy, failed = measure(f"64 processors ({held} polls held by the web process)")
             poll_counts = polls.result()
         poll_errors = sum(v for k, v in poll_counts.items() if k == "errors" or k.startswith("failed"))
