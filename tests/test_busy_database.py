@@ -6,6 +6,7 @@ import sqlite3
 import psycopg
 import pytest
 
+from dev import dbaccess
 from tests.conftest import BACKENDS, VIDEO, snapshot
 from web import db, pg
 
@@ -44,3 +45,24 @@ def test_a_lock_held_past_its_timeout_is_a_503_that_changes_nothing(client, task
     assert response.json == {"success": False, "error": "The database is busy; try again shortly"}
     assert snapshot(db_target) == before
     assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200  # sent again, it lands
+
+
+def test_a_fold_that_cannot_run_never_fails_the_create_it_follows(client, tasks, db_target, short_lock_waits,
+                                                                   monkeypatch, backend):
+    """PostgreSQL folds the dashboard counters after a create commits: a fold that fails is logged, and the
+    create is still answered 201 (a 503 would say nothing changed, and a retry would make a second task)."""
+    from web import task_store
+
+    if backend != "postgres":
+        pytest.skip("SQLite keeps one counter row per key: nothing to fold")
+    tasks.create(VIDEO)
+    monkeypatch.setattr(task_store, "_folded_at", float("-inf"))  # a fold is due
+    other = psycopg.connect(db_target)
+    other.execute("SELECT * FROM task_counts FOR SHARE")  # the fold's DELETE must wait: past lock_timeout
+    try:
+        response = client.post("/api/video/generate", json={"prompt": "after a fold that fails"})
+    finally:
+        other.rollback()
+        other.close()
+    assert response.status_code == 201, response.json
+    assert len(dbaccess.query(db_target, "SELECT id FROM video_tasks")) == 2

@@ -207,3 +207,20 @@ def test_a_claim_handed_back_while_cancelling_is_cancelled(client, tasks):
     row = tasks.row(task_id)
     assert (row["status"], row["attempts_refunded"]) == ("cancelled", 1)
     assert statuses(tasks, task_id)[-1] == "cancelled"
+
+
+def test_a_cancel_never_sent_goes_before_a_resend(app, tasks):
+    """Delivery order: a cancel not yet handed out comes before one due to be sent again (NULL first on both
+    stores: PostgreSQL puts NULLs last unless told), so a user's fresh cancel never waits behind resends."""
+    resent, fresh = (tasks.put(status="processing", attempts=1, started_at=int(time.time()),
+                               dispatched_at=time.time()) for _ in range(2))
+    client = app.test_client()
+    table = app.extensions["task_tables"][VIDEO]
+    with app.app_context():
+        conn = db.get_db()
+        now = time.time()
+        assert cancel(client, resent).status_code == 202
+        assert [c["id"] for c in task_store.take_cancels(conn, table, now=now)] == [resent]
+        assert cancel(client, fresh).status_code == 202
+        later = now + task_store.CANCEL_RESEND_SECONDS + 1  # both due: the resend, and the never-sent one
+        assert [c["id"] for c in task_store.take_cancels(conn, table, limit=1, now=later)] == [fresh]

@@ -93,3 +93,22 @@ def test_the_periodic_prune_starts_on_postgresql(db_target, db_path):
     finally:
         retention.stop()
     assert not running.thread.is_alive() and not running.holds_lock
+
+
+def test_a_connection_lost_while_taking_the_lock_skips_an_interval_and_does_not_end_the_thread(
+        app, db_target, monkeypatch):
+    """The lock's connection drops between its opening and the lock query: that interval has no lock (and no
+    prune), and the pruner takes the lock at the next one; the exception never ends the pruner's thread."""
+    real_connect = pg.connect
+
+    def connect_then_drop(url):
+        conn = real_connect(url)
+        conn.raw.close()  # the network drops it before the lock query
+        return conn
+
+    pruner = PeriodicPrune(db_target, tables(app), 7 * DAY, interval_seconds=60)
+    monkeypatch.setattr(pg, "connect", connect_then_drop)
+    assert not pruner._hold_lock() and not pruner.holds_lock
+    monkeypatch.setattr(pg, "connect", real_connect)
+    assert pruner._hold_lock() and pruner.holds_lock
+    pruner.stop()

@@ -33,7 +33,7 @@ CONNECT_TIMEOUT_SECONDS = 10
 LOCK_TIMEOUT = "5s"
 IDLE_IN_TRANSACTION_TIMEOUT = "10s"
 POOL_TIMEOUT_SECONDS = 30.0  # waiting for a free connection of the pool
-POOL_MAX = int(os.environ.get("DATABASE_POOL_MAX", "10"))  # per process; a long poll holds one while it waits
+POOL_MAX = int(os.environ.get("DATABASE_POOL_MAX", "10"))  # per process; a long poll gives its one back while it waits
 
 
 class Row(tuple):

@@ -152,9 +152,10 @@ class PeriodicPrune:
         try:
             got = conn.execute_pg("SELECT pg_try_advisory_lock(hashtextextended(current_schema(), %s))",
                                   (PRUNE_LOCK,)).fetchone()[0]
-        except Exception:
+        except Exception as exc:  # a dropped connection: try again next interval; the thread must live on
             conn.close()
-            raise
+            logs.event(log, "periodic prune could not take its lock", logging.WARNING, error=str(exc))
+            return False
         if not got:
             conn.close()
             return False
