@@ -20,9 +20,10 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 install: $(STAMP)
 
 # Two processes, a test file each at a time (module-scoped stacks stay whole); PYTEST_WORKERS=0 runs serially.
+# Files go out in collection order (tests/conftest.py puts the longest first), not xdist's most-tests-first.
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

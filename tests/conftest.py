@@ -317,7 +317,8 @@ class Web:
 
 
 # The files that take longest (minutes each, measured in CI), started first: `make test` hands files to its two
-# processes in collection order (--dist loadfile), so a long file collected last ran alone at the end.
+# processes in collection order (--dist loadfile --no-loadscope-reorder; xdist would otherwise send files
+# with the most tests first), so a long file collected last ran alone at the end.
 LONGEST_FIRST = ("test_provider_outage.py", "test_chaos.py", "test_provider_grade.py", "test_workflows.py",
                  "test_openapi.py", "test_reconciler.py")
 
