@@ -37,20 +37,7 @@ def test_single_winner_across_gunicorn_workers(tmp_path, db_path, db_target, db_
         with ThreadPoolExecutor(max_workers=128) as pool:
             answers = list(pool.map(claim, claims))
 
-    by_task = defaultdict(list)
-    for task_id, code, body in answers:
-        by_task[task_id].append((code, body))
-    queued_events = queued_per_task(db_target)
-    rows = {r["id"]: r["attempts"] for r in dbaccess.query(db_target, "SELECT id, attempts FROM video_tasks")}
-
-    for task_id in task_ids:
-        results = by_task[task_id]
-        winners = [body for code, body in results if 200 <= code < 300 and body.get("success") is True]
-        assert len(winners) == 1, results
-        assert winners[0]["attempt"] == 1
-        assert sorted(code for code, _ in results) == [200] + [409] * (CLAIMS_PER_TASK - 1)
-        assert queued_events[task_id] == 1
-        assert rows[task_id] == 1
+    assert_one_winner_each(answers, task_ids, CLAIMS_PER_TASK, db_target)
     log = log_path.read_text()
     assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
     print(f"{len(answers)} concurrent claims over {TASKS} tasks: {TASKS} winners, "
@@ -111,6 +98,26 @@ def test_concurrent_claim_pending_tasks_never_hand_out_a_task_twice(tmp_path, db
     counts = queued_per_task(db_target)
     statuses = {r["status"] for r in dbaccess.query(db_target, "SELECT status FROM video_tasks")}
     assert counts == dict.fromkeys(task_ids, 1) and statuses == {"queued"}
+
+
+def assert_one_winner_each(answers, task_ids, claims_per_task, target):
+    """Of `claims_per_task` single claims of each task, (task id, HTTP status, body) each: exactly one won, with
+    attempt 1, the rest were 409, and the store holds one `queued` event and attempts 1 for every task. A double
+    claim (two transactions deciding on the same pending row) shows as two winners, a second 200, a second
+    `queued` event."""
+    by_task = defaultdict(list)
+    for task_id, code, body in answers:
+        by_task[task_id].append((code, body))
+    queued_events = queued_per_task(target)
+    rows = {r["id"]: r["attempts"] for r in dbaccess.query(target, "SELECT id, attempts FROM video_tasks")}
+    for task_id in task_ids:
+        results = by_task[task_id]
+        winners = [body for code, body in results if 200 <= code < 300 and body.get("success") is True]
+        assert len(winners) == 1, results
+        assert winners[0]["attempt"] == 1
+        assert sorted(code for code, _ in results) == [200] + [409] * (claims_per_task - 1)
+        assert queued_events[task_id] == 1
+        assert rows[task_id] == 1
 
 
 def queued_per_task(target):

@@ -22,6 +22,7 @@ from dev import dbaccess
 from dev.invariants import check
 from dev.stack import Stack, gunicorn
 from tests.conftest import SECRETS, TOKEN, USER, wait_until
+from tests.test_single_winner import assert_one_winner_each, queued_per_task
 
 pytestmark = pytest.mark.slow
 
@@ -143,14 +144,6 @@ def race_tasks(hosts: list[str]) -> list[str]:
     return [create(hosts[n % 2], "video", f"race {n}") for n in range(RACE_TASKS)]
 
 
-def claims_by_task(pg_url: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(queued events per task, attempts per task) as stored."""
-    queued = {r["task_id"]: r["n"] for r in dbaccess.query(
-        pg_url, "SELECT task_id, COUNT(*) AS n FROM task_events WHERE status = 'queued' GROUP BY task_id")}
-    attempts = {r["id"]: r["attempts"] for r in dbaccess.query(pg_url, "SELECT id, attempts FROM video_tasks")}
-    return queued, attempts
-
-
 def test_single_winner_of_48_claims_per_task_across_two_hosts(two_hosts, pg_url):
     """A task's 48 claims are let go together (a barrier), alternately to either host: they meet in the
     database within a millisecond or so, where only the row lock and the attempt fence keep one winner."""
@@ -172,21 +165,8 @@ def test_single_winner_of_48_claims_per_task_across_two_hosts(two_hosts, pg_url)
             barrier = threading.Barrier(CLAIMS_PER_TASK)
             answers += list(pool.map(lambda n, t=task_id, b=barrier: claim(t, n, b), range(CLAIMS_PER_TASK)))
 
-    by_task = defaultdict(list)
-    for task_id, code, body in answers:
-        by_task[task_id].append((code, body))
-    queued, attempts = claims_by_task(pg_url)
-    for task_id in task_ids:
-        results = by_task[task_id]
-        winners = [body for code, body in results if 200 <= code < 300 and body.get("success") is True]
-        # A double claim (two transactions deciding on the same pending row) shows here as two winners,
-        # in the codes as a second 200, and in the store as a second queued event (both wrote attempt 1).
-        # Checked: with task_store's FOR UPDATE and attempt fence taken out, this fails with 2 winners.
-        assert len(winners) == 1, results
-        assert winners[0]["attempt"] == 1
-        assert sorted(code for code, _ in results) == [200] + [409] * (CLAIMS_PER_TASK - 1)
-        assert queued[task_id] == 1
-        assert attempts[task_id] == 1
+    # Checked: with task_store's FOR UPDATE and attempt fence taken out, this fails with 2 winners.
+    assert_one_winner_each(answers, task_ids, CLAIMS_PER_TASK, pg_url)
     print(f"\n{len(answers)} concurrent claims over two hosts: {RACE_TASKS} winners, "
           f"{len(answers) - RACE_TASKS} refused with 409")
 
@@ -211,5 +191,6 @@ def test_single_winner_of_48_batch_claims_across_two_hosts(two_hosts, pg_url):
         wins[result["apiCallId"]] += result["success"]
     assert len(results) == RACE_TASKS * CLAIMS_PER_TASK
     assert wins == dict.fromkeys(task_ids, 1)  # a double claim is a 2 here
-    queued, attempts = claims_by_task(pg_url)
+    queued = queued_per_task(pg_url)
+    attempts = {r["id"]: r["attempts"] for r in dbaccess.query(pg_url, "SELECT id, attempts FROM video_tasks")}
     assert queued == dict.fromkeys(task_ids, 1) and attempts == dict.fromkeys(task_ids, 1)
