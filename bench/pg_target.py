@@ -9,9 +9,7 @@ the web hosts get names it through search_path, as the tests' `pg_url` does.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -51,21 +49,17 @@ def fresh_schema(server: str) -> Iterator[str]:
         dbaccess.execute(server, f"DROP SCHEMA {schema} CASCADE")
 
 
-def insert_pending(url: str, ids: list[str], namespace: str) -> None:
-    """`ids` as pending video tasks with their `pending` events, in one transaction; then the wake-up
-    the app sends after a create's commit (web/pg_wakeup.py), so the long polls learn of it as they would."""
+def insert_pending(url: str, statements: list[tuple[str, list]], namespace: str) -> None:
+    """The backlog's `statements` (SQL, rows) — bench/run.py's insert_pending builds them for both stores — in
+    one transaction; then the wake-up the app sends after a create's commit (web/pg_wakeup.py), so the long
+    polls learn of it as they would."""
     from web import pg
 
-    now = time.time()
     conn = pg.connect(url)
     try:
         with conn.transaction():
-            conn.executemany(
-                "INSERT INTO video_tasks (id, status, attempts, request_params, created_at, updated_at) "
-                "VALUES (?, 'pending', 0, ?, ?, ?)",
-                [(task_id, json.dumps({"prompt": f"bench {n}"}), now + n * 1e-6, now) for n, task_id in enumerate(ids)])
-            conn.executemany("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
-                             "VALUES (?, ?, 'pending', 0, ?)", [(namespace, task_id, now) for task_id in ids])
+            for sql, rows in statements:
+                conn.executemany(sql, rows)
         conn.execute_pg("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, namespace))
     finally:
         conn.close()

@@ -189,16 +189,19 @@ def insert_pending(db_path: str, count: int) -> tuple[list[str], float]:
     """`count` pending video tasks in one commit (so dispatch starts from a full backlog at once)."""
     now = time.time()
     ids = [str(uuid.uuid4()) for _ in range(count)]
+    statements = [
+        ("INSERT INTO video_tasks (id, status, attempts, request_params, created_at, updated_at) "
+         "VALUES (?, 'pending', 0, ?, ?, ?)",
+         [(task_id, json.dumps({"prompt": f"bench {n}"}), now + n * 1e-6, now) for n, task_id in enumerate(ids)]),
+        ("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) VALUES (?, ?, 'pending', 0, ?)",
+         [(VIDEO_NS, task_id, now) for task_id in ids]),
+    ]
     if dbaccess.is_postgres(db_path):
-        pg_target.insert_pending(db_path, ids, VIDEO_NS)
+        pg_target.insert_pending(db_path, statements, VIDEO_NS)
         return ids, time.time()
     with sqlite3.connect(db_path, timeout=30) as conn:
-        conn.executemany(
-            "INSERT INTO video_tasks (id, status, attempts, request_params, created_at, updated_at) "
-            "VALUES (?, 'pending', 0, ?, ?, ?)",
-            [(task_id, json.dumps({"prompt": f"bench {n}"}), now + n * 1e-6, now) for n, task_id in enumerate(ids)])
-        conn.executemany("INSERT INTO task_events (namespace, task_id, status, attempt, created_at) "
-                         "VALUES (?, ?, 'pending', 0, ?)", [(VIDEO_NS, task_id, now) for task_id in ids])
+        for sql, rows in statements:
+            conn.executemany(sql, rows)
     return ids, time.time()
 
 
