@@ -198,6 +198,15 @@ class BufferingThreadWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.reading: dict = {}  # connection (its request not whole yet, or refused and lingering) -> deadline
 
+    def handle_exit(self, sig, frame):
+        """SIGTERM (a restart, a deploy, a scale-down): end the long polls this worker holds before gthread
+        waits for its requests to finish, or a 20 s idle poll would hold the shutdown for up to
+        graceful_timeout and then be cut off (web/commit_watch.stop_waiting)."""
+        from web import commit_watch
+
+        commit_watch.stop_waiting()
+        super().handle_exit(sig, frame)
+
     def enqueue_req(self, conn):
         if getattr(conn, "complete", False) or not self._buffers(conn):
             conn.complete = False

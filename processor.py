@@ -52,6 +52,8 @@ from settings import Config, ConfigError, load_config, require_secret, temporal_
 HTTP_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call to the web process
 START_TIMEOUT = timedelta(seconds=10)
 MAX_BACKOFF_SECONDS = 10.0
+MAX_BACKOFF_BASE_SECONDS = 1.0  # the first back-off after a failed poll, whatever the long poll's wait
+MIN_IDLE_ROUND_MS = 1000  # an idle wait that came back at once (a web process shutting down, an old one): pause
 HEALTHY_FOR_SECONDS = 0.25  # how long a start or health check proves Temporal is up, for claiming
 CLAIM_WAIT_MARGIN_MS = 10  # of that proof, kept back for the claim request's own transit
 MIN_CLAIM_WAIT_MS = 20  # a shorter proof is not worth a long-polled claim: wait with a fetch instead
@@ -76,7 +78,7 @@ class ProcessorSettings:
     instance_id: str
     token: str
     temporal: dict[str, Any]  # Client.connect's keyword arguments (settings.temporal_connection)
-    poll_interval_ms: int = 1000
+    poll_interval_ms: int = 20_000
     batch_size: int = 10
     report_concurrency: int = 4
     max_in_flight: int = 50
@@ -88,7 +90,7 @@ class ProcessorSettings:
             instance_id=instance_id or default_instance_id(),
             token=require_secret(config, "components.asyncTask.internalApiToken"),
             temporal=temporal_connection(config),
-            poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 1000)),
+            poll_interval_ms=int(config.get("components.asyncTask.pullMode.pollIntervalMs", 20_000)),
             batch_size=int(config.get("components.asyncTask.pullMode.batchSize", 10)),
             max_in_flight=int(config.get("components.asyncTask.pullMode.maxInFlight", 50)),
             reconciler=ReconcilerSettings.from_config(config),
@@ -334,6 +336,8 @@ class TaskProcessor:
         # deque's append and popleft are atomic: the loop appends, the poll threads take.
         self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
+        # Poll threads inside a wait that claims nothing (wait_with_fetch): stopping need not wait for them.
+        self.idle_waiting: set[str] = set()
         self.metrics = ProcessorMetrics()
         self.reconciler: threading.Thread | None = None
 
@@ -370,8 +374,12 @@ class TaskProcessor:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, finish starting what was claimed, close the Temporal connection."""
         self.stopping.set()
+        deadline = time.monotonic() + timeout
         for thread in [*self.threads, *([self.reconciler] if self.reconciler else [])]:
-            thread.join(timeout)
+            # A thread in an idle long poll (up to POLL_INTERVAL_MS) claims nothing when it comes back: it is
+            # not waited for. Any other is finishing a claim or a start, which must be seen through.
+            while thread.is_alive() and thread.name not in self.idle_waiting and time.monotonic() < deadline:
+                thread.join(0.05)
         self.in_flight.wait_empty(timeout)
         for pull in self.pull_configs:
             self.confirm_dispatches(pull)
@@ -407,7 +415,7 @@ class TaskProcessor:
             self.stopping.wait(self.backoff(failures))
 
     def backoff(self, failures: int) -> float:
-        base = max(self.settings.poll_interval_ms / 1000, 0.1)
+        base = min(MAX_BACKOFF_BASE_SECONDS, max(self.settings.poll_interval_ms / 1000, 0.1))
         return min(MAX_BACKOFF_SECONDS, base * 2 ** min(failures - 1, 10))
 
     # -- one poll --
@@ -420,6 +428,12 @@ class TaskProcessor:
         wanted = limit or self.settings.batch_size
         if wait_ms:  # about to wait for work: hold no more than this integration's share meanwhile
             wanted = min(wanted, max(1, self.in_flight.bound // max(1, len(self.pull_configs))))
+            if self.claim_wait_ms(wait_ms) is None:
+                # No fresh proof that Temporal is up: wait for work with a fetch that claims nothing (holding
+                # no in-flight slot, so stopping need not wait for it), then prove Temporal up and claim.
+                if not self.wait_with_fetch(pull, wait_ms) or self.stopping.is_set():
+                    return False
+                wait_ms = 0
         room = self.in_flight.reserve(wanted, self.stopping)
         if not room:
             return False
@@ -435,34 +449,46 @@ class TaskProcessor:
         """Claim up to `limit` tasks, waiting up to `wait_ms` for work, and never while Temporal may be down.
 
         No claim may land unless Temporal was seen healthy within HEALTHY_FOR_SECONDS
-        (docs/design.md §4.8); which of three ways to wait follows from that.
+        (docs/design.md §4.8). Without a fresh proof `poll` has already waited, with a fetch (wait_with_fetch).
         """
-        if not wait_ms:
-            # A backlog: nothing to wait for. Prove Temporal up (a start moments ago will do), claim.
-            self.bridge.ensure_healthy()
-            return self.claim(pull, limit)
-        proof_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
-        if proof_ms >= MIN_CLAIM_WAIT_MS:
+        claim_wait = self.claim_wait_ms(wait_ms) if wait_ms else None
+        if claim_wait is not None:
             # Temporal was proven up moments ago: wait inside the claim, for no longer than the
             # proof lasts, so a task arriving meanwhile is claimed in the same round trip.
-            return self.claim(pull, limit, wait_ms=min(wait_ms, proof_ms))
-        # No fresh proof: wait with a fetch that claims nothing; then prove Temporal up, then claim.
-        if not self.wait_with_fetch(pull, wait_ms):
-            return []
+            return self.claim(pull, limit, wait_ms=claim_wait)
+        # Work is there (a backlog, or a fetch woke): prove Temporal up (a start moments ago will do), claim.
         self.bridge.ensure_healthy()
         return self.claim(pull, limit)
 
+    def claim_wait_ms(self, wait_ms: int) -> int | None:
+        """How long a claim may wait for work on the server: what is left of the proof that Temporal is up,
+        less a margin for the request's transit (None if too little is left to be worth it)."""
+        proof_ms = int(self.bridge.fresh_for() * 1000) - CLAIM_WAIT_MARGIN_MS
+        return min(wait_ms, proof_ms) if proof_ms >= MIN_CLAIM_WAIT_MS else None
+
     def wait_with_fetch(self, pull: PullModeConfig, wait_ms: int) -> bool:
-        """Wait up to `wait_ms` on the server, claiming nothing, until work appears; True if it did."""
+        """Wait up to `wait_ms` on the server, claiming nothing, until work appears; True if it did.
+
+        Stopping does not wait for this (`idle_waiting`): the process may exit while the request is out."""
         if self.confirmations[pull.integration]:
             self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
-        started = time.monotonic()
-        if self.fetch_pending_tasks(pull, wait_ms, limit=1):
-            return True  # tasks, or cancels to deliver (the claim takes both)
-        waited = time.monotonic() - started  # on the server, or here if it declined to hold the poll
-        if waited < wait_ms / 2000:
-            self.stopping.wait(wait_ms / 1000 - waited)  # neither waited (an older web process?): no spin
-        return False
+        name = threading.current_thread().name
+        self.idle_waiting.add(name)
+        try:
+            if self.stopping.is_set():
+                return False
+            started = time.monotonic()
+            if self.fetch_pending_tasks(pull, wait_ms, limit=1):
+                return True  # tasks, or cancels to deliver (the claim takes both)
+            waited = time.monotonic() - started  # on the server, or here if it declined to hold the poll
+            floor = min(wait_ms, MIN_IDLE_ROUND_MS) / 1000
+            if waited < floor:
+                # It came back at once without a hint (a web process shutting down ends its waits; an older
+                # one may not wait at all): pause briefly rather than spin.
+                self.stopping.wait(floor - waited)
+            return False
+        finally:
+            self.idle_waiting.discard(name)
 
     def fetch_pending_tasks(self, pull: PullModeConfig, wait_ms: int = 0, limit: int | None = None) -> list[dict]:
         """Claimable tasks; with `wait_ms`, a long poll. If the web process declines to hold it (it holds

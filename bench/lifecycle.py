@@ -259,13 +259,18 @@ def reference_phase(folder: Path, tasks: int) -> dict:
 IDLE_PROCESSORS = 64
 
 
-def idle_phase(folder: Path, seconds: float = 20.0) -> dict:
-    """64 real processors (`python processor.py`, default settings) connected to one web process with nothing to
-    do: the web process's CPU while they wait, as a percentage of one core."""
+def idle_phase(folder: Path, seconds: float = 60.0, **env) -> dict:
+    """64 real processors (`python processor.py`, at the shipped POLL_INTERVAL_MS unless `env` says otherwise)
+    connected to one web process with nothing to do: the web process's CPU while they wait, as a percentage
+    of one core. (dev.stack.Stack's own POLL_INTERVAL_MS, 200, is a test setting: not what users run.)"""
+    import json
+
     from bench.procstat import CpuMeter, waiting_polls
     from dev.stack import Stack
 
-    with Stack(folder, LOG_LEVEL="WARNING") as stack:
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "app.config.json").read_text())
+    env = {"POLL_INTERVAL_MS": shipped["components"]["asyncTask"]["pullMode"]["pollIntervalMs"], **env}
+    with Stack(folder, LOG_LEVEL="WARNING", **env) as stack:
         stack.start_temporal()
         stack.start_web()
         for n in range(IDLE_PROCESSORS):

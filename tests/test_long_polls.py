@@ -12,8 +12,11 @@ import asyncio
 import collections
 import importlib.util
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -21,10 +24,10 @@ import pytest
 import requests
 
 from dev import dbaccess
-from dev.stack import gunicorn
+from dev.stack import free_port, gunicorn, gunicorn_command, stop, wait_for_http
 from dev.stack import read_http_answer as read_answer
 from settings import ROOT
-from tests.conftest import AUTH, BACKENDS, IMAGE, SECRETS, USER, VIDEO, wait_until
+from tests.conftest import AUTH, BACKENDS, IMAGE, SECRETS, TABLE, USER, VIDEO, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +37,7 @@ WAIT_MS = 30_000
 def pytest_generate_tests(metafunc):
     """The tests against a web process run on both task stores (on PostgreSQL a wait is woken by
     LISTEN/NOTIFY, web/pg_wakeup.py), with the same assertions; the others touch no store of tasks."""
-    if "server" in metafunc.fixturenames:
+    if {"server", "db_env"} & set(metafunc.fixturenames):
         metafunc.parametrize("backend", BACKENDS, indirect=True)
 
 
@@ -235,6 +238,60 @@ def test_a_claim_whose_client_went_away_takes_no_task(server):
         assert (task["status"], task["attempts"]) == ("pending", 0), task
         cancelled = requests.post(f"{server}/api/tasks/{task_id}/cancel", headers=USER, timeout=10)
         assert cancelled.status_code == 200, cancelled.text  # out of the way of the next claim
+
+
+def test_work_that_comes_due_by_the_clock_is_claimed_by_a_waiting_poll(server, db_target):
+    """A retry whose backoff ends while a claim waits is claimed within a moment of coming due, though no
+    commit wakes the wait (processors wait 20 s by default; the poll must not sleep through it)."""
+    _, response = create(server, "a retry due soon")
+    task_id = response.json()["taskId"]
+    due_in = 2.0
+    dbaccess.execute(db_target, f"UPDATE {TABLE[VIDEO]} SET status = 'failed', attempts = 1, retryable = 1, "
+                     "retry_at = ? WHERE id = ?", [time.time() + due_in, task_id])
+    began = time.monotonic()
+    answer = requests.post(f"{server}/api/{VIDEO}/claimPendingTasks", json={"waitMs": WAIT_MS}, headers=AUTH,
+                           timeout=WAIT_MS / 1000 + 10)
+    took = time.monotonic() - began
+    assert [task["id"] for task in answer.json()["tasks"]] == [task_id], answer.text
+    assert due_in - 0.5 < took < due_in + 2, took
+
+
+def test_a_stopping_web_process_answers_its_waiting_polls_at_once(tmp_path, db_path, db_env):
+    """SIGTERM (a restart or deploy): the polls a worker holds answer at once, empty, instead of holding
+    the shutdown until the graceful timeout cuts them off, and the web process is gone well before it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environ = {**os.environ, "DATABASE_PATH": db_path, "PORT": str(port), **SECRETS, **db_env}
+    with open(tmp_path / "gunicorn.log", "ab") as log:
+        process = subprocess.Popen(gunicorn_command(port, workers=2), cwd=ROOT, env=environ, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    answers: list = []
+
+    def poll(integration: str):
+        try:
+            response = requests.get(f"{url}/api/{integration}/fetchPendingTasks?waitMs={WAIT_MS}", headers=AUTH,
+                                    timeout=WAIT_MS / 1000 + 10)
+            answers.append((response.status_code, response.json(), time.monotonic()))
+        except requests.RequestException as exc:
+            answers.append((type(exc).__name__, None, time.monotonic()))
+
+    try:
+        wait_for_http(f"{url}/healthz", process=process)
+        polls = [threading.Thread(target=poll, args=(integration,)) for integration in (VIDEO, IMAGE)]
+        for thread in polls:
+            thread.start()
+        wait_until(lambda: waiting_polls(url) == 2, message="both polls wait")
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        for thread in polls:
+            thread.join(WAIT_MS / 1000 + 10)
+        process.wait(timeout=10)
+        gone_in = time.monotonic() - signalled
+    finally:
+        stop(process)
+    assert [(status, answer["tasks"]) for status, answer, _ in answers] == [(200, []), (200, [])], answers
+    assert max(at for _, _, at in answers) - signalled < 1.5, answers
+    assert gone_in < 4, gone_in  # the graceful timeout here is 5 s (dev.stack.gunicorn_command)
 
 
 def test_forty_slowloris_sockets_do_not_hold_user_requests(server, aio):

@@ -380,3 +380,23 @@ def test_a_declined_long_poll_waits_in_the_processor_without_spinning(web, tempo
     # long: two integrations make ~3 and ~12 requests a second. Spinning would be hundreds.
     assert rates["fetch"] < 6 and rates["claim"] < 25, rates
     assert stopped_in < 3, stopped_in
+
+
+def test_stopping_does_not_wait_for_an_idle_long_poll_and_claims_nothing_after(web, temporal):
+    """An idle processor waits on the server up to POLL_INTERVAL_MS (20 s by default) with a fetch that claims
+    nothing: stopping returns at once instead of waiting that out, and a task that arrives as the stopped
+    processor's fetch is still out wakes it but is left for a live processor."""
+    from tests.test_long_polls import waiting_polls
+
+    app = web()
+    processor = processor_for(app.url, temporal, POLL_INTERVAL_MS=20_000)
+    processor.start(processor.pull_configs)
+    wait_until(lambda: waiting_polls(app.url) == 2, message="both integrations' idle polls wait")
+    began = time.monotonic()
+    processor.stop()
+    stopped_in = time.monotonic() - began
+    ids = [app.create(VIDEO), app.create(IMAGE)]  # wake both polls, which are still out
+    wait_until(lambda: not processor.running, message="the poll threads ended")
+    assert stopped_in < 2, stopped_in
+    assert [app.task(task_id)["status"] for task_id in ids] == ["pending", "pending"]
+    assert processor.stats["claimed"] == 0

@@ -9,7 +9,9 @@ still decides whether it was another connection's commit (looked at for a few
 milliseconds after the write, as a commit is published just after it is written). A check every 50 ms
 covers anything the watch could miss (the file replaced, say); where inotify is
 not available the wait falls back to the 1 ms poll. On PostgreSQL the wait is `ListenWaiter`: a
-notification for the poll's integration, or a re-check every second (web/pg_wakeup.py).
+notification for the poll's integration, or a re-check every second (web/pg_wakeup.py). On either store a
+waiting poll looks again every second without a commit (RELOOK_SECONDS): a retry's backoff, a stuck claim's
+timeout or a block's probe comes due by the clock, and no commit announces it.
 
 `long_poll` is the one wait of the internal API's long polls (fetch and claim).
 Two more things bound what a wait may cost the web process:
@@ -45,6 +47,7 @@ POLL_STEP_SECONDS = 0.001  # without inotify: how often to look (a ~5 µs pragma
 SAFETY_CHECK_SECONDS = 0.05  # with inotify: look anyway this often
 SETTLE_SECONDS = 0.005  # after a WAL write: how long to watch for its commit to be published
 SETTLE_STEP_SECONDS = 0.0001
+RELOOK_SECONDS = 1.0  # a waiting poll looks again this often without a commit: work that comes due by the clock
 LISTEN_CLIENT_CHECK_SECONDS = 0.1  # PostgreSQL: a waiting poll looks at its client's socket this often
 CLIENT_CHECK_SECONDS = 0.05  # without hang-up events: look at a waiting poll's client socket this often
 POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer closed its side of a socket
@@ -52,6 +55,7 @@ HANG_UP = POLLRDHUP | select.POLLHUP | select.POLLERR
 
 T = TypeVar("T")
 _local = threading.local()
+STOPPING = threading.Event()  # this process is shutting down: waiting polls answer now (stop_waiting)
 _libc: ctypes.CDLL | None = None
 
 
@@ -197,8 +201,8 @@ class CommitWaiter:
         self.version = self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def wait(self, deadline: float) -> bool:
-        """Sleep until another connection commits (True), or `deadline` (monotonic) passes or the
-        client goes away (False)."""
+        """Sleep until another connection commits or RELOOK_SECONDS pass (True: look again), or until
+        `deadline` (monotonic) passes, the client goes away or the process is stopping (False)."""
         # Linux: the client's hang-up wakes the sleep at once. Elsewhere (or if the WAL watch is
         # lost meanwhile) its socket is looked at every 50 ms.
         self.watch.hung_up = False
@@ -211,11 +215,14 @@ class CommitWaiter:
 
     def _wait(self, deadline: float, watched: bool) -> bool:
         look_at_client = time.monotonic() + CLIENT_CHECK_SECONDS
+        relook = time.monotonic() + RELOOK_SECONDS
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline or STOPPING.is_set():
                 return False
-            written = self.watch.sleep(remaining)
+            if now >= relook:
+                return True  # no commit, but a retry, a stuck claim or a block's probe may have come due
+            written = self.watch.sleep(min(deadline, relook) - now)
             if self.watch.hung_up:
                 # The client shut its side, or reset: the wait ends as it is, and the answer goes
                 # out to nobody (or to a client that only stopped sending).
@@ -272,9 +279,9 @@ class ListenWaiter:
         tick = min(deadline, time.monotonic() + self.pg_wakeup.FALLBACK_SECONDS)
         while True:
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline or STOPPING.is_set():
                 return False
-            until = min(tick, now + LISTEN_CLIENT_CHECK_SECONDS) if self.client is not None else tick
+            until = min(tick, now + LISTEN_CLIENT_CHECK_SECONDS)
             step = until - now
             woke = self.listener.wait(self.key, self.seen, max(0.0, step))
             # The client first, even when notified: a look claims work, and a claim for a client that
@@ -329,6 +336,13 @@ def limit_waiting(slots: int | None) -> None:
     BUDGET.slots = slots
 
 
+def stop_waiting() -> None:
+    """The process is shutting down (gunicorn.conf.py, on the worker's SIGTERM): every waiting poll answers
+    now with what it has, and none waits any more, so a restart is not held up by polls of up to 30 s and
+    the processors come back at once to a process that stays."""
+    STOPPING.set()
+
+
 def retry_after_ms(wait_ms: int) -> int:
     """When a declined poll should ask again: what it was ready to wait, half of it to all of it, at random.
 
@@ -366,7 +380,7 @@ def long_poll(conn: sqlite3.Connection, db_path: str, wait_ms: int, look: Callab
     else:
         commits = CommitWaiter(conn, db_path, client)  # before the first look: a commit after it wakes the wait
     found = look()
-    if found or wait_ms <= 0:
+    if found or wait_ms <= 0 or STOPPING.is_set():
         return Waited(found)
     if not BUDGET.take(key, keys):
         return Waited(found, retry_after_ms=retry_after_ms(wait_ms))
