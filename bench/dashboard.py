@@ -44,18 +44,23 @@ def result_of(table: str, n: int) -> str:
     return json.dumps({"imageUrls": [f"https://kie.example/i/{n}.png"], "media": {"imageUrls": ["image-1.png"]}})
 
 
-def build(path: str, rows: int) -> None:
-    """`rows` tasks (half per table) and their events, in creation order, through the triggers."""
+FINISHED = [m for m in MIX if m[1] in ("completed", "failed") and not (m[1] == "failed" and m[3])]  # none to do
+
+
+def build(path: str, rows: int, mix: list[tuple] = MIX, recent_per_minute: int = RECENT_PER_MINUTE) -> None:
+    """`rows` tasks (half per table) and their events, in creation order, through the triggers. `mix`:
+    MIX (a busy service's table), or FINISHED (only completed and failed-for-good tasks: nothing to claim);
+    `recent_per_minute` of them were created in each minute of the last hour (0: all are older)."""
     db.init_db(path)
     conn = db.connect(path)
     now = time.time()
     rng = random.Random(42)
-    shares = [m[0] for m in MIX]
-    recent = RECENT_PER_MINUTE * 60
+    shares = [m[0] for m in mix]
+    recent = recent_per_minute * 60
     conn.execute("BEGIN")
     for n in range(rows):
         table = "video_tasks" if n % 2 else "image_tasks"
-        _, status, attempts, retryable, started = rng.choices(MIX, weights=shares)[0]
+        _, status, attempts, retryable, started = rng.choices(mix, weights=shares)[0]
         if n >= rows - recent:  # the last hour: 100 a minute
             created = now - 3600 + (n - (rows - recent)) * 3600 / recent
         else:

@@ -11,11 +11,15 @@ reference  the same workflows (the worker's own classes, so the same activities,
            directly by a client, with in-process stand-in activities that make no HTTP call: the
            provider's job is a timestamp, a report and the media copy return at once. Temporal's own
            ceiling for this work; `lifecycle_ratio` = stack / reference.
+idle       64 real processors at the shipped POLL_INTERVAL_MS against one idle web process: its CPU.
+scale      the stack run again on an empty database and on one holding 1,000,000 finished tasks: create
+           rate, the web process's time per report (access log), dashboard render; each 1M / empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
 import time
@@ -256,6 +260,111 @@ def reference_phase(folder: Path, tasks: int) -> dict:
             "history_events": events}
 
 
+# -- the lifecycle beside 1,000,000 finished tasks --
+
+ACCESS_FORMAT = "%(m)s %(U)s %(s)s %(D)s"  # method, path, status, microseconds: the web process's own time
+
+
+def scale_phase(folder: Path, tasks: int, rows: int = 1_000_000, renders: int = 50) -> dict:
+    """The lifecycle on an empty database and on one already holding `rows` finished tasks (bench/dashboard's
+    table, completed and failed for good, with their events and counters, created over the last 30 days): the
+    create rate, the web process's time per report (its access log) and the dashboard's render, side by side."""
+    from bench import dashboard
+
+    found = {}
+    for label, prefill in (("empty", 0), ("1m", rows)):
+        sub = folder / label
+        sub.mkdir(parents=True, exist_ok=True)
+        if prefill:
+            began = time.perf_counter()
+            # Finished, all older than an hour: the dashboard then shows the same page as on the empty
+            # database (the newest tasks, the last hour's chart), and only the million rows differ.
+            dashboard.build(str(sub / "app.db"), prefill, mix=dashboard.FINISHED, recent_per_minute=0)
+            print(f"  scale: built {prefill:,} finished tasks in {time.perf_counter() - began:.0f}s", flush=True)
+        found[label] = _scale_run(sub, tasks, renders)
+        print(f"  scale {label}: {found[label]}", flush=True)
+    empty, full = found["empty"], found["1m"]
+    keys = {}
+    for name in ("create_rate", "create_ms_p50", "report_ms_p50", "report_ms_p99", "dashboard_ms"):
+        keys[f"lifecycle_empty_{name}"] = empty[name]
+        keys[f"lifecycle_1m_{name}"] = full[name]
+    keys["lifecycle_1m_create_rate_ratio"] = round(full["create_rate"] / empty["create_rate"], 3)
+    keys["lifecycle_1m_report_p50_ratio"] = round(full["report_ms_p50"] / empty["report_ms_p50"], 3)
+    keys["lifecycle_1m_dashboard_ratio"] = round(full["dashboard_ms"] / empty["dashboard_ms"], 3)
+    return keys
+
+
+def _scale_run(folder: Path, tasks: int, renders: int) -> dict:
+    """N tasks through the whole stack on the database in `folder` (app.db, if there): what scale_phase compares."""
+    import statistics
+
+    from dev.stack import Stack
+
+    access = folder / "access.log"
+    with Stack(folder, **FAST, GUNICORN_CMD_ARGS=f"--access-logfile {access} --access-logformat '{ACCESS_FORMAT}'",
+               ) as stack:
+        stack.start_all()
+        session = requests.Session()
+        session.headers.update(stack.user)
+        warm = stack.create("image", "warm-up")
+        _wait_ids_completed(stack.database, {"image_tasks": [warm]}, timeout=60)
+        log_start = access.stat().st_size
+        kinds = ["video" if n % 2 else "image" for n in range(tasks)]
+        took: list[float] = []
+
+        def create(n: int) -> str:
+            began = time.perf_counter()
+            response = session.post(f"{stack.web_url}/api/{kinds[n]}/generate", json={"prompt": f"scale {n}"},
+                                    timeout=30)
+            took.append(time.perf_counter() - began)
+            response.raise_for_status()
+            return response.json()["taskId"]
+
+        began = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(create, range(tasks)))
+        create_rate = tasks / (time.perf_counter() - began)
+        by_table = {"video_tasks": [i for n, i in enumerate(ids) if kinds[n] == "video"],
+                    "image_tasks": [i for n, i in enumerate(ids) if kinds[n] == "image"]}
+        _wait_ids_completed(stack.database, by_table, timeout=60 + tasks)
+        with open(access, "rb") as log:
+            log.seek(log_start)
+            lines = log.read().decode().splitlines()
+        reports = sorted(int(line.split()[3]) / 1000 for line in lines
+                         if line.startswith("POST ") and line.split()[1].endswith("Result"))
+        login = {"Authorization": "Basic " + base64.b64encode(":".join(stack.DASHBOARD).encode()).decode()}
+        renders_ms = []
+        for n in range(10 + renders):
+            began = time.perf_counter()
+            page = requests.get(f"{stack.web_url}/", headers=login, timeout=30)
+            if n >= 10:  # the first ten warm the connection, the templates and SQLite's page cache
+                renders_ms.append((time.perf_counter() - began) * 1000)
+            assert page.status_code == 200, page.status_code
+    return {"create_rate": round(create_rate, 1), "create_ms_p50": round(statistics.median(took) * 1000, 2),
+            "report_ms_p50": round(statistics.median(reports), 2),
+            "report_ms_p99": round(reports[int(len(reports) * 0.99) - 1], 2), "reports": len(reports),
+            "dashboard_ms": round(statistics.median(renders_ms), 2)}
+
+
+def _wait_ids_completed(database: str, ids: dict[str, list[str]], timeout: float) -> None:
+    """Until every task of `ids` (per table) is completed; by primary key, so a million other rows cost nothing."""
+    from dev import dbaccess
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = 0
+        for table, wanted in ids.items():
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                done += dbaccess.query(database, f"SELECT COUNT(*) AS n FROM {table} WHERE status = 'completed' "
+                                                 f"AND id IN ({marks})", chunk)[0]["n"]
+        if done == sum(len(wanted) for wanted in ids.values()):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"not every task completed within {timeout}s")
+
+
 IDLE_PROCESSORS = 64
 
 
@@ -304,14 +413,15 @@ def idle_phase(folder: Path, seconds: float = 60.0, **env) -> dict:
 
 
 def run(folder: Path, tasks: int) -> dict:
-    """Both measurements, each on its own fresh Temporal server; the results.json keys."""
-    for name in ("reference", "stack", "idle"):
+    """Every measurement, each on its own fresh Temporal server; the results.json keys."""
+    for name in ("reference", "stack", "idle", "scale"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     reference = reference_phase(folder / "reference", tasks)
     print(f"  lifecycle reference: {reference}", flush=True)
     stack = stack_phase(folder / "stack", tasks)
     print(f"  lifecycle stack:     {stack}", flush=True)
     idle = idle_phase(folder / "idle")
+    scale = scale_phase(folder / "scale", tasks)
     per_process = {f"lifecycle_cpu_ms_{name}": ms for name, ms in stack["cpu_ms_per_task"].items()}
     reference_per_process = {f"lifecycle_reference_cpu_ms_{name}": ms
                              for name, ms in reference["cpu_ms_per_task"].items()}
@@ -321,7 +431,8 @@ def run(folder: Path, tasks: int) -> dict:
             "lifecycle_history_events": stack["history_events"],
             "lifecycle_reference_history_events": reference["history_events"],
             **per_process, **reference_per_process,
-            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"]), **idle}
+            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"]), **idle, **scale}
+
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["reference-worker"]:

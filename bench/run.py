@@ -42,7 +42,8 @@ unless a phase says otherwise.
             the median of 200 renders (bench/dashboard.py)
   lifecycle N tasks from create to completed through the whole stack with fast fakes, against the same
             workflows driven directly with in-process stand-in activities (Temporal's own ceiling); CPU ms
-            per task per process; the web process's CPU with 64 idle processors (bench/lifecycle.py)
+            per task per process; the web process's CPU with 64 idle processors; the same lifecycle on an
+            empty database and beside 1,000,000 finished tasks (bench/lifecycle.py)
 """
 
 from __future__ import annotations
@@ -668,6 +669,10 @@ GOALS = [  # key, what it is, goal text, check
     ("lifecycle_cpu_ms_outside_temporal", "  CPU per task: worker+web+processor (ms)", "<= 15", lambda v: v <= 15),
     ("lifecycle_history_events", "  history events per task", "", None),
     ("idle_web_cpu_pct_64_processors", "web CPU, 64 idle processors (% of a core)", "<= 5", lambda v: v <= 5),
+    ("lifecycle_1m_create_rate_ratio", "  lifecycle beside 1M finished tasks: create rate / empty", ">= 0.9",
+     lambda v: v >= 0.9),
+    ("lifecycle_1m_report_p50_ratio", "  report time p50 / empty", "<= 1.1", lambda v: v <= 1.1),
+    ("lifecycle_1m_dashboard_ratio", "  dashboard render / empty", "<= 1.1", lambda v: v <= 1.1),
 ]
 
 
