@@ -1,0 +1,112 @@
+"""Review of b7da4fa (idle processors wait 20 s): paths where the long idle wait holds something back.
+
+Real parts: gunicorn, the Temporal dev server (behind a TCP relay that adds network delay, as a Temporal
+a few hundred milliseconds away would be), the processor in-process.
+"""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from dev import dbaccess
+from settings import ROOT
+from tests.conftest import BACKENDS, TABLE, VIDEO, wait_until
+from tests.test_processor import processor_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", BACKENDS, indirect=True)]
+
+SHIPPED_POLL_INTERVAL_MS = json.loads((ROOT / "app.config.json").read_text())["components"]["asyncTask"][
+    "pullMode"]["pollIntervalMs"]
+
+
+class DelayingRelay:
+    """A TCP relay on 127.0.0.1 to `target` that delivers every chunk `delay` seconds late, each way."""
+
+    def __init__(self, target: str, delay: float):
+        self.host, port = target.rsplit(":", 1)
+        self.port, self.delay = int(port), delay
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(5), "the relay did not start"
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader, writer):
+        upstream_reader, upstream_writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), 5)
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer),
+                             return_exceptions=True)
+
+    async def _pipe(self, reader, writer):
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def deliver():
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.ensure_future(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                queue.put_nowait((self.loop.time() + self.delay, data))
+                if not data:
+                    break
+            await delivering
+        finally:
+            delivering.cancel()
+
+    def close(self):
+        async def shut():
+            self.server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop)
+        self.thread.join(5)
+
+
+def test_a_start_confirmation_is_not_held_for_the_whole_idle_wait(web, temporal, db_target):
+    """An idle processor at the shipped POLL_INTERVAL_MS (20 s), Temporal 0.3 s away (each RPC takes longer
+    than the 250 ms proof of health lasts): a task is claimed and its workflow started, and the start's
+    confirmation (`dispatchedAt`, which also carries back a cancel asked for meanwhile) reaches the web
+    process within a couple of seconds, not when the poll thread's 20 s idle fetch ends."""
+    from tests.test_long_polls import waiting_polls
+
+    assert SHIPPED_POLL_INTERVAL_MS >= 10_000  # what this test is about
+    relay = DelayingRelay(temporal, delay=0.15)
+    app = web()
+    processor = processor_for(app.url, relay.address, POLL_INTERVAL_MS=SHIPPED_POLL_INTERVAL_MS)
+    processor.start(processor.pull_configs)
+    try:
+        wait_until(lambda: waiting_polls(app.url) == 2, timeout=15, message="both idle polls wait")
+        task_id = app.create(VIDEO)
+        wait_until(lambda: processor.stats["started"] == 1, timeout=15, message="the workflow started")
+        started = time.monotonic()
+
+        def confirmed():
+            rows = dbaccess.query(db_target, f"SELECT dispatched_at FROM {TABLE[VIDEO]} WHERE id = ?", [task_id])
+            return rows[0]["dispatched_at"] is not None
+
+        wait_until(confirmed, timeout=20, message="the start confirmed")
+        took = time.monotonic() - started
+    finally:
+        processor.stop()
+        relay.close()
+    assert took < 3, f"the start's confirmation reached the web process {took:.1f}s after the workflow started"
