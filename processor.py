@@ -268,6 +268,11 @@ class InFlight:
                 self._count -= slots
                 self._changed.notify_all()
 
+    @property
+    def held(self) -> int:
+        """Slots held now: reserved for a claim, or claimed tasks whose start has not finished."""
+        return self._count
+
     def wait_empty(self, timeout: float) -> bool:
         """Until every held slot is released (True), or `timeout` seconds pass."""
         with self._changed:
@@ -472,6 +477,10 @@ class TaskProcessor:
         Stopping does not wait for this (`idle_waiting`): the process may exit while the request is out."""
         if self.confirmations[pull.integration]:
             self.confirm_dispatches(pull)  # about to wait: do not hold confirmations meanwhile
+        if self.in_flight.held:
+            # Starts still running will queue confirmations (and a cancel asked for meanwhile rides back on
+            # them): come back within MIN_IDLE_ROUND_MS to send them, not after the whole idle wait.
+            wait_ms = min(wait_ms, MIN_IDLE_ROUND_MS)
         name = threading.current_thread().name
         self.idle_waiting.add(name)
         try:
