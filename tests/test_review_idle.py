@@ -74,8 +74,10 @@ class DelayingRelay:
     def close(self):
         async def shut():
             self.server.close()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.loop.stop()
 
         asyncio.run_coroutine_threadsafe(shut(), self.loop)
