@@ -112,3 +112,44 @@ def test_a_start_confirmation_is_not_held_for_the_whole_idle_wait(web, temporal,
         processor.stop()
         relay.close()
     assert took < 3, f"the start's confirmation reached the web process {took:.1f}s after the workflow started"
+
+
+def test_a_task_is_not_left_to_processors_declined_for_the_idle_wait(tmp_path, db_path, db_env, db_target,
+                                                                    temporal):
+    """The web process holds one long poll per integration (WEB_LONG_POLLS=2, one worker). Processor A, which
+    cannot reach Temporal (one host's network, a bad certificate), holds both; processor B, which can, is
+    declined and told `retryAfterMs` = 50-100 % of its 20 s wait. A task created then is claimed only
+    when B asks again: up to 20 s later (0.5-1 s at the old 1 s default). A cannot claim it: its fetch wakes,
+    its health check fails."""
+    from dev.stack import free_port, gunicorn
+    from tests.conftest import SECRETS
+    from tests.test_long_polls import waiting_polls
+
+    log = tmp_path / "gunicorn.log"
+    env = {**SECRETS, **db_env, "WEB_LONG_POLLS": "2", "GUNICORN_CMD_ARGS": "--access-logfile -"}
+    with gunicorn(db_path, log, workers=1, env=env) as url:
+        from tests.conftest import Web
+
+        app = Web(url, db_target)
+        cut_off = processor_for(url, f"127.0.0.1:{free_port()}", instance="cut-off",
+                                POLL_INTERVAL_MS=SHIPPED_POLL_INTERVAL_MS)
+        healthy = processor_for(url, temporal, instance="healthy", POLL_INTERVAL_MS=SHIPPED_POLL_INTERVAL_MS)
+        cut_off.start(cut_off.pull_configs)
+        try:
+            wait_until(lambda: waiting_polls(url) == 2, message="the cut-off processor's polls hold both slots")
+            healthy.start(healthy.pull_configs)
+
+            def declined() -> int:
+                return sum("fetchPendingTasks" in line for line in log.read_text().splitlines())
+
+            wait_until(lambda: declined() >= 2, message="the healthy processor's fetches are declined")
+            assert waiting_polls(url) == 2
+            task_id = app.create(VIDEO)
+            created = time.monotonic()
+            wait_until(lambda: app.task(task_id)["status"] != "pending", timeout=25, message="the task claimed")
+            took = time.monotonic() - created
+        finally:
+            healthy.stop()
+            cut_off.stop()
+    assert healthy.stats["claimed"] == 1
+    assert took < 3, f"the task was claimed {took:.1f}s after it was created"
