@@ -198,14 +198,21 @@ class BufferingThreadWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.reading: dict = {}  # connection (its request not whole yet, or refused and lingering) -> deadline
 
-    def handle_exit(self, sig, frame):
-        """SIGTERM (a restart, a deploy, a scale-down): end the long polls this worker holds before gthread
-        waits for its requests to finish, or a 20 s idle poll would hold the shutdown for up to
-        graceful_timeout and then be cut off (web/commit_watch.stop_waiting)."""
-        from web import commit_watch
+    @property
+    def alive(self) -> bool:
+        return self._alive
 
-        commit_watch.stop_waiting()
-        super().handle_exit(sig, frame)
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        """Once the worker is to stop, for whatever reason (SIGTERM: a restart, a deploy, a scale-down, a HUP
+        reload; `max_requests`; `--reload`), end the long polls it holds: a 20 s idle poll would otherwise keep
+        the old worker alive (its pool's threads are joined at exit) and hold up its replacement that long
+        (web/commit_watch.stop_waiting)."""
+        self._alive = value
+        if not value:
+            from web import commit_watch
+
+            commit_watch.stop_waiting()
 
     def enqueue_req(self, conn):
         if getattr(conn, "complete", False) or not self._buffers(conn):

@@ -153,3 +153,43 @@ def test_a_task_is_not_left_to_processors_declined_for_the_idle_wait(tmp_path, d
             cut_off.stop()
     assert healthy.stats["claimed"] == 1
     assert took < 3, f"the task was claimed {took:.1f}s after it was created"
+
+
+def test_a_max_requests_restart_is_not_held_by_an_idle_poll(tmp_path, db_path, db_env):
+    """gunicorn's `max_requests` stops a worker without SIGTERM (it sets `alive` to False itself): its waiting
+    long polls must still answer at once. Otherwise the old worker lives on until its 20 s poll ends (its
+    pool's threads are joined at exit), and with one worker nobody is served meanwhile."""
+    import requests
+
+    from dev.stack import gunicorn
+    from tests.conftest import AUTH, SECRETS
+
+    log = tmp_path / "gunicorn.log"
+    env = {**SECRETS, **db_env, "GUNICORN_CMD_ARGS": "--max-requests 30"}
+    with gunicorn(db_path, log, workers=1, env=env) as url:
+        answers: list = []
+
+        def poll():
+            began = time.monotonic()
+            try:
+                answer = requests.get(f"{url}/api/{VIDEO}/fetchPendingTasks?waitMs={SHIPPED_POLL_INTERVAL_MS}",
+                                      headers=AUTH, timeout=SHIPPED_POLL_INTERVAL_MS / 1000 + 10)
+                answers.append((answer.status_code, answer.json()["tasks"], time.monotonic() - began))
+            except requests.RequestException as exc:
+                answers.append((type(exc).__name__, None, time.monotonic() - began))
+
+        polling = threading.Thread(target=poll)
+        polling.start()
+        from tests.test_long_polls import waiting_polls
+
+        wait_until(lambda: waiting_polls(url) == 1, message="the poll waits")
+        slowest = 0.0
+        for _ in range(40):  # past max_requests: the worker restarts
+            began = time.monotonic()
+            requests.get(f"{url}/healthz", timeout=30)
+            slowest = max(slowest, time.monotonic() - began)
+        polling.join(SHIPPED_POLL_INTERVAL_MS / 1000 + 15)
+    assert "Autorestarting worker" in log.read_text()
+    assert [(status, tasks) for status, tasks, _ in answers] == [(200, [])], answers
+    assert answers[0][2] < 5, answers  # answered at the restart, not at the end of its wait
+    assert slowest < 3, f"a request waited {slowest:.1f}s for the restarting worker"
