@@ -55,6 +55,7 @@ MAX_BACKOFF_SECONDS = 10.0
 MAX_BACKOFF_BASE_SECONDS = 1.0  # the first back-off after a failed poll, whatever the long poll's wait
 MIN_IDLE_ROUND_MS = 1000  # an idle wait that came back at once (a web process shutting down, an old one): pause
 HEALTHY_FOR_SECONDS = 0.25  # how long a start or health check proves Temporal is up, for claiming
+IDLE_HEALTHY_FOR_SECONDS = 5.0  # before an idle wait: a processor that cannot reach Temporal holds no long poll
 CLAIM_WAIT_MARGIN_MS = 10  # of that proof, kept back for the claim request's own transit
 MIN_CLAIM_WAIT_MS = 20  # a shorter proof is not worth a long-polled claim: wait with a fetch instead
 MAX_BATCH = 100  # the web process's limit per claim and per batch report
@@ -135,13 +136,13 @@ class TemporalBridge:
     def call(self, coro, timeout: float = 15.0) -> Any:
         return self.submit(coro).result(timeout)
 
-    def ensure_healthy(self) -> None:
+    def ensure_healthy(self, fresh_for: float = HEALTHY_FOR_SECONDS) -> None:
         """Connect if needed and ask the frontend for its health; raise TemporalUnavailable if not.
 
-        A start that succeeded within HEALTHY_FOR_SECONDS is proof enough: under load
+        A start or check that succeeded within `fresh_for` seconds is proof enough: under load
         the health round trip is skipped (it is on every task's latency path).
         """
-        if time.monotonic() - self.last_success < HEALTHY_FOR_SECONDS:
+        if time.monotonic() - self.last_success < fresh_for:
             return
         try:
             self.call(self._ensure_healthy(), timeout=10)
@@ -436,6 +437,10 @@ class TaskProcessor:
             if self.claim_wait_ms(wait_ms) is None:
                 # No fresh proof that Temporal is up: wait for work with a fetch that claims nothing (holding
                 # no in-flight slot, so stopping need not wait for it), then prove Temporal up and claim.
+                # Only while Temporal answers, though: a processor that cannot reach it (one host's network,
+                # a bad certificate) would hold one of the web process's few long-poll slots and could not
+                # claim what it woke for, while a healthy processor it crowded out waits out its decline.
+                self.bridge.ensure_healthy(IDLE_HEALTHY_FOR_SECONDS)
                 if not self.wait_with_fetch(pull, wait_ms) or self.stopping.is_set():
                     return False
                 wait_ms = 0

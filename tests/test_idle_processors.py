@@ -1,4 +1,4 @@
-"""Review of b7da4fa (idle processors wait 20 s): paths where the long idle wait holds something back.
+"""Idle processors wait 20 s on the server (POLL_INTERVAL_MS): what that long wait must not hold back.
 
 Real parts: gunicorn, the Temporal dev server (behind a TCP relay that adds network delay, as a Temporal
 a few hundred milliseconds away would be), the processor in-process.
@@ -116,11 +116,11 @@ def test_a_start_confirmation_is_not_held_for_the_whole_idle_wait(web, temporal,
 
 def test_a_task_is_not_left_to_processors_declined_for_the_idle_wait(tmp_path, db_path, db_env, db_target,
                                                                     temporal):
-    """The web process holds one long poll per integration (WEB_LONG_POLLS=2, one worker). Processor A, which
-    cannot reach Temporal (one host's network, a bad certificate), holds both; processor B, which can, is
-    declined and told `retryAfterMs` = 50-100 % of its 20 s wait. A task created then is claimed only
-    when B asks again: up to 20 s later (0.5-1 s at the old 1 s default). A cannot claim it: its fetch wakes,
-    its health check fails."""
+    """The web process holds one long poll per integration (WEB_LONG_POLLS=2, one worker). Processor A cannot
+    reach Temporal (one host's network, a bad certificate); B can. Were A to hold both slots, B would be
+    declined and told `retryAfterMs` = 50-100 % of its 20 s wait, and a task created then would be claimed
+    only when B asked again (A cannot claim it: its fetch wakes, its health check fails). A checks Temporal
+    before it waits, so it holds no slot, and B claims at once."""
     from dev.stack import free_port, gunicorn
     from tests.conftest import SECRETS
     from tests.test_long_polls import waiting_polls
@@ -136,14 +136,15 @@ def test_a_task_is_not_left_to_processors_declined_for_the_idle_wait(tmp_path, d
         healthy = processor_for(url, temporal, instance="healthy", POLL_INTERVAL_MS=SHIPPED_POLL_INTERVAL_MS)
         cut_off.start(cut_off.pull_configs)
         try:
-            wait_until(lambda: waiting_polls(url) == 2, message="the cut-off processor's polls hold both slots")
+            wait_until(lambda: cut_off.failures >= 2 or waiting_polls(url) == 2,
+                       message="the cut-off processor has found Temporal unreachable, or holds both slots")
             healthy.start(healthy.pull_configs)
 
-            def declined() -> int:
+            def fetches() -> int:
                 return sum("fetchPendingTasks" in line for line in log.read_text().splitlines())
 
-            wait_until(lambda: declined() >= 2, message="the healthy processor's fetches are declined")
-            assert waiting_polls(url) == 2
+            wait_until(lambda: fetches() >= 2 or waiting_polls(url) == 2,
+                       message="the healthy processor's fetches answered (declined) or waiting")
             task_id = app.create(VIDEO)
             created = time.monotonic()
             wait_until(lambda: app.task(task_id)["status"] != "pending", timeout=25, message="the task claimed")
