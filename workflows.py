@@ -64,6 +64,14 @@ CANCEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
                            maximum_interval=timedelta(seconds=10), maximum_attempts=4)
 REPORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[REPORT_REFUSED])
+# A report goes first as a local activity: run by the worker inside the workflow task, it costs one marker
+# event and no activity task or extra workflow task. Three tries of at most 2 s (about 6.6 s in all, inside the
+# workflow task's 8 s before the worker must heartbeat it, which would add events), then it falls back to a
+# regular activity retried up to REPORT_GIVE_UP: a web outage spends time without growing the history. (The
+# local activity's schedule-to-close timeout did not bound its retries in temporalio 1.35; the attempts do.)
+LOCAL_REPORT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
+                                 maximum_attempts=3, non_retryable_error_types=[REPORT_REFUSED])
+LOCAL_REPORT_TIMEOUT = timedelta(seconds=2)
 REPORT_GIVE_UP = timedelta(hours=24)  # the web process may be down for a while; then the stuck rescue takes over
 CALL_TIMEOUT = timedelta(seconds=60)  # one status query or report (HTTP timeouts: 10 s connect + 30 s read)
 CANCEL_TIMEOUT = timedelta(seconds=2 * LOOK_SECONDS + 20)  # Ark's cancel looks at the job, then DELETEs it
@@ -78,6 +86,7 @@ INTEGRATION_BLOCKED = "IntegrationBlocked"
 RESUME_PATCH = "resume-earlier-job"
 CANCEL_PATCH = "cancel-at-deadline"
 MEDIA_PATCH = "store-media"
+LOCAL_REPORT_PATCH = "local-reports"
 # Copying the media: retried with backoff and no attempt limit while the provider's URLs can still work. Past
 # the input's mediaGiveUpSeconds (MEDIA_GIVE_UP_SECONDS, default 24 h: the links' documented life) nothing can
 # succeed: the task completes with the provider URLs and a `mediaNote`; storage never fails a task.
@@ -263,8 +272,8 @@ class PollingRun:
                     "cancelled; the provider's job could not be cancelled (running or ended): it ends on its own")
         try:
             await self.report("cancelled", external_id=self.external_id, error=note)
-        except ActivityError as err:
-            self.log("cancel not recorded: the task ended first", error=_message(err))
+        except (ActivityError, ApplicationError) as err:  # a local activity's refusal comes unwrapped
+            self.log("cancel not recorded: the task ended first", error=getattr(err, "message", str(err)))
             return
         self.log("task cancelled", external_id=self.external_id, note=note)
 
@@ -283,19 +292,40 @@ class PollingRun:
     async def report(self, status: str, **fields: Any) -> None:
         """Send one report. A cancel does not interrupt it (shielded): it lets the report land or be refused, so
         the run knows whether the task ended (`self.ended`) before it handles the cancel."""
-        reporting = workflow.start_activity(
-            report_task_event, ReportInput(self.params.reportUrl, self.task_id, self.attempt, status, **fields),
-            start_to_close_timeout=CALL_TIMEOUT, schedule_to_close_timeout=REPORT_GIVE_UP, retry_policy=REPORT_RETRY)
+        reporting = asyncio.ensure_future(
+            self.deliver(ReportInput(self.params.reportUrl, self.task_id, self.attempt, status, **fields)))
         try:
             await asyncio.shield(reporting)
         except asyncio.CancelledError:
             try:
                 await reporting
-            except ActivityError:
+            except (ActivityError, ApplicationError):
                 raise asyncio.CancelledError() from None  # refused: the cancel is handled as if it came first
             self.note_end(status, fields)
             raise
         self.note_end(status, fields)
+
+    async def deliver(self, report: ReportInput) -> None:
+        """Send `report`: as a local activity first, then, if the web process did not take it in time, as a
+        regular activity that retries for a day. A refusal (4xx) is final either way.
+
+        A local activity's failure arrives as its cause (an ApplicationError, or a TimeoutError), not wrapped in
+        an ActivityError as a regular activity's is."""
+        if workflow.patched(LOCAL_REPORT_PATCH):
+            try:
+                await workflow.execute_local_activity(
+                    report_task_event, report, start_to_close_timeout=LOCAL_REPORT_TIMEOUT,
+                    retry_policy=LOCAL_REPORT_RETRY)
+                return
+            except (ActivityError, ApplicationError, TemporalTimeoutError) as err:
+                cause = err.cause if isinstance(err, ActivityError) else err
+                refused = isinstance(cause, ApplicationError) and cause.type == REPORT_REFUSED
+                if refused or is_cancelled_exception(err):
+                    raise
+                self.log("report not taken yet; retrying it as an activity", status=report.status,
+                         error=getattr(cause, "message", str(cause)))
+        await workflow.execute_activity(report_task_event, report, start_to_close_timeout=CALL_TIMEOUT,
+                                        schedule_to_close_timeout=REPORT_GIVE_UP, retry_policy=REPORT_RETRY)
 
     def note_end(self, status: str, fields: dict[str, Any]) -> None:
         if status == "completed":

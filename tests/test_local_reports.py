@@ -1,0 +1,102 @@
+"""Reports as local activities (workflows.PollingRun.deliver): one marker each while the web process answers,
+a regular activity retried for a day when it does not, so an outage spends time without growing the history."""
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+
+from dev.stack import ROOT, free_port, gunicorn_command, stop, wait_for_http
+from tests.conftest import SECRETS, VIDEO, Web
+from tests.test_workflows import REPORT, events_of
+from tests.test_workflows import providers as workflow_providers  # noqa: F401  (a fixture: the fakes and a worker)
+
+pytestmark = pytest.mark.slow
+
+
+class RestartableWeb:
+    """gunicorn on a port of its own that can be stopped and started again there (the worker's MAIN_ENDPOINT)."""
+
+    def __init__(self, folder):
+        self.folder, self.port, self.process = folder, free_port(), None
+        self.db_path = str(folder / "web.db")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Web:
+        env = {**os.environ, **SECRETS, "DATABASE_PATH": self.db_path, "RETRY_BASE_SECONDS": "0"}
+        with open(self.folder / "gunicorn.log", "ab") as log:
+            self.process = subprocess.Popen(gunicorn_command(self.port, 1), cwd=ROOT, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        wait_for_http(f"{self.url}/healthz", process=self.process)
+        return Web(self.url, self.db_path)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+def history_of(providers, workflow_id):
+    async def go():
+        from temporalio.client import Client
+
+        client = await Client.connect(providers.temporal)
+        return await client.get_workflow_handle(workflow_id).fetch_history()
+
+    return asyncio.run(go())
+
+
+def result_of(providers, workflow_id, timeout):
+    async def go():
+        from temporalio.client import Client
+
+        client = await Client.connect(providers.temporal)
+        return await asyncio.wait_for(client.get_workflow_handle(workflow_id).result(), timeout)
+
+    return asyncio.run(go())
+
+
+def markers(history) -> int:
+    return sum(1 for e in history.events if e.HasField("marker_recorded_event_attributes")
+               and e.marker_recorded_event_attributes.marker_name == "core_local_activity")
+
+
+def test_reports_are_local_activities_while_the_web_process_answers(web, workflow_providers):  # noqa: F811
+    providers = workflow_providers
+    app = web()
+    task, events, (status, _), history = providers.run(app, VIDEO, "a heron in the rain")
+    assert status == "COMPLETED" and task["status"] == "completed"
+    assert events == [("pending", 0), ("queued", 1), ("processing", 1), ("completed", 1)]
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    assert REPORT not in scheduled  # no activity task for a report
+    assert markers(history) == 2  # `processing` and `completed`, one marker each
+    assert len(history.events) <= 30
+
+
+def test_a_report_the_web_process_cannot_take_falls_back_to_an_activity_and_lands_when_it_is_back(
+        workflow_providers, tmp_path):  # noqa: F811
+    """The web process goes down while the job runs: the `completed` report is tried locally for a few seconds,
+    then handed to a regular activity whose retries add no events; the task completes once the web is back."""
+    providers = workflow_providers
+    host = RestartableWeb(tmp_path)
+    app = host.start()
+    try:
+        task_id, workflow_id = providers.start(app, VIDEO, "a lighthouse [slow:2]")  # the job takes 4 s
+        providers.wait_for(workflow_id, lambda p: f"{VIDEO}.pollTask" in p.pending)
+        assert events_of(app, task_id) == ["pending", "queued", "processing"]
+        host.stop()
+        history, progress = providers.wait_for(workflow_id, lambda p: p.pending.get(REPORT, 0) >= 2, timeout=40)
+        assert progress.steps[-2:] == ["completed storeMedia", f"scheduled {REPORT}"]
+        events_while_down = len(history.events)
+        app = host.start()
+        result = result_of(providers, workflow_id, timeout=60)
+        assert result["media"] == {"videoUrl": "video.mp4", "lastFrameUrl": "last-frame.png"}
+        assert events_of(app, task_id) == ["pending", "queued", "processing", "completed"]
+        assert app.task(task_id)["status"] == "completed"
+        final = history_of(providers, workflow_id)
+        assert len(final.events) <= events_while_down + 6  # the activity's retries added nothing while down
+        assert len(final.events) <= 40
+    finally:
+        host.stop()
