@@ -2,6 +2,7 @@
 a regular activity retried for a day when it does not, so an outage spends time without growing the history."""
 
 import asyncio
+import json
 import os
 import subprocess
 
@@ -100,3 +101,108 @@ def test_a_report_the_web_process_cannot_take_falls_back_to_an_activity_and_land
         assert len(final.events) <= 40
     finally:
         host.stop()
+
+
+class HoldingProxy:
+    """A pass-through HTTP proxy in front of the web process that runs `hook(status, body)` after the web has
+    answered a report and before the worker gets that answer: the moment between the web's commit and the
+    workflow learning of it."""
+
+    def __init__(self, target: str, hook):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import requests
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = requests.request(self.command, target + self.path, data=body, headers=headers,
+                                          timeout=30, allow_redirects=False)
+                if self.command == "POST" and "/report" in self.path:
+                    proxy.hook(json.loads(body or b"{}"), answer.status_code)
+                self.send_response(answer.status_code)
+                for key in ("Content-Type",):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = forward
+
+            def log_message(self, *args):
+                pass
+
+        self.hook = hook
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def cancel_workflow(temporal, workflow_id):
+    """What the processor does for a task's cancel: RequestCancelWorkflowExecution (accepted by the server even
+    while a workflow task is under way: it is buffered until that task ends)."""
+    async def go():
+        from temporalio.client import Client
+
+        client = await Client.connect(temporal)
+        await client.get_workflow_handle(workflow_id).cancel()
+
+    asyncio.run(go())
+
+
+def closed_status(providers, workflow_id, timeout=60):
+    async def go():
+        from temporalio.client import Client
+
+        client = await Client.connect(providers.temporal)
+        handle = client.get_workflow_handle(workflow_id)
+        try:
+            await asyncio.wait_for(handle.result(), timeout)
+        except TimeoutError:
+            raise
+        except Exception:  # ended otherwise: its status says how
+            pass
+        return (await handle.describe()).status.name
+
+    return asyncio.run(go())
+
+
+def test_a_cancel_arriving_while_the_completed_report_lands_leaves_the_run_completed(web, workflow_providers):  # noqa: F811
+    """The web commits `completed`; before the worker hears back, the processor delivers the task's cancel to
+    Temporal. The task completed, so its run must complete too (dev/invariants: a completed task has one
+    completed run). A local activity's result is durable only once its workflow task completes, and that task,
+    which also closes the run, is refused by the server for the cancel that came meanwhile (UnhandledCommand):
+    the retried task replays without the report's result, takes the cancel, and ended the run cancelled."""
+    from dev.invariants import check
+
+    providers = workflow_providers
+    app = web()
+    held = {}
+
+    def hook(body, status_code):
+        if body.get("status") == "completed" and status_code == 200 and not held:
+            held["task"] = body["apiCallId"]
+            cancel_workflow(providers.temporal, f"{VIDEO}:{body['apiCallId']}")
+
+    proxy = HoldingProxy(app.url, hook)
+    try:
+        task_id, workflow_id = providers.start(Web(proxy.url, app.db_path), VIDEO, "a kingfisher [slow:1]")
+        status = closed_status(providers, workflow_id)
+        assert held.get("task") == task_id  # the cancel did come while the `completed` report was answered
+        assert app.task(task_id)["status"] == "completed"
+        assert events_of(app, task_id)[-1] == "completed"
+        assert status == "COMPLETED", f"the task completed but its run ended {status}"
+        findings = check(app.db_path, providers.temporal)
+        assert findings.ok, findings.summary()
+    finally:
+        proxy.close()
