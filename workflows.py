@@ -64,11 +64,18 @@ CANCEL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
                            maximum_interval=timedelta(seconds=10), maximum_attempts=4)
 REPORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[REPORT_REFUSED])
-# A report goes first as a local activity: run by the worker inside the workflow task, it costs one marker
-# event and no activity task or extra workflow task. Three tries of at most 2 s (about 6.6 s in all, inside the
-# workflow task's 8 s before the worker must heartbeat it, which would add events), then it falls back to a
+# The `processing` report goes first as a local activity: run by the worker inside the workflow task, it costs one
+# marker event and no activity task or extra workflow task. Three tries of at most 2 s (about 6.6 s in all, inside
+# the workflow task's 8 s before the worker must heartbeat it, which would add events), then it falls back to a
 # regular activity retried up to REPORT_GIVE_UP: a web outage spends time without growing the history. (The
 # local activity's schedule-to-close timeout did not bound its retries in temporalio 1.35; the attempts do.)
+# Only `processing`: a local activity's result is kept only once its workflow task completes, and the task that
+# runs an ending report (completed, failed, blocked, cancelled) is the one that closes the run. A cancel arriving
+# meanwhile makes the server refuse that task (UnhandledCommand); the retried task replays without the report's
+# result, takes the cancel, and the run ended cancelled although the web had committed `completed`
+# (tests/test_local_reports.py). An ending report is a regular activity: its result is in the history before
+# the run acts on it. Nothing ends on `processing`: sent again on such a replay it is a duplicate (200).
+LOCAL_REPORTS = frozenset({"processing"})
 LOCAL_REPORT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                                  maximum_attempts=3, non_retryable_error_types=[REPORT_REFUSED])
 LOCAL_REPORT_TIMEOUT = timedelta(seconds=2)
@@ -86,7 +93,7 @@ INTEGRATION_BLOCKED = "IntegrationBlocked"
 RESUME_PATCH = "resume-earlier-job"
 CANCEL_PATCH = "cancel-at-deadline"
 MEDIA_PATCH = "store-media"
-LOCAL_REPORT_PATCH = "local-reports"
+LOCAL_REPORT_PATCH = "local-processing-report"
 # Copying the media: retried with backoff and no attempt limit while the provider's URLs can still work. Past
 # the input's mediaGiveUpSeconds (MEDIA_GIVE_UP_SECONDS, default 24 h: the links' documented life) nothing can
 # succeed: the task completes with the provider URLs and a `mediaNote`; storage never fails a task.
@@ -306,12 +313,13 @@ class PollingRun:
         self.note_end(status, fields)
 
     async def deliver(self, report: ReportInput) -> None:
-        """Send `report`: as a local activity first, then, if the web process did not take it in time, as a
-        regular activity that retries for a day. A refusal (4xx) is final either way.
+        """Send `report`: a `processing` report as a local activity first, then, if the web process did not take
+        it in time, as a regular activity that retries for a day; an ending report as that activity only
+        (LOCAL_REPORTS says why). A refusal (4xx) is final either way.
 
         A local activity's failure arrives as its cause (an ApplicationError, or a TimeoutError), not wrapped in
         an ActivityError as a regular activity's is."""
-        if workflow.patched(LOCAL_REPORT_PATCH):
+        if report.status in LOCAL_REPORTS and workflow.patched(LOCAL_REPORT_PATCH):
             try:
                 await workflow.execute_local_activity(
                     report_task_event, report, start_to_close_timeout=LOCAL_REPORT_TIMEOUT,

@@ -1,5 +1,7 @@
-"""Reports as local activities (workflows.PollingRun.deliver): one marker each while the web process answers,
-a regular activity retried for a day when it does not, so an outage spends time without growing the history."""
+"""The `processing` report as a local activity (workflows.PollingRun.deliver): one marker while the web process
+answers, a regular activity retried for a day when it does not, so an outage spends time without growing the
+history. Ending reports stay regular activities: a cancel racing the `completed` report must not end the run
+cancelled (workflows.LOCAL_REPORTS)."""
 
 import asyncio
 import json
@@ -14,6 +16,7 @@ from tests.test_workflows import REPORT, events_of
 from tests.test_workflows import providers as workflow_providers  # noqa: F401  (a fixture: the fakes and a worker)
 
 pytestmark = pytest.mark.slow
+HISTORY_EVENTS = 34  # a task's run: 37 with every report a regular activity (the patch itself costs 2)
 
 
 class RestartableWeb:
@@ -71,33 +74,35 @@ def test_reports_are_local_activities_while_the_web_process_answers(web, workflo
     assert events == [("pending", 0), ("queued", 1), ("processing", 1), ("completed", 1)]
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
                  if e.HasField("activity_task_scheduled_event_attributes")]
-    assert REPORT not in scheduled  # no activity task for a report
-    assert markers(history) == 2  # `processing` and `completed`, one marker each
-    assert len(history.events) <= 30
+    assert scheduled.count(REPORT) == 1  # `completed` only: an ending report is a regular activity
+    assert markers(history) == 1  # `processing`
+    assert len(history.events) <= HISTORY_EVENTS
 
 
 def test_a_report_the_web_process_cannot_take_falls_back_to_an_activity_and_lands_when_it_is_back(
         workflow_providers, tmp_path):  # noqa: F811
-    """The web process goes down while the job runs: the `completed` report is tried locally for a few seconds,
-    then handed to a regular activity whose retries add no events; the task completes once the web is back."""
+    """The web process goes down while the provider's create is under way: the `processing` report is tried
+    locally for about a second, then handed to a regular activity whose retries add no events; the task goes on
+    and completes once the web is back."""
     providers = workflow_providers
     host = RestartableWeb(tmp_path)
     app = host.start()
     try:
-        task_id, workflow_id = providers.start(app, VIDEO, "a lighthouse [slow:2]")  # the job takes 4 s
-        providers.wait_for(workflow_id, lambda p: f"{VIDEO}.pollTask" in p.pending)
-        assert events_of(app, task_id) == ["pending", "queued", "processing"]
+        task_id, workflow_id = providers.start(app, VIDEO, "a lighthouse [slowcreate:3]")  # the create takes 3 s
+        providers.wait_for(workflow_id, lambda p: f"{VIDEO}.createTask" in p.pending)
+        assert events_of(app, task_id) == ["pending", "queued"]
         host.stop()
         history, progress = providers.wait_for(workflow_id, lambda p: p.pending.get(REPORT, 0) >= 2, timeout=40)
-        assert progress.steps[-2:] == ["completed storeMedia", f"scheduled {REPORT}"]
-        events_while_down = len(history.events)
+        assert progress.steps[-2:] == [f"completed {VIDEO}.createTask", f"scheduled {REPORT}"]
+        assert markers(history) == 1  # the local tries' failure, recorded once
+        later, _ = providers.wait_for(workflow_id, lambda p: p.pending.get(REPORT, 0) >= 3, timeout=40)
+        assert len(later.events) == len(history.events)  # another try while down added no event
         app = host.start()
         result = result_of(providers, workflow_id, timeout=60)
         assert result["media"] == {"videoUrl": "video.mp4", "lastFrameUrl": "last-frame.png"}
         assert events_of(app, task_id) == ["pending", "queued", "processing", "completed"]
         assert app.task(task_id)["status"] == "completed"
         final = history_of(providers, workflow_id)
-        assert len(final.events) <= events_while_down + 6  # the activity's retries added nothing while down
         assert len(final.events) <= 40
     finally:
         host.stop()
