@@ -87,6 +87,7 @@ CANCEL_TIMEOUT = timedelta(seconds=2 * LOOK_SECONDS + 20)  # Ark's cancel looks 
 CREATE_TIMEOUT = timedelta(seconds=LONGEST_CREATE_SECONDS + 30)
 CREATE_HEARTBEAT = timedelta(seconds=30)  # the create heartbeats every 2 s: a worker lost mid-call shows in 30 s
 ACTIVITY_THREADS = 64  # per task queue: its activity slots and threads (see serve)
+LOCAL_ACTIVITY_SLOTS = 16  # per task queue: local reports at once, on threads of their own beside ACTIVITY_THREADS
 TASK_FAILED = "TaskFailed"
 INTEGRATION_BLOCKED = "IntegrationBlocked"
 # workflow.patched() ids: runs recorded before a change replay without it (tests/histories).
@@ -279,8 +280,8 @@ class PollingRun:
                     "cancelled; the provider's job could not be cancelled (running or ended): it ends on its own")
         try:
             await self.report("cancelled", external_id=self.external_id, error=note)
-        except (ActivityError, ApplicationError) as err:  # a local activity's refusal comes unwrapped
-            self.log("cancel not recorded: the task ended first", error=getattr(err, "message", str(err)))
+        except ActivityError as err:
+            self.log("cancel not recorded: the task ended first", error=_message(err))
             return
         self.log("task cancelled", external_id=self.external_id, note=note)
 
@@ -327,8 +328,9 @@ class PollingRun:
                 return
             except (ActivityError, ApplicationError, TemporalTimeoutError) as err:
                 cause = err.cause if isinstance(err, ActivityError) else err
-                refused = isinstance(cause, ApplicationError) and cause.type == REPORT_REFUSED
-                if refused or is_cancelled_exception(err):
+                # Final: a refusal (4xx) or a report URL off the main endpoint; a regular activity would fail too.
+                final = isinstance(cause, ApplicationError) and cause.non_retryable
+                if final or is_cancelled_exception(err):  # (the report is shielded: cancelled only if that changes)
                     raise
                 self.log("report not taken yet; retrying it as an activity", status=report.status,
                          error=getattr(cause, "message", str(cause)))
@@ -506,11 +508,14 @@ async def serve(config, stop, served=None, connect=None, options=None) -> None:
             # Its own threads, as many as the activities it accepts: an accepted activity starts at once.
             # Were there fewer, an accepted create could wait for a thread past its heartbeat timeout;
             # Temporal would schedule it again and both would send the create.
-            executor = stack.enter_context(ThreadPoolExecutor(max_workers=ACTIVITY_THREADS,
+            # Local activities (the `processing` report) run on the same executor: it has a thread for each of
+            # their slots too, so they never take a thread an accepted activity is owed.
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=ACTIVITY_THREADS + LOCAL_ACTIVITY_SLOTS,
                                                               thread_name_prefix=f"activity-{integration}"))
             worker = Worker(client, task_queue=queue, workflows=[workflow_class],
                             activities=[*activities, report_task_event, store_media], activity_executor=executor,
                             max_concurrent_activities=ACTIVITY_THREADS,
+                            max_concurrent_local_activities=LOCAL_ACTIVITY_SLOTS,
                             graceful_shutdown_timeout=timedelta(seconds=5))
             await stack.enter_async_context(worker)
             log.info("serving %s on task queue %s (%s)", integration, queue,

@@ -195,9 +195,11 @@ async def _reference_worker(stop_file: Path) -> None:
     client = await Client.connect(**temporal_connection(config))
     async with AsyncExitStack() as stack:
         for namespace, queue, workflow_class, _ in workflows.check_registry(config):
-            executor = stack.enter_context(Threads(max_workers=workflows.ACTIVITY_THREADS))
+            executor = stack.enter_context(Threads(max_workers=workflows.ACTIVITY_THREADS +
+                                                   workflows.LOCAL_ACTIVITY_SLOTS))
             worker = Worker(client, task_queue=queue, workflows=[workflow_class], activities=stand_ins[namespace],
                             activity_executor=executor, max_concurrent_activities=workflows.ACTIVITY_THREADS,
+                            max_concurrent_local_activities=workflows.LOCAL_ACTIVITY_SLOTS,
                             graceful_shutdown_timeout=timedelta(seconds=5))
             await stack.enter_async_context(worker)
         stop_file.touch()  # ready

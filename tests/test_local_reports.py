@@ -61,6 +61,17 @@ def result_of(providers, workflow_id, timeout):
     return asyncio.run(go())
 
 
+def replay_failure(history):
+    """Replay a fetched history against today's workflows, no server: its failure, or None (a run with the local
+    report's markers, succeeded or failed over to the activity, must replay as the released ones do)."""
+    from temporalio.worker import Replayer
+
+    from workflows import ImagePollingWorkflow, VideoPollingWorkflow
+
+    replayer = Replayer(workflows=[VideoPollingWorkflow, ImagePollingWorkflow])
+    return asyncio.run(replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
+
+
 def markers(history) -> int:
     return sum(1 for e in history.events if e.HasField("marker_recorded_event_attributes")
                and e.marker_recorded_event_attributes.marker_name == "core_local_activity")
@@ -77,6 +88,7 @@ def test_reports_are_local_activities_while_the_web_process_answers(web, workflo
     assert scheduled.count(REPORT) == 1  # `completed` only: an ending report is a regular activity
     assert markers(history) == 1  # `processing`
     assert len(history.events) <= HISTORY_EVENTS
+    assert replay_failure(history) is None
 
 
 def test_a_report_the_web_process_cannot_take_falls_back_to_an_activity_and_lands_when_it_is_back(
@@ -104,6 +116,7 @@ def test_a_report_the_web_process_cannot_take_falls_back_to_an_activity_and_land
         assert app.task(task_id)["status"] == "completed"
         final = history_of(providers, workflow_id)
         assert len(final.events) <= 40
+        assert replay_failure(final) is None
     finally:
         host.stop()
 

@@ -34,6 +34,9 @@ from integrations.shared.providers import (
 from settings import Config, load_config
 
 REPORT_TIMEOUT = (3.05, 10)
+# A local try (workflows.LOCAL_REPORTS) is given up by the worker after 2 s; its HTTP call must end by then too,
+# or the abandoned try keeps its thread blocked in the socket read while the next try takes another.
+LOCAL_REPORT_HTTP_TIMEOUT = (0.5, 1.4)
 # Error types a workflow reads off a failed activity.
 REJECTED = "ProviderRejected"
 TRANSIENT = "ProviderTransient"
@@ -370,7 +373,8 @@ def report_task_event(report: ReportInput) -> dict:
         body["retryable"] = report.retryable
     try:  # no redirects: a redirect must not carry the token to another origin
         response = _session().post(target, json=body, headers={"Authorization": f"Bearer {token}"},
-                                   timeout=REPORT_TIMEOUT, allow_redirects=False)
+                                   timeout=LOCAL_REPORT_HTTP_TIMEOUT if activity.info().is_local else REPORT_TIMEOUT,
+                                   allow_redirects=False)
     except requests.RequestException as exc:
         raise ApplicationError(f"report {report.status} failed: {type(exc).__name__}: {exc}") from exc
     if 200 <= response.status_code < 300:
