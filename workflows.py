@@ -468,16 +468,33 @@ def cache_bytecode(log) -> None:
         log.info("workflow code not cached as bytecode (%s): each run compiles it", exc)
 
 
+def queue_worker(stack, client, integration: str, queue: str, workflow_class: type, activities: list):
+    """The Worker of one task queue, its threads entered on `stack` (an ExitStack): serve's, and the bench's
+    reference worker's, so both run with the same settings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from temporalio.worker import Worker
+
+    # Its own threads, as many as the activities it accepts: an accepted activity starts at once.
+    # Were there fewer, an accepted create could wait for a thread past its heartbeat timeout;
+    # Temporal would schedule it again and both would send the create.
+    # Local activities (the `processing` report) run on the same executor: it has a thread for each of
+    # their slots too, so they never take a thread an accepted activity is owed.
+    executor = stack.enter_context(ThreadPoolExecutor(max_workers=ACTIVITY_THREADS + LOCAL_ACTIVITY_SLOTS,
+                                                      thread_name_prefix=f"activity-{integration}"))
+    return Worker(client, task_queue=queue, workflows=[workflow_class], activities=activities,
+                  activity_executor=executor, max_concurrent_activities=ACTIVITY_THREADS,
+                  max_concurrent_local_activities=LOCAL_ACTIVITY_SLOTS, graceful_shutdown_timeout=timedelta(seconds=5))
+
+
 async def serve(config, stop, served=None, connect=None, options=None) -> None:
     """Connect to Temporal (waiting while it is down) and run one Worker per task queue until `stop` is set."""
     import asyncio
     import logging
-    from concurrent.futures import ThreadPoolExecutor
     from contextlib import AsyncExitStack
 
     from temporalio.activity import logger as activity_logger
     from temporalio.client import Client
-    from temporalio.worker import Worker
 
     from settings import temporal_connection
 
@@ -505,18 +522,8 @@ async def serve(config, stop, served=None, connect=None, options=None) -> None:
     cache_bytecode(log)
     async with AsyncExitStack() as stack:
         for integration, queue, workflow_class, activities in served:
-            # Its own threads, as many as the activities it accepts: an accepted activity starts at once.
-            # Were there fewer, an accepted create could wait for a thread past its heartbeat timeout;
-            # Temporal would schedule it again and both would send the create.
-            # Local activities (the `processing` report) run on the same executor: it has a thread for each of
-            # their slots too, so they never take a thread an accepted activity is owed.
-            executor = stack.enter_context(ThreadPoolExecutor(max_workers=ACTIVITY_THREADS + LOCAL_ACTIVITY_SLOTS,
-                                                              thread_name_prefix=f"activity-{integration}"))
-            worker = Worker(client, task_queue=queue, workflows=[workflow_class],
-                            activities=[*activities, report_task_event, store_media], activity_executor=executor,
-                            max_concurrent_activities=ACTIVITY_THREADS,
-                            max_concurrent_local_activities=LOCAL_ACTIVITY_SLOTS,
-                            graceful_shutdown_timeout=timedelta(seconds=5))
+            worker = queue_worker(stack, client, integration, queue, workflow_class,
+                                  [*activities, report_task_event, store_media])
             await stack.enter_async_context(worker)
             log.info("serving %s on task queue %s (%s)", integration, queue,
                      workflow_class.__temporal_workflow_definition.name)

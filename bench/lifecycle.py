@@ -179,12 +179,9 @@ def stand_in_activities() -> dict[str, list]:
 async def _reference_worker(stop_file: Path) -> None:
     """The worker process of the reference: serve()'s workers and settings, stand-in activities."""
     import logging
-    from concurrent.futures import ThreadPoolExecutor as Threads
     from contextlib import AsyncExitStack
-    from datetime import timedelta
 
     from temporalio.client import Client
-    from temporalio.worker import Worker
 
     import workflows
     from settings import load_config, temporal_connection
@@ -195,12 +192,7 @@ async def _reference_worker(stop_file: Path) -> None:
     client = await Client.connect(**temporal_connection(config))
     async with AsyncExitStack() as stack:
         for namespace, queue, workflow_class, _ in workflows.check_registry(config):
-            executor = stack.enter_context(Threads(max_workers=workflows.ACTIVITY_THREADS +
-                                                   workflows.LOCAL_ACTIVITY_SLOTS))
-            worker = Worker(client, task_queue=queue, workflows=[workflow_class], activities=stand_ins[namespace],
-                            activity_executor=executor, max_concurrent_activities=workflows.ACTIVITY_THREADS,
-                            max_concurrent_local_activities=workflows.LOCAL_ACTIVITY_SLOTS,
-                            graceful_shutdown_timeout=timedelta(seconds=5))
+            worker = workflows.queue_worker(stack, client, namespace, queue, workflow_class, stand_ins[namespace])
             await stack.enter_async_context(worker)
         stop_file.touch()  # ready
         while stop_file.exists():
