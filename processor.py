@@ -437,14 +437,6 @@ class TaskProcessor:
             if self.claim_wait_ms(wait_ms) is None:
                 # No fresh proof that Temporal is up: wait for work with a fetch that claims nothing (holding
                 # no in-flight slot, so stopping need not wait for it), then prove Temporal up and claim.
-                # Only while Temporal answers, though: a processor that cannot reach it (one host's network,
-                # a bad certificate) would hold one of the web process's few long-poll slots and could not
-                # claim what it woke for, while a healthy processor it crowded out waits out its decline.
-                # Starts already made are confirmed first, whatever Temporal's state now: unconfirmed, their
-                # claims would be rescued as stuck and started again.
-                if self.confirmations[pull.integration]:
-                    self.confirm_dispatches(pull)
-                self.bridge.ensure_healthy(IDLE_HEALTHY_FOR_SECONDS)
                 if not self.wait_with_fetch(pull, wait_ms) or self.stopping.is_set():
                     return False
                 wait_ms = 0
@@ -483,8 +475,15 @@ class TaskProcessor:
     def wait_with_fetch(self, pull: PullModeConfig, wait_ms: int) -> bool:
         """Wait up to `wait_ms` on the server, claiming nothing, until work appears; True if it did.
 
-        Stopping does not wait for this (`idle_waiting`): the process may exit while the request is out.
-        (`poll` has sent the confirmations waiting, so none is held meanwhile.)"""
+        Stopping does not wait for this (`idle_waiting`): the process may exit while the request is out."""
+        # Starts already made are confirmed first, whatever Temporal's state now: unconfirmed, their claims
+        # would be rescued as stuck and started again. And no confirmation is held while this waits.
+        if self.confirmations[pull.integration]:
+            self.confirm_dispatches(pull)
+        # Wait only while Temporal answers: a processor that cannot reach it (one host's network, a bad
+        # certificate) would hold one of the web process's few long-poll slots and could not claim what it woke
+        # for, while a healthy processor it crowded out waits out its decline (raises TemporalUnavailable).
+        self.bridge.ensure_healthy(IDLE_HEALTHY_FOR_SECONDS)
         if self.in_flight.held:
             # Starts still running will queue confirmations (and a cancel asked for meanwhile rides back on
             # them): come back within MIN_IDLE_ROUND_MS to send them, not after the whole idle wait.
