@@ -14,7 +14,9 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from flask.testing import FlaskClient
@@ -240,6 +242,27 @@ def snapshot(target):
         rows = dbaccess.query(target, f"SELECT * FROM {table}")
         found[table] = sorted((tuple(r.values()) for r in rows), key=repr)
     return found
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler for the tests' own HTTP servers: it logs nothing."""
+
+    def log_message(self, *args):
+        pass
+
+
+class LoopbackHTTP:
+    """A threaded HTTP server of `handler` on a free 127.0.0.1 port, serving from a thread of its own at once."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):

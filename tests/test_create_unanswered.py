@@ -5,9 +5,7 @@ The create activity runs in temporalio's ActivityEnvironment against a real loca
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -16,6 +14,7 @@ from temporalio.testing import ActivityEnvironment
 import integrations.shared.activities as activities
 from dev.stack import free_port
 from integrations.fangzhou_video.client import ArkClient
+from tests.conftest import LoopbackHTTP, QuietHandler
 
 
 @pytest.fixture
@@ -23,7 +22,7 @@ def ark(monkeypatch):
     """A server that takes the create and answers too late (or drops the connection); the creates it saw."""
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):
             seen.append(self.path)
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -32,18 +31,15 @@ def ark(monkeypatch):
                 return
             time.sleep(1.0)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    http = LoopbackHTTP(Handler)
+    server = http.server
     server.mode = ""
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(activities, "provider_settings", lambda namespace: {
-        "baseUrl": f"http://127.0.0.1:{server.server_port}/api/v3", "apiKey": "k", "model": "m"})
+        "baseUrl": f"{http.url}/api/v3", "apiKey": "k", "model": "m"})
     monkeypatch.setattr(ArkClient, "create_timeout", (1.0, 0.2))
     activities.throttle.cache_clear()
     yield server, seen
-    server.shutdown()
+    http.close()
     activities.throttle.cache_clear()
 
 

@@ -4,17 +4,25 @@ import os
 import re
 import shutil
 import struct
-import threading
 import time
 import zlib
 from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from dev import dbaccess
-from tests.conftest import BACKENDS, DASHBOARD, DASHBOARD_LOGIN, IMAGE, TABLE, VIDEO, sqlite_only
+from tests.conftest import (
+    BACKENDS,
+    DASHBOARD,
+    DASHBOARD_LOGIN,
+    IMAGE,
+    TABLE,
+    VIDEO,
+    LoopbackHTTP,
+    QuietHandler,
+    sqlite_only,
+)
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
@@ -34,7 +42,7 @@ def png(width=8, height=6, rgb=(200, 90, 40)) -> bytes:
 @contextmanager
 def image_server():
     """An HTTP server on 127.0.0.1 answering every GET with png(); yields its base URL."""
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             body = png()
             self.send_response(200)
@@ -43,17 +51,11 @@ def image_server():
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = LoopbackHTTP(Handler)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def populate(tasks):

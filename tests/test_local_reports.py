@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from dev.stack import ROOT, free_port, gunicorn_command, stop, wait_for_http
-from tests.conftest import SECRETS, VIDEO, Web
+from tests.conftest import SECRETS, VIDEO, LoopbackHTTP, QuietHandler, Web
 from tests.test_workflows import REPORT, events_of
 from tests.test_workflows import providers as workflow_providers  # noqa: F401  (a fixture: the fakes and a worker)
 
@@ -121,20 +121,17 @@ def test_a_report_the_web_process_cannot_take_falls_back_to_an_activity_and_land
         host.stop()
 
 
-class HoldingProxy:
+class HoldingProxy(LoopbackHTTP):
     """A pass-through HTTP proxy in front of the web process that runs `hook(status, body)` after the web has
     answered a report and before the worker gets that answer: the moment between the web's commit and the
     workflow learning of it."""
 
     def __init__(self, target: str, hook):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         import requests
 
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
@@ -152,18 +149,8 @@ class HoldingProxy:
 
             do_GET = do_POST = forward
 
-            def log_message(self, *args):
-                pass
-
         self.hook = hook
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def cancel_workflow(temporal, workflow_id):

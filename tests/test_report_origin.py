@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -20,12 +18,12 @@ from temporalio.testing import ActivityEnvironment
 from integrations.shared import activities
 from integrations.shared.activities import REPORT_REFUSED, REPORT_URL_REFUSED, ReportInput, origin, report_target
 from settings import load_config
-from tests.conftest import TOKEN, VIDEO
+from tests.conftest import TOKEN, VIDEO, LoopbackHTTP, QuietHandler
 
 PATH = f"/api/{VIDEO}/reportFangzhouVideoResult"
 
 
-class Listener:
+class Listener(LoopbackHTTP):
     """A real HTTP server on a free loopback port that records every request (method, path, headers, body).
 
     `answer`: (status, JSON body), or a function of the request's (method, path) giving one.
@@ -36,7 +34,7 @@ class Listener:
         self.seen: list[dict] = []
         listener = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 listener.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
@@ -53,18 +51,7 @@ class Listener:
 
             do_GET = do_PUT = do_POST
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
