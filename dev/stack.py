@@ -34,6 +34,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def collided(log_path: Path, offset: int) -> bool:
+    """Whether what a process wrote to `log_path` after `offset` says its port was taken ("address already
+    in use", werkzeug's "Port N is in use", gunicorn's "Connection in use"): free_port lets go of the port
+    it found, so another process (another test, the dev server's own services) can take it first."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        return b" in use" in log.read().lower()
+
+
 def wait_for_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -133,10 +142,7 @@ def start_dev_server(db_file: Path | None, log_path: Path, port: int | None = No
             return process, address
         except RuntimeError:
             stop(process)
-            with open(log_path, "rb") as log:
-                log.seek(offset)
-                collided = b"address already in use" in log.read()
-            if not collided or attempt == tries - 1:
+            if not collided(log_path, offset) or attempt == tries - 1:
                 raise
             time.sleep(0.5)
     raise AssertionError("unreachable")
@@ -423,14 +429,21 @@ def python_process(args: list[str], log_path: Path, env: dict, ready_url: str | 
 
 @contextmanager
 def fake_provider(module: str, log_path: Path, api_key: str, step_seconds: float = 0.3, **env):
-    """`python -m fakes.<module>` on a free port; yields its base URL."""
-    port = free_port()
+    """`python -m fakes.<module>` on a free port (another, if that one was taken first); yields its base URL."""
     settings = {"FAKE_API_KEY": api_key, "FAKE_STEP_SECONDS": str(step_seconds),
                 **{k: str(v) for k, v in env.items()}}
-    url = f"http://127.0.0.1:{port}"
-    with python_process(["-m", f"fakes.{module}", "--port", str(port)], log_path, settings,
-                        ready_url=f"{url}/_fake/health"):
-        yield url
+    for attempt in range(4):
+        url, ready = f"http://127.0.0.1:{free_port()}", False
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        try:
+            with python_process(["-m", f"fakes.{module}", "--port", url.rpartition(":")[2]], log_path,
+                                settings, ready_url=f"{url}/_fake/health"):
+                ready = True
+                yield url
+            return
+        except RuntimeError:
+            if ready or attempt == 3 or not collided(log_path, offset):
+                raise
 
 
 class Stack:
@@ -443,6 +456,7 @@ class Stack:
 
     CLIENT_KEY = "stack-client-key-0123456789"
     DASHBOARD = ("admin", "stack-dashboard-password")
+    FAKE_URLS = {"ark": ("FANGZHOU_BASE_URL", "/api/v3"), "banana": ("NANOBANANA_BASE_URL", "")}
 
     def __init__(self, folder: Path, token: str = "stack-internal-token-0123", **settings):
         self.folder = Path(folder)
@@ -455,14 +469,15 @@ class Stack:
             "INTERNAL_API_TOKEN": token, "DATABASE_PATH": self.db_path, "MAIN_ENDPOINT": self.web_url,
             "CLIENT_API_KEYS": self.CLIENT_KEY, "DASHBOARD_PASSWORD": self.DASHBOARD[1],
             "TEMPORAL_ADDRESS": self.temporal_address,
-            "FANGZHOU_BASE_URL": f"http://127.0.0.1:{self.ports['ark']}/api/v3",
-            "NANOBANANA_BASE_URL": f"http://127.0.0.1:{self.ports['banana']}",
+            **{setting: f"http://127.0.0.1:{self.ports[fake]}{path}"
+               for fake, (setting, path) in self.FAKE_URLS.items()},
             "FANGZHOU_API_KEY": key, "NANOBANANA_API_KEY": key, "FAKE_API_KEY": key,
             "FAKE_STEP_SECONDS": "0.5", "POLL_INTERVAL_MS": "200", "RETRY_BASE_SECONDS": "0",
             "FANGZHOU_POLL_INTERVAL_SECONDS": "1", "NANOBANANA_POLL_INTERVAL_SECONDS": "1",
             **{k: str(v) for k, v in settings.items()},
         }
         self.processes: dict[str, subprocess.Popen] = {}
+        self.started: set[str] = set()
 
     @property
     def database(self) -> str:
@@ -474,9 +489,43 @@ class Stack:
             process = subprocess.Popen(command, cwd=ROOT, env=local_environ(self.env),
                                        stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
+        self.started.add(name)
         if ready_url:
             wait_for_http(ready_url, timeout=30, process=process)
         return process
+
+    def _spawn_listening(self, name: str, command, ready_path: str, told: tuple[str, ...]) -> None:
+        """_spawn for a process listening on self.ports[name] (`command(port)`), ready when `ready_path` answers.
+
+        If its port was taken before it bound it (see collided), it starts again: on a new port if this is its
+        first start and no process that would have been told the port (names starting with one of `told`)
+        has started, else on the same port after a pause."""
+        log_path = self.folder / f"{name}.log"
+        for attempt in range(4):
+            movable = name not in self.started and not any(n.startswith(told) for n in self.started)
+            port = self.ports[name]
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            try:
+                self._spawn(name, command(port), ready_url=f"http://127.0.0.1:{port}{ready_path}")
+                return
+            except RuntimeError:
+                if attempt == 3 or not collided(log_path, offset):
+                    raise
+                if movable:
+                    self.started.discard(name)
+                    self._move(name, free_port())
+                else:
+                    time.sleep(0.5)
+
+    def _move(self, name: str, port: int) -> None:
+        """`name` listens on `port` from now on, and the settings that name its URL say so."""
+        self.ports[name] = port
+        url = f"http://127.0.0.1:{port}"
+        if name == "web":
+            self.web_url = self.env["MAIN_ENDPOINT"] = url
+        elif name in self.FAKE_URLS:
+            setting, path = self.FAKE_URLS[name]
+            self.env[setting] = url + path
 
     def start_temporal(self, in_memory: bool = False) -> None:
         """Temporal on this stack's port (the others were told it), with its state in the stack's folder
@@ -495,10 +544,9 @@ class Stack:
 
     def start_fake(self, name: str) -> None:
         """One fake provider ("ark" or "banana") on its port: a restart after kill() is the same provider back."""
-        port = self.ports[name]
         module = {"ark": "ark", "banana": "nanobanana"}[name]
-        self._spawn(name, [sys.executable, "-m", f"fakes.{module}", "--port", str(port)],
-                    ready_url=f"http://127.0.0.1:{port}/_fake/health")
+        self._spawn_listening(name, lambda port: [sys.executable, "-m", f"fakes.{module}", "--port", str(port)],
+                              "/_fake/health", told=("web", "worker", "processor", "nginx"))
 
     def fake(self, name: str) -> str:
         """A fake provider's base URL, for its /_fake/ test endpoints."""
@@ -512,9 +560,9 @@ class Stack:
         on a port of its own that a restart of that name reuses (`web_urls[name]`)."""
         if name not in self.ports:
             self.ports[name] = free_port()
-        url = self.web_urls[name]
-        self._spawn(name, gunicorn_command(self.ports[name], workers), ready_url=f"{url}/healthz")
-        return url
+        self._spawn_listening(name, lambda port: gunicorn_command(port, workers), "/healthz",
+                              told=("worker", "processor", "nginx") if name == "web" else ())
+        return self.web_urls[name]
 
     @property
     def web_urls(self) -> dict[str, str]:
