@@ -14,6 +14,8 @@ reference  the same workflows (the worker's own classes, so the same activities,
 idle       64 real processors at the shipped POLL_INTERVAL_MS against one idle web process: its CPU.
 scale      the stack run again on an empty database and on one holding 1,000,000 finished tasks: create
            rate, the web process's time per report (access log), dashboard render; each 1M / empty.
+floor      the worker CPU of workflows of 1, 2 and 5 no-op activities (bench/sdk_floor.py), sandboxed and
+           not: what the Python SDK charges before any of our work, against the 15 ms goal for all of ours.
 """
 
 from __future__ import annotations
@@ -199,26 +201,35 @@ async def _reference_worker(stop_file: Path) -> None:
             await asyncio.sleep(0.1)
 
 
-def reference_phase(folder: Path, tasks: int) -> dict:
-    """Start N workflows directly (as the processor would) and wait for every one to complete."""
+def _ready_worker(module_args: list[str], ready: Path, log_path: Path, env: dict):
+    """`python -m <module_args>`: a worker that touches `ready` once it serves, waited for with a deadline."""
     import subprocess
 
+    from settings import ROOT
+
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen([sys.executable, "-m", *module_args], cwd=ROOT, env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise RuntimeError(f"{module_args[0]} worker did not start; see {log_path}")
+        time.sleep(0.05)
+    return worker
+
+
+def reference_phase(folder: Path, tasks: int) -> dict:
+    """Start N workflows directly (as the processor would) and wait for every one to complete."""
     from dev.stack import Stack, connect_temporal, local_environ
     from integrations import load_integrations
-    from settings import ROOT, load_config
+    from settings import load_config
 
     with Stack(folder, **FAST) as stack:
         stack.start_temporal()
         ready = folder / "reference-worker.ready"
-        with open(folder / "reference-worker.log", "ab") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "bench.lifecycle", "reference-worker", str(ready)],
-                                      cwd=ROOT, env=local_environ(stack.env), stdout=log, stderr=log)
+        worker = _ready_worker(["bench.lifecycle", "reference-worker", str(ready)], ready,
+                               folder / "reference-worker.log", local_environ(stack.env))
         stack.processes["worker"] = worker
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"reference worker did not start; see {folder / 'reference-worker.log'}")
-            time.sleep(0.05)
         environ = os.environ.copy()
         os.environ.update({k: str(v) for k, v in stack.env.items()})
         try:
@@ -252,6 +263,58 @@ def reference_phase(folder: Path, tasks: int) -> dict:
         worker.wait(30)
     return {"rate": tasks / elapsed, "seconds": elapsed, "cpu_ms_per_task": _per_task_ms(before, after, tasks),
             "history_events": events}
+
+
+# -- the floor: the SDK's own worker cost for the smallest workflows --
+
+FLOOR_ACTIVITY_COUNTS = (1, 2, 5)
+
+
+def floor_phase(folder: Path, workflows: int) -> dict:
+    """Worker CPU ms per workflow of bench/sdk_floor.py's K no-op activities, sandboxed and not, on a fresh
+    Temporal dev server: what temporalio itself costs before any of this project's work."""
+    from temporalio.client import Client
+
+    from bench import sdk_floor
+    from bench.procstat import cpu_seconds
+    from dev.stack import local_environ, start_dev_server, stop
+
+    async def execute(address: str, count: int, activities: int) -> None:
+        client = await Client.connect(address)
+        room = asyncio.Semaphore(sdk_floor.CONCURRENT)
+
+        async def one() -> None:
+            async with room:
+                await client.execute_workflow(sdk_floor.SdkFloor.run, activities, id=uuid.uuid4().hex,
+                                              task_queue=sdk_floor.QUEUE)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server, address = start_dev_server(None, folder / "temporal.log")
+    results = {}
+    try:
+        for sandboxed in (True, False):
+            for activities in FLOOR_ACTIVITY_COUNTS:
+                ready = folder / f"worker-{int(sandboxed)}-{activities}.ready"
+                worker = _ready_worker(["bench.sdk_floor", address, str(ready), str(int(sandboxed))], ready,
+                                       folder / "worker.log", local_environ())
+                try:
+                    asyncio.run(execute(address, 20, activities))  # warm-up
+                    before = cpu_seconds(worker.pid)
+                    asyncio.run(execute(address, workflows, activities))
+                    used = cpu_seconds(worker.pid) - before
+                finally:
+                    ready.unlink(missing_ok=True)
+                    stop(worker, timeout=30)
+                runner = "sandboxed" if sandboxed else "unsandboxed"
+                key = f"sdk_floor_worker_cpu_ms_{runner}_{activities}"
+                results[key] = round(used * 1000 / workflows, 1)
+                print(f"  floor: {activities} no-op activities, {runner}: worker {results[key]} ms per workflow",
+                      flush=True)
+    finally:
+        stop(server)
+    return results
 
 
 # -- the lifecycle beside 1,000,000 finished tasks --
@@ -433,6 +496,7 @@ def run(folder: Path, tasks: int) -> dict:
     stack = max(stacks, key=lambda r: r["rate"])
     idle = idle_phase(folder / "idle")
     scale = scale_phase(folder / "scale", tasks)
+    floor = floor_phase(folder / "floor", tasks)
     per_process = {f"lifecycle_cpu_ms_{name}": ms for name, ms in stack["cpu_ms_per_task"].items()}
     reference_per_process = {f"lifecycle_reference_cpu_ms_{name}": ms
                              for name, ms in reference["cpu_ms_per_task"].items()}
@@ -442,12 +506,18 @@ def run(folder: Path, tasks: int) -> dict:
             "lifecycle_history_events": stack["history_events"],
             "lifecycle_reference_history_events": reference["history_events"],
             **per_process, **reference_per_process,
-            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"]), **idle, **scale}
+            "lifecycle_db_bytes_per_task": round(stack["db_bytes_per_task"]), **idle, **scale, **floor}
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["reference-worker"]:
         asyncio.run(_reference_worker(Path(sys.argv[2])))
+    elif sys.argv[1:2] == ["floor"]:  # the floor phase alone: bench/lifecycle.py floor [workflows]
+        import json
+        import tempfile
+
+        found = floor_phase(Path(tempfile.mkdtemp(prefix="sdk-floor-")), int(sys.argv[2]) if len(sys.argv) > 2 else 300)
+        print(json.dumps(found, indent=2))
     else:
         import json
         import tempfile

@@ -43,7 +43,8 @@ unless a phase says otherwise.
   lifecycle N tasks from create to completed through the whole stack with fast fakes, against the same
             workflows driven directly with in-process stand-in activities (Temporal's own ceiling); CPU ms
             per task per process; the web process's CPU with 64 idle processors; the same lifecycle on an
-            empty database and beside 1,000,000 finished tasks (bench/lifecycle.py)
+            empty database and beside 1,000,000 finished tasks; the worker CPU of the smallest workflows,
+            the SDK's floor (bench/lifecycle.py)
 """
 
 from __future__ import annotations
@@ -673,6 +674,8 @@ GOALS = [  # key, what it is, goal text, check
      lambda v: v >= 0.9),
     ("lifecycle_1m_report_p50_ratio", "  report time p50 / empty", "<= 1.1", lambda v: v <= 1.1),
     ("lifecycle_1m_dashboard_ratio", "  dashboard render / empty", "<= 1.1", lambda v: v <= 1.1),
+    ("sdk_floor_worker_cpu_ms_sandboxed_2", "floor: worker CPU, 2 no-op activities, sandboxed (ms)", "", None),
+    ("sdk_floor_worker_cpu_ms_unsandboxed_2", "  the same, unsandboxed (ms)", "", None),
 ]
 
 
