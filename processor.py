@@ -59,7 +59,7 @@ IDLE_HEALTHY_FOR_SECONDS = 5.0  # before an idle wait: a processor that cannot r
 CLAIM_WAIT_MARGIN_MS = 10  # of that proof, kept back for the claim request's own transit
 MIN_CLAIM_WAIT_MS = 20  # a shorter proof is not worth a long-polled claim: wait with a fetch instead
 MAX_BATCH = 100  # the web process's limit per claim and per batch report
-MAX_DECLINED_WAIT_MS = 30_000  # the longest a declined long poll waits here (the server's longest wait)
+MAX_DECLINED_WAIT_MS = 45_000  # the longest a declined long poll waits here (150 % of the server's longest wait)
 REPORT_RETRIES = 4
 
 log = logging.getLogger("processor")

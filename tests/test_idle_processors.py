@@ -118,7 +118,7 @@ def test_a_task_is_not_left_to_processors_declined_for_the_idle_wait(tmp_path, d
                                                                     temporal):
     """The web process holds one long poll per integration (WEB_LONG_POLLS=2, one worker). Processor A cannot
     reach Temporal (one host's network, a bad certificate); B can. Were A to hold both slots, B would be
-    declined and told `retryAfterMs` = 50-100 % of its 20 s wait, and a task created then would be claimed
+    declined and told `retryAfterMs` = 100-150 % of its 20 s wait, and a task created then would be claimed
     only when B asked again (A cannot claim it: its fetch wakes, its health check fails). A checks Temporal
     before it waits, so it holds no slot, and B claims at once."""
     from dev.stack import free_port, gunicorn
