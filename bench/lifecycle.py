@@ -28,6 +28,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -84,31 +85,19 @@ def stack_phase(folder: Path, tasks: int) -> dict:
 
     with Stack(folder, **FAST) as stack:
         stack.start_all()
-        kinds = ["video" if n % 2 else "image" for n in range(tasks)]
-        session = requests.Session()
-        session.headers.update(stack.user)
-        warm = stack.create("image", "warm-up")  # the first task pays the processes' first-call costs
-        _wait_completed(stack.database, 1, timeout=60)
-        del warm
+        _warm_up(stack)
         before = _cpu(stack.processes)
         began = time.perf_counter()
-
-        def create(n: int) -> str:
-            response = session.post(f"{stack.web_url}/api/{kinds[n]}/generate", json={"prompt": f"lifecycle {n}"},
-                                    timeout=30)
-            response.raise_for_status()
-            return response.json()["taskId"]
-
-        with ThreadPoolExecutor(8) as pool:
-            ids = list(pool.map(create, range(tasks)))
-        _wait_completed(stack.database, tasks + 1, timeout=60 + tasks)
+        created = _create(stack, tasks, "lifecycle")
+        _wait_ids_completed(stack.database, created.by_table, timeout=60 + tasks)
         elapsed = time.perf_counter() - began
         after = _cpu(stack.processes)
         cpu = _per_task_ms(before, after, tasks)
         rows = dbaccess.query(stack.database, "SELECT id FROM video_tasks UNION ALL SELECT id FROM image_tasks")
         assert len(rows) == tasks + 1
-        sample = [f"{'fangzhouVideoGeneration' if kinds[n] == 'video' else 'nanobanana2ImageGeneration'}:{ids[n]}"
-                  for n in range(0, tasks, max(1, tasks // 10))]
+        pairs = list(zip(created.kinds, created.ids, strict=True))[:: max(1, tasks // 10)]
+        sample = [f"{'fangzhouVideoGeneration' if kind == 'video' else 'nanobanana2ImageGeneration'}:{task_id}"
+                  for kind, task_id in pairs]
         events = _history_events(stack.temporal_address, sample)
         db_bytes = sum(p.stat().st_size for p in folder.glob("app.db*"))
     outside = sum(v for k, v in cpu.items() if k in ("worker", "web", "processor"))
@@ -117,17 +106,44 @@ def stack_phase(folder: Path, tasks: int) -> dict:
             "db_bytes_per_task": db_bytes / (tasks + 1)}
 
 
-def _wait_completed(database: str, count: int, timeout: float) -> None:
-    from dev import dbaccess
+class Created(NamedTuple):
+    """What _create made: each task's kind and id in order, each create's seconds, and the creates' rate."""
 
-    deadline = time.monotonic() + timeout
-    sql = ("SELECT (SELECT COUNT(*) FROM video_tasks WHERE status = 'completed') + "
-           "(SELECT COUNT(*) FROM image_tasks WHERE status = 'completed') AS n")
-    while time.monotonic() < deadline:
-        if dbaccess.query(database, sql)[0]["n"] >= count:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"fewer than {count} tasks completed within {timeout}s")
+    kinds: list[str]
+    ids: list[str]
+    took: list[float]
+    rate: float
+
+    @property
+    def by_table(self) -> dict[str, list[str]]:
+        pairs = list(zip(self.kinds, self.ids, strict=True))
+        return {f"{kind}_tasks": [i for k, i in pairs if k == kind] for kind in ("video", "image")}
+
+
+def _warm_up(stack) -> None:
+    """One task through the stack first: it pays the processes' first-call costs."""
+    _wait_ids_completed(stack.database, {"image_tasks": [stack.create("image", "warm-up")]}, timeout=60)
+
+
+def _create(stack, tasks: int, label: str) -> Created:
+    """N tasks, half video and half image, created over HTTP from 8 threads at once."""
+    session = requests.Session()
+    session.headers.update(stack.user)
+    kinds = ["video" if n % 2 else "image" for n in range(tasks)]
+    took: list[float] = []
+
+    def create(n: int) -> str:
+        began = time.perf_counter()
+        response = session.post(f"{stack.web_url}/api/{kinds[n]}/generate", json={"prompt": f"{label} {n}"},
+                                timeout=30)
+        took.append(time.perf_counter() - began)
+        response.raise_for_status()
+        return response.json()["taskId"]
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(create, range(tasks)))
+    return Created(kinds, ids, took, tasks / (time.perf_counter() - began))
 
 
 # -- the reference: the worker's workflows, stand-in activities, no HTTP --
@@ -373,29 +389,10 @@ def _scale_run(folder: Path, tasks: int, renders: int) -> dict:
     with Stack(folder, **FAST, GUNICORN_CMD_ARGS=f"--access-logfile {access} --access-logformat '{ACCESS_FORMAT}'",
                ) as stack:
         stack.start_all()
-        session = requests.Session()
-        session.headers.update(stack.user)
-        warm = stack.create("image", "warm-up")
-        _wait_ids_completed(stack.database, {"image_tasks": [warm]}, timeout=60)
+        _warm_up(stack)
         log_start = access.stat().st_size
-        kinds = ["video" if n % 2 else "image" for n in range(tasks)]
-        took: list[float] = []
-
-        def create(n: int) -> str:
-            began = time.perf_counter()
-            response = session.post(f"{stack.web_url}/api/{kinds[n]}/generate", json={"prompt": f"scale {n}"},
-                                    timeout=30)
-            took.append(time.perf_counter() - began)
-            response.raise_for_status()
-            return response.json()["taskId"]
-
-        began = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            ids = list(pool.map(create, range(tasks)))
-        create_rate = tasks / (time.perf_counter() - began)
-        by_table = {"video_tasks": [i for n, i in enumerate(ids) if kinds[n] == "video"],
-                    "image_tasks": [i for n, i in enumerate(ids) if kinds[n] == "image"]}
-        _wait_ids_completed(stack.database, by_table, timeout=60 + tasks)
+        created = _create(stack, tasks, "scale")
+        _wait_ids_completed(stack.database, created.by_table, timeout=60 + tasks)
         with open(access, "rb") as log:
             log.seek(log_start)
             lines = log.read().decode().splitlines()
@@ -409,7 +406,8 @@ def _scale_run(folder: Path, tasks: int, renders: int) -> dict:
             if n >= 10:  # the first ten warm the connection, the templates and SQLite's page cache
                 renders_ms.append((time.perf_counter() - began) * 1000)
             assert page.status_code == 200, page.status_code
-    return {"create_rate": round(create_rate, 1), "create_ms_p50": round(statistics.median(took) * 1000, 2),
+    return {"create_rate": round(created.rate, 1),
+            "create_ms_p50": round(statistics.median(created.took) * 1000, 2),
             "report_ms_p50": round(statistics.median(reports), 2),
             "report_ms_p99": round(reports[int(len(reports) * 0.99) - 1], 2), "reports": len(reports),
             "dashboard_ms": round(statistics.median(renders_ms), 2)}
