@@ -56,6 +56,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     database_url, database_path = db.database_settings(config.get("components.main.databaseUrl"),
                                                        config.get("components.main.databasePath", "data/app.db"))
+    if database_url:  # psycopg is loaded only for PostgreSQL
+        from web import pg
+
+        pg.use_direct(database_url, config.get("components.main.databaseDirectUrl") or None)
     app.config.update(
         DATABASE_PATH=database_path,
         DATABASE_URL=database_url,

@@ -44,6 +44,10 @@ SETTINGS = [
     Setting("DATABASE_URL", "components.main.databaseUrl", str,
             "unset or sqlite:///path: SQLite (at DATABASE_PATH, or the path); postgresql://...: a PostgreSQL task "
             "store (psycopg 3 and its pool)"),
+    Setting("DATABASE_DIRECT_URL", "components.main.databaseDirectUrl", str,
+            "PostgreSQL only: a direct connection (not through a transaction pooler such as PgBouncer in "
+            "transaction mode) for the work that needs a session of its own: LISTEN for the long polls' "
+            "wake-ups and the periodic prune's advisory lock; unset: DATABASE_URL"),
     Setting("MAIN_ENDPOINT", "components.main.endpoint", str,
             "base URL the processor and worker use to reach the web process"),
     Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str,
@@ -419,6 +423,14 @@ def _validate(config: Config) -> None:
                                       and url.startswith(("sqlite:///", "postgresql://", "postgres://"))):
         raise ConfigError("DATABASE_URL (components.main.databaseUrl) must be sqlite:///<path> or "
                           "postgresql://...; got a value of another scheme")
+    direct = config.get("components.main.databaseDirectUrl")
+    if direct not in (None, ""):
+        if not (isinstance(direct, str) and direct.startswith(("postgresql://", "postgres://"))):
+            raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) must be postgresql://...; "
+                              "got a value of another scheme")
+        if not (isinstance(url, str) and url.startswith(("postgresql://", "postgres://"))):
+            raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) is for a PostgreSQL "
+                              "DATABASE_URL; DATABASE_URL is not one")
     for path, (low, high) in _BOUNDS.items():
         value = config.get(path)
         if value is None:

@@ -265,7 +265,7 @@ class ListenWaiter:
         self.key = key
         self.client = client
         self.client_gone = False
-        self.listener = self.pg_wakeup.listener(conn.url)
+        self.listener = self.pg_wakeup.listener(conn.url, conn.direct_url)
         self.seen = self.listener.mark(key)  # before the first look: a notify after it wakes the wait
         self.wakeups = 0
 

@@ -88,6 +88,7 @@ class PgConn:
     def __init__(self, raw: psycopg.Connection, url: str | None = None, from_pool: ConnectionPool | None = None):
         self.raw = raw
         self.url = url  # for the wake-up's listener and notifier (web/pg_wakeup.py)
+        self.direct_url = direct_url(url) if url else None  # the listener's (use_direct)
         self.pool = from_pool  # the pool `raw` came from: given back while a long poll sleeps (released)
         self.ready: set[str] = set()  # integrations whose work this transaction makes claimable
 
@@ -165,11 +166,34 @@ def configure(conn: psycopg.Connection) -> None:
     conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
 
 
-def connect(url: str) -> PgConn:
-    """One connection of its own (the CLI, migrations, tests): autocommit, configured."""
-    raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+def connect(url: str, direct: bool = False) -> PgConn:
+    """One connection of its own (the CLI, migrations, tests): autocommit, configured. `direct`: to `url`'s
+    direct URL (DATABASE_DIRECT_URL), for work that keeps state in its session (the prune's advisory lock)."""
+    raw = psycopg.connect(direct_url(url) if direct else url, autocommit=True,
+                          connect_timeout=CONNECT_TIMEOUT_SECONDS)
     configure(raw)
     return PgConn(raw, url)
+
+
+_direct: dict[str, str] = {}
+
+
+def use_direct(url: str, direct: str | None) -> None:
+    """Work that needs a session of its own (LISTEN, a session advisory lock) for the database at `url`
+    connects to `direct` instead (DATABASE_DIRECT_URL; None: to `url` itself).
+
+    Behind a transaction pooler (PgBouncer in transaction mode) each transaction of a client may run on
+    another server connection: a LISTEN would not hear its notifications, and a session lock taken by one
+    client could be taken again by another that lands on the same server connection."""
+    if direct:
+        _direct[url] = direct
+    else:
+        _direct.pop(url, None)
+
+
+def direct_url(url: str) -> str:
+    """Where session-bound work for the database at `url` connects (see use_direct)."""
+    return _direct.get(url, url)
 
 
 _pools: dict[tuple[int, str], ConnectionPool] = {}

@@ -48,8 +48,9 @@ log = logging.getLogger("web.pg_wakeup")
 class Listener:
     """LISTEN task_ready on one connection of its own; generations per integration that waiters watch."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, direct: str | None = None):
         self.url = url
+        self.direct = direct or url  # LISTEN needs a session: DATABASE_DIRECT_URL, not through a transaction pooler
         self.cond = threading.Condition()
         self.generation: Counter[str] = Counter()
         self.epoch = 0  # bumped on each (re)connect: every waiter looks again
@@ -72,7 +73,7 @@ class Listener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                with psycopg.connect(self.direct, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
                     self._conn = conn
                     conn.execute(f"LISTEN {CHANNEL}")
                     with self.cond:
@@ -102,7 +103,7 @@ class Listener:
         self._stop.set()
         if self.listening.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                with psycopg.connect(self.direct, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
                     conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
             except psycopg.Error:
                 pass  # the server is gone: the thread's wait ends by its timeout
@@ -179,15 +180,16 @@ _notifiers: dict[tuple[int, str], Notifier] = {}
 _lock = threading.Lock()
 
 
-def listener(url: str) -> Listener:
-    """This process's listener for `url`, started on first use (after a fork: never the parent's)."""
+def listener(url: str, direct: str | None = None) -> Listener:
+    """This process's listener for `url`, started on first use (after a fork: never the parent's); it
+    connects to `direct` if given (web/pg.py's direct_url)."""
     key = (os.getpid(), url)
     found = _listeners.get(key)
     if found is None:
         with _lock:
             found = _listeners.get(key)
             if found is None:
-                found = _listeners[key] = Listener(url)
+                found = _listeners[key] = Listener(url, direct)
         found.listening.wait(LISTEN_READY_SECONDS)  # a notify sent before the LISTEN would be missed
     return found
 

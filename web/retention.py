@@ -5,7 +5,8 @@ Off unless RETENTION_DAYS is set. Under gunicorn every worker starts a daemon th
 others try for the lock every interval, so when that worker exits another takes over. On
 SQLite the lock is an exclusive flock on `<database>.prune.lock` (the kernel drops it with the
 process). On PostgreSQL it is a session advisory lock (`pg_try_advisory_lock`, keyed by the
-schema) held on a connection of its own, so one worker of all the hosts prunes at a time; the
+schema) held on a connection of its own (to DATABASE_DIRECT_URL if set: a session lock needs a session, which a
+transaction pooler does not keep), so one worker of all the hosts prunes at a time; the
 server drops it when that connection ends, and the holder checks its connection every interval. Each run is
 task_store.prune_finished: small write transactions, live tasks never touched. The thread
 stops between two batches at the worker's exit (worker_exit). `flask --app app tasks prune`
@@ -145,7 +146,7 @@ class PeriodicPrune:
                            pid=os.getpid())
                 self._release()
         try:
-            conn = pg.connect(self.db_path)
+            conn = pg.connect(self.db_path, direct=True)  # a session lock needs a session: not via a pooler
         except Exception as exc:
             logs.event(log, "periodic prune cannot reach the database", logging.WARNING, error=str(exc))
             return False

@@ -1,0 +1,127 @@
+"""Behind PgBouncer in transaction mode (a real one, dev/pgbouncer.py): DATABASE_DIRECT_URL.
+
+In transaction mode each transaction of a client may run on another server connection, so what lives in a
+session does not stay with the client: a LISTEN hears nothing, and a session advisory lock taken by one
+client is taken again by another that lands on the same server connection. The pool's queries are
+transactions and go through the pooler; the listener and the prune lock connect to DATABASE_DIRECT_URL.
+The pooler here has one server connection, so every client shares one server session: what the tests show
+is what happens in production whenever two clients meet on one.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+
+from dev import dbaccess, pgbouncer
+from tests.conftest import AUTH, SECRETS, USER, VIDEO
+from web import pg, pg_wakeup
+from web.retention import PeriodicPrune
+
+pytestmark = [pytest.mark.parametrize("backend", ["postgres"], indirect=True),
+              pytest.mark.skipif(pgbouncer.find() is None, reason="pgbouncer not installed (.ci/run installs it)")]
+DAY = 86_400.0
+
+
+@pytest.fixture
+def role(pg_server, pg_url):
+    """A login role whose sessions see the test's fresh schema (set on the role: PgBouncer does not pass
+    the `options` startup parameter), and its direct URL; the role is dropped afterwards."""
+    admin, _ = pg_server
+    schema = pg_url.rpartition("search_path%3D")[2]
+    name, password = f"r_{secrets.token_hex(5)}", secrets.token_hex(12)
+    dbaccess.execute(admin, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    dbaccess.execute(admin, f"ALTER ROLE {name} SET search_path = {schema}")
+    dbaccess.execute(admin, f"GRANT ALL ON SCHEMA {schema} TO {name}")
+    server = admin.split("@", 1)[1].split("/", 1)[0]
+    host, port = server.rsplit(":", 1)
+    try:
+        yield {"name": name, "password": password, "host": host, "port": int(port),
+               "direct": f"postgresql://{name}:{password}@{server}/postgres"}
+    finally:
+        dbaccess.close(f"postgresql://{name}:{password}@{server}/postgres")
+        dbaccess.execute(admin, f"DROP OWNED BY {name} CASCADE")
+        dbaccess.execute(admin, f"DROP ROLE {name}")
+
+
+@pytest.fixture
+def bounced(role):
+    """The role's URL through PgBouncer in transaction mode (one server connection)."""
+    with pgbouncer.bouncer(role["host"], role["port"], "postgres", role["name"], role["password"]) as url:
+        yield url
+        pg.close_pools(url)
+        pg.use_direct(url, None)
+
+
+def make_app(database_url: str, direct: str | None):
+    from app import create_app
+
+    settings = {"DATABASE_URL": database_url, **SECRETS}
+    if direct:
+        settings["DATABASE_DIRECT_URL"] = direct
+    made = create_app(settings)
+    made.config["TESTING"] = True
+    return made
+
+
+def test_through_the_pooler_alone_a_listener_hears_nothing(role, bounced):
+    """Why the setting exists: a LISTEN made through the pooler, and a notify sent through it, never meet."""
+    make_app(role["direct"], None)  # the schema, created at the current version
+    listener = pg_wakeup.Listener(bounced)
+    try:
+        assert listener.listening.wait(5)
+        seen = listener.mark(VIDEO)
+        dbaccess.execute(bounced, f"SELECT pg_notify('{pg_wakeup.CHANNEL}', '{VIDEO}')")
+        assert not listener.wait(VIDEO, seen, timeout=2)
+        assert listener.received == 0
+    finally:
+        listener.close()
+
+
+def test_a_long_poll_behind_the_pooler_is_woken_through_the_direct_url(role, bounced):
+    """The app's queries go through the pooler and its listener connects directly: a create's commit wakes
+    a waiting long poll by notification, not by the 1 s fallback re-check."""
+    make_app(role["direct"], None)
+    app = make_app(bounced, role["direct"])
+    assert pg.direct_url(bounced) == role["direct"]
+    client = app.test_client()
+    listener = pg_wakeup.listener(bounced, pg.direct_url(bounced))
+    assert listener.direct == role["direct"] and listener.listening.wait(5)
+    received = listener.received
+    seen = listener.mark(VIDEO)
+    created = client.post("/api/video/generate", json={"prompt": "through the pooler"},
+                          headers=USER)
+    assert created.status_code == 201, created.json
+    assert listener.wait(VIDEO, seen, timeout=5), "the create's notify never reached the listener"
+    assert listener.received > received
+    answer = client.get(f"/api/{VIDEO}/fetchPendingTasks?waitMs=1000", headers=AUTH).json
+    assert [t["id"] for t in answer["tasks"]] == [created.json["taskId"]]
+
+
+def test_behind_the_pooler_only_one_pruner_holds_the_prune_lock(role, bounced):
+    """Two processes' pruners through the pooler: the lock is taken on a direct connection, so the second
+    is refused. Through the pooler alone both would hold it (one server session, and the lock is re-entrant)."""
+    make_app(role["direct"], None)
+    app = make_app(bounced, role["direct"])
+    tables = list(app.extensions["task_tables"].values())
+    first, second = (PeriodicPrune(bounced, tables, 7 * DAY, interval_seconds=60) for _ in range(2))
+    try:
+        assert first._hold_lock() and not second._hold_lock()
+        first._release()
+        deadline = time.monotonic() + 5
+        while not second._hold_lock():  # the server lets go of it with the connection
+            assert time.monotonic() < deadline, "the lock was not free once its holder let it go"
+            time.sleep(0.05)
+    finally:
+        first._release()
+        second._release()
+
+    pg.use_direct(bounced, None)  # as before DATABASE_DIRECT_URL: the lock through the pooler
+    first, second = (PeriodicPrune(bounced, tables, 7 * DAY, interval_seconds=60) for _ in range(2))
+    try:
+        assert first._hold_lock() and second._hold_lock()  # both "hold" it: the bug the setting avoids
+    finally:
+        first._release()
+        second._release()
