@@ -125,3 +125,19 @@ def test_behind_the_pooler_only_one_pruner_holds_the_prune_lock(role, bounced):
     finally:
         first._release()
         second._release()
+
+
+def test_a_direct_url_to_another_schema_or_nowhere_is_refused_at_start(role, bounced, pg_server):
+    """A listener on another database hears none of ours, and a prune lock taken elsewhere excludes nobody:
+    the app does not start, and says which setting is wrong."""
+    from dev.stack import free_port
+    from web.db import SchemaError
+
+    make_app(role["direct"], None)
+    admin, _ = pg_server  # the same server, but the public schema: not where the tasks are
+    with pytest.raises(SchemaError, match="DATABASE_DIRECT_URL reaches database 'postgres', schema 'public'"):
+        make_app(bounced, admin)
+    nowhere = f"postgresql://{role['name']}:{role['password']}@127.0.0.1:{free_port()}/postgres"
+    with pytest.raises(SchemaError, match="DATABASE_DIRECT_URL: cannot connect"):
+        make_app(bounced, nowhere)
+    assert make_app(bounced, role["direct"]) is not None

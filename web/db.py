@@ -347,6 +347,7 @@ def check_at_start(path: str, exit_on_error: bool) -> None:
                 upgrade(path)
             elif found[0] != target:
                 raise SchemaError(_describe(_shown(path), found[0], target, found[1]))
+            _check_direct(path)
             return
         target = len(load_migrations())
         found = stored_version(path)
@@ -361,6 +362,32 @@ def check_at_start(path: str, exit_on_error: bool) -> None:
             raise
         print(f"database error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_direct(url: str) -> None:
+    """DATABASE_DIRECT_URL, if set, must reach the database and schema DATABASE_URL does: a LISTEN elsewhere
+    hears none of its notifications, and a prune lock taken elsewhere excludes nobody."""
+    from web import pg
+
+    if pg.direct_url(url) == url:
+        return
+    where = "SELECT current_database(), current_schema()"
+    conn = pg.connect(url)
+    try:
+        pooled = tuple(conn.execute_pg(where).fetchone())
+    finally:
+        conn.close()
+    try:
+        conn = pg.connect(url, direct=True)
+    except Exception as exc:  # psycopg's OperationalError: refused, wrong password, unknown host
+        raise SchemaError(f"DATABASE_DIRECT_URL: cannot connect ({str(exc).strip()})") from None
+    try:
+        direct = tuple(conn.execute_pg(where).fetchone())
+    finally:
+        conn.close()
+    if direct != pooled:
+        raise SchemaError(f"DATABASE_DIRECT_URL reaches database {direct[0]!r}, schema {direct[1]!r}; DATABASE_URL "
+                          f"reaches {pooled[0]!r}, schema {pooled[1]!r}: they must be the same")
 
 
 def _loading_for_db_command() -> bool:
