@@ -45,9 +45,10 @@ SETTINGS = [
             "unset or sqlite:///path: SQLite (at DATABASE_PATH, or the path); postgresql://...: a PostgreSQL task "
             "store (psycopg 3 and its pool)"),
     Setting("DATABASE_DIRECT_URL", "components.main.databaseDirectUrl", str,
-            "PostgreSQL only: a direct connection (not through a transaction pooler such as PgBouncer in "
-            "transaction mode) for the work that needs a session of its own: LISTEN for the long polls' "
-            "wake-ups and the periodic prune's advisory lock; unset: DATABASE_URL"),
+            "PostgreSQL only, when DATABASE_URL is a transaction pooler (PgBouncer in transaction mode): a "
+            "direct connection for the work that needs a session of its own (LISTEN for the long polls' "
+            "wake-ups, the periodic prune's advisory lock); DATABASE_URL's connections then make no session "
+            "settings and prepare no statements; unset: DATABASE_URL is not a pooler"),
     Setting("MAIN_ENDPOINT", "components.main.endpoint", str,
             "base URL the processor and worker use to reach the web process"),
     Setting("INTERNAL_API_TOKEN", "components.asyncTask.internalApiToken", str,

@@ -229,6 +229,7 @@ def _ready_worker(module_args: list[str], ready: Path, log_path: Path, env: dict
     while not ready.exists():
         if worker.poll() is not None or time.monotonic() > deadline:
             worker.kill()
+            worker.wait()
             raise RuntimeError(f"{module_args[0]} worker did not start; see {log_path}")
         time.sleep(0.05)
     return worker

@@ -14,13 +14,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
+
+from dev.stack import free_port, wait_for_listening
 
 RUN_AS = "postgres"
 START_SECONDS = 10
@@ -28,12 +28,6 @@ START_SECONDS = 10
 
 def find() -> str | None:
     return shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if os.path.exists(p)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -50,7 +44,7 @@ def bouncer(host: str, port: int, database: str, user: str, password: str, pool_
         as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         os.chown(folder, entry.pw_uid, entry.pw_gid)
     os.chmod(folder, 0o700)
-    listen = _free_port()
+    listen = free_port()
     (folder / "users.txt").write_text(f'"{user}" "{password}"\n')
     (folder / "pgbouncer.ini").write_text(f"""[databases]
 {database} = host={host} port={port} dbname={database}
@@ -73,14 +67,12 @@ pidfile = {folder / "pgbouncer.pid"}
     process = subprocess.Popen([binary, str(folder / "pgbouncer.ini")], stdout=subprocess.DEVNULL,
                                stderr=subprocess.STDOUT, cwd=folder, **as_user)
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", listen), timeout=1):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
-                raise RuntimeError(f"pgbouncer did not start:\n{log[-2000:]}")
-            time.sleep(0.05)
+        try:  # its own word, not a connection that whoever took the port first could accept
+            wait_for_listening(process, folder / "pgbouncer.log", 0, f"listening on 127.0.0.1:{listen}",
+                               timeout=START_SECONDS)
+        except (RuntimeError, TimeoutError) as exc:
+            log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
+            raise RuntimeError(f"pgbouncer did not start ({exc}):\n{log[-2000:]}") from None
         yield f"postgresql://{quote(user)}:{quote(password)}@127.0.0.1:{listen}/{database}"
     finally:
         if process.poll() is None:

@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL cluster for tests and benchmarks: started here, stopped by pid.
 
-    python dev/postgres.py      start one, print its URL, stop it on Ctrl-C
+    python -m dev.postgres      start one, print its URL, stop it on Ctrl-C
 
 initdb refuses to run as root, so as root the server runs as the `postgres` user (Debian's package
 makes it) in a temporary directory that user owns. It listens on 127.0.0.1 only, at a free port,
@@ -19,13 +19,14 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from dev.stack import free_port
 
 SERVER_USER = "postgres"
 START_SECONDS = 30
@@ -37,12 +38,6 @@ def find_bin() -> Path | None:
         return Path(os.environ["PG_BIN"])
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: (("/15/" not in p), p))
     return Path(found[0]).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -28,19 +29,64 @@ from settings import ROOT
 BIN = Path(sys.executable).parent
 
 
+# Under pytest-xdist each worker takes its ports from a range of its own, below the kernel's ephemeral range
+# (32768-60999), so two workers' tests never pick the same port, and no port another process got by binding
+# port 0 (the dev server's internal services, outgoing connections) is picked. Elsewhere: the kernel's choice.
+PORT_RANGE = (10_000, 32_000)
+_next_port: dict[str, int] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free on 127.0.0.1 now (found by binding it and letting go: see _spawn_listening for the race)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    size = (PORT_RANGE[1] - PORT_RANGE[0]) // count
+    low = PORT_RANGE[0] + int(worker[2:]) % count * size
+    for _ in range(size):
+        offset = _next_port.get(worker, random.randrange(size))  # one worker: its ports in turn, not reused soon
+        _next_port[worker] = (offset + 1) % size
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", low + offset))
+            except OSError:
+                continue
+            return low + offset
+    raise RuntimeError(f"no free port in {low}-{low + size}")
+
+
+PORT_TAKEN = re.compile(rb"address already in use|port \d+ is in use|connection in use", re.IGNORECASE)
 
 
 def collided(log_path: Path, offset: int) -> bool:
-    """Whether what a process wrote to `log_path` after `offset` says its port was taken ("address already
-    in use", werkzeug's "Port N is in use", gunicorn's "Connection in use"): free_port lets go of the port
-    it found, so another process (another test, the dev server's own services) can take it first."""
+    """Whether what a process wrote to `log_path` after `offset` says its port was taken (the dev server's
+    "address already in use", werkzeug's "Port N is in use", gunicorn's "Connection in use"): free_port lets
+    go of the port it found, so another process (another test, the dev server's own services) can take it first."""
     with open(log_path, "rb") as log:
         log.seek(offset)
-        return b" in use" in log.read().lower()
+        return PORT_TAKEN.search(log.read()) is not None
+
+
+def wait_for_listening(process: subprocess.Popen, log_path: Path, offset: int, said: str,
+                       timeout: float = 30.0) -> None:
+    """Until the process writes `said` to its log after `offset`: that it listens (werkzeug's "Running on URL",
+    gunicorn's "Listening at: URL", PgBouncer's "listening on host:port"; callers pass the URL or address). An
+    answer on the port alone is no proof: whoever took it first may answer too (another test's server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before it said {said!r}")
+        if log_path.exists():
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                if said.encode() in log.read():
+                    return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the process did not say {said!r} within {timeout}s")
+        time.sleep(0.05)
 
 
 def wait_for_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
@@ -437,7 +483,9 @@ def fake_provider(module: str, log_path: Path, api_key: str, step_seconds: float
         offset = log_path.stat().st_size if log_path.exists() else 0
         try:
             with python_process(["-m", f"fakes.{module}", "--port", url.rpartition(":")[2]], log_path,
-                                settings, ready_url=f"{url}/_fake/health"):
+                                settings) as process:
+                wait_for_listening(process, log_path, offset, url)
+                wait_for_http(f"{url}/_fake/health", process=process)
                 ready = True
                 yield url
             return
@@ -495,7 +543,8 @@ class Stack:
         return process
 
     def _spawn_listening(self, name: str, command, ready_path: str, told: tuple[str, ...]) -> None:
-        """_spawn for a process listening on self.ports[name] (`command(port)`), ready when `ready_path` answers.
+        """_spawn for a process listening on self.ports[name] (`command(port)`), ready once it says it listens
+        there and `ready_path` answers (wait_for_listening).
 
         If its port was taken before it bound it (see collided), it starts again: on a new port if this is its
         first start and no process that would have been told the port (names starting with one of `told`)
@@ -506,7 +555,9 @@ class Stack:
             port = self.ports[name]
             offset = log_path.stat().st_size if log_path.exists() else 0
             try:
-                self._spawn(name, command(port), ready_url=f"http://127.0.0.1:{port}{ready_path}")
+                process = self._spawn(name, command(port))
+                wait_for_listening(process, log_path, offset, f"http://127.0.0.1:{port}")
+                wait_for_http(f"http://127.0.0.1:{port}{ready_path}", timeout=30, process=process)
                 return
             except RuntimeError:
                 if attempt == 3 or not collided(log_path, offset):

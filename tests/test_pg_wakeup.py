@@ -48,7 +48,7 @@ def waiting(app, count=1):
     url = app.config["DATABASE_URL"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        found = pg_wakeup._listeners.get((__import__("os").getpid(), url))
+        found = pg_wakeup._listeners.get((__import__("os").getpid(), url, url))
         if found is not None and len(found.cond._waiters) >= count:
             return found
         time.sleep(0.005)

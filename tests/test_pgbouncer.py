@@ -16,7 +16,7 @@ import time
 import pytest
 
 from dev import dbaccess, pgbouncer
-from tests.conftest import AUTH, SECRETS, USER, VIDEO
+from tests.conftest import AUTH, REPORT, SECRETS, USER, VIDEO
 from web import pg, pg_wakeup
 from web.retention import PeriodicPrune
 
@@ -140,4 +140,51 @@ def test_a_direct_url_to_another_schema_or_nowhere_is_refused_at_start(role, bou
     nowhere = f"postgresql://{role['name']}:{role['password']}@127.0.0.1:{free_port()}/postgres"
     with pytest.raises(SchemaError, match="DATABASE_DIRECT_URL: cannot connect"):
         make_app(bounced, nowhere)
-    assert make_app(bounced, role["direct"]) is not None
+    # The pooler itself: the same database and schema, but a LISTEN through it hears nothing.
+    with pytest.raises(SchemaError, match="DATABASE_DIRECT_URL did not hear"):
+        make_app(bounced, bounced)
+    assert not pg.pooled(bounced)  # a refused direct URL is forgotten
+    assert make_app(bounced, role["direct"]) is not None and pg.direct_url(bounced) == role["direct"]
+
+
+def test_many_clients_through_the_pooler_share_its_server_connections_without_prepared_statements(role):
+    """psycopg prepares a statement it has run five times on a connection, under names (_pg3_0, ...) that every
+    client uses: through a transaction pooler two clients meet on one server connection ("prepared statement
+    already exists", or "does not exist"). Behind a pooler the app prepares nothing: 4 threads x 25 creates,
+    claims, reports and refused stale reports through two server connections, every answer as it should be."""
+    import threading
+
+    make_app(role["direct"], None)
+    with pgbouncer.bouncer(role["host"], role["port"], "postgres", role["name"], role["password"],
+                           pool_size=2) as url:
+        try:
+            app = make_app(url, role["direct"])
+            problems: list[str] = []
+
+            def traffic(n: int) -> None:
+                client = app.test_client()
+                for i in range(25):
+                    made = client.post("/api/video/generate", json={"prompt": f"client {n} task {i}"}, headers=USER)
+                    claimed = client.post(f"/api/{VIDEO}/claimPendingTasks", json={"limit": 1}, headers=AUTH)
+                    tasks = claimed.json.get("tasks") if claimed.status_code == 200 else None
+                    if made.status_code != 201 or tasks is None:
+                        problems.append(f"create {made.status_code} {made.json}; claim {claimed.status_code}")
+                        continue
+                    for task in tasks:  # the claim's own attempt is taken; another is refused (409)
+                        body = {"apiCallId": task["id"], "status": "processing", "taskId": f"job-{n}-{i}"}
+                        answers = [client.post(f"/api/{VIDEO}/{REPORT[VIDEO]}", json={**body, "attempt": attempt},
+                                               headers=AUTH).status_code
+                                   for attempt in (task["attempt"], task["attempt"] + 1)]
+                        if answers != [200, 409]:
+                            problems.append(f"reports {answers}")
+
+            threads = [threading.Thread(target=traffic, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            assert problems == []
+            assert dbaccess.query(role["direct"], "SELECT count(*) AS n FROM video_tasks") == [{"n": 100}]
+        finally:
+            pg.close_pools(url)
+            pg.use_direct(url, None)

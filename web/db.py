@@ -364,30 +364,57 @@ def check_at_start(path: str, exit_on_error: bool) -> None:
         raise SystemExit(2) from None
 
 
+DIRECT_CHECK_SECONDS = 5.0  # how long a start waits to hear its own notification on DATABASE_DIRECT_URL
+
+
 def _check_direct(url: str) -> None:
-    """DATABASE_DIRECT_URL, if set, must reach the database and schema DATABASE_URL does: a LISTEN elsewhere
-    hears none of its notifications, and a prune lock taken elsewhere excludes nobody."""
+    """DATABASE_DIRECT_URL, if set, must reach the database and schema DATABASE_URL does, and hear what is sent
+    through it: a LISTEN elsewhere (another cluster, a standby, another pooler) hears none of our notifications,
+    and a prune lock taken elsewhere excludes nobody. Proved by a notification of our own; on a refusal the
+    direct URL is forgotten again."""
     from web import pg
 
-    if pg.direct_url(url) == url:
+    if not pg.pooled(url):
         return
-    where = "SELECT current_database(), current_schema()"
-    conn = pg.connect(url)
     try:
-        pooled = tuple(conn.execute_pg(where).fetchone())
-    finally:
-        conn.close()
+        _prove_direct(url)
+    except SchemaError:
+        pg.use_direct(url, None)
+        raise
+
+
+def _prove_direct(url: str) -> None:
+    import secrets
+
+    import psycopg
+
+    from web import pg
+
+    where, channel = "SELECT current_database(), current_schema()", f"direct_check_{secrets.token_hex(6)}"
     try:
-        conn = pg.connect(url, direct=True)
-    except Exception as exc:  # psycopg's OperationalError: refused, wrong password, unknown host
+        listening = pg.connect(url, direct=True)
+    except psycopg.Error as exc:  # refused, wrong password, unknown host
         raise SchemaError(f"DATABASE_DIRECT_URL: cannot connect ({str(exc).strip()})") from None
     try:
-        direct = tuple(conn.execute_pg(where).fetchone())
+        direct = tuple(listening.execute_pg(where).fetchone())
+        listening.execute_pg(f"LISTEN {channel}")
+        conn = pg.connect(url)
+        try:
+            pooled = tuple(conn.execute_pg(where).fetchone())
+            conn.execute_pg("SELECT pg_notify(%s, '')", (channel,))
+        finally:
+            conn.close()
+        if direct != pooled:
+            raise SchemaError(f"DATABASE_DIRECT_URL reaches database {direct[0]!r}, schema {direct[1]!r}; "
+                              f"DATABASE_URL reaches {pooled[0]!r}, schema {pooled[1]!r}: they must be the same")
+        if not list(listening.raw.notifies(timeout=DIRECT_CHECK_SECONDS, stop_after=1)):
+            raise SchemaError(f"DATABASE_DIRECT_URL did not hear, within {DIRECT_CHECK_SECONDS:g} s, a notification "
+                              "sent through DATABASE_URL: it must reach the same server directly, not a standby "
+                              "or a transaction pooler")
+    except psycopg.Error as exc:  # e.g. LISTEN on a standby: "cannot execute LISTEN during recovery"
+        raise SchemaError(f"DATABASE_DIRECT_URL: {str(exc).strip()}") from None
     finally:
-        conn.close()
-    if direct != pooled:
-        raise SchemaError(f"DATABASE_DIRECT_URL reaches database {direct[0]!r}, schema {direct[1]!r}; DATABASE_URL "
-                          f"reaches {pooled[0]!r}, schema {pooled[1]!r}: they must be the same")
+        listening.close()
 
 
 def _loading_for_db_command() -> bool:

@@ -157,21 +157,36 @@ class PgConn:
         self.raw.close()
 
 
-def configure(conn: psycopg.Connection) -> None:
-    """Every new connection: JSONB read as text, the session's timeouts, rows by name and position."""
+def configure(conn: psycopg.Connection, session: bool = True) -> None:
+    """Every new connection: JSONB read as text, rows by name and position, and (`session`: not through a
+    transaction pooler, where they would land on whichever server connection ran them) the session's timeouts."""
     conn.adapters.register_loader("jsonb", TextLoader)
     conn.adapters.register_loader("json", TextLoader)
     conn.row_factory = _row_factory
-    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-    conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
+    if session:
+        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
+
+
+def connection_options(url: str) -> dict[str, Any]:
+    """psycopg.connect's options for `url`. Through a transaction pooler (`url` has a direct URL), no prepared
+    statements: psycopg prepares a statement it has run five times on a connection, under a name that
+    another client sharing the server connection may already have used (PgBouncer before 1.22 cannot help)."""
+    options: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if pooled(url):
+        options["prepare_threshold"] = None
+    return options
 
 
 def connect(url: str, direct: bool = False) -> PgConn:
     """One connection of its own (the CLI, migrations, tests): autocommit, configured. `direct`: to `url`'s
     direct URL (DATABASE_DIRECT_URL), for work that keeps state in its session (the prune's advisory lock)."""
-    raw = psycopg.connect(direct_url(url) if direct else url, autocommit=True,
-                          connect_timeout=CONNECT_TIMEOUT_SECONDS)
-    configure(raw)
+    if direct:
+        raw = psycopg.connect(direct_url(url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        configure(raw)
+    else:
+        raw = psycopg.connect(url, **connection_options(url))
+        configure(raw, session=not pooled(url))
     return PgConn(raw, url)
 
 
@@ -179,16 +194,23 @@ _direct: dict[str, str] = {}
 
 
 def use_direct(url: str, direct: str | None) -> None:
-    """Work that needs a session of its own (LISTEN, a session advisory lock) for the database at `url`
-    connects to `direct` instead (DATABASE_DIRECT_URL; None: to `url` itself).
+    """`url` is a transaction pooler in front of the database `direct` reaches (DATABASE_DIRECT_URL; None: it
+    is not). Work that needs a session of its own (LISTEN, a session advisory lock) connects to `direct`;
+    connections to `url` prepare no statements and set no session settings (set them on the role).
 
     Behind a transaction pooler (PgBouncer in transaction mode) each transaction of a client may run on
-    another server connection: a LISTEN would not hear its notifications, and a session lock taken by one
-    client could be taken again by another that lands on the same server connection."""
+    another server connection: a LISTEN would not hear its notifications, a session lock taken by one
+    client could be taken again by another that lands on the same server connection, and a session's
+    prepared statements and settings are another client's."""
     if direct:
         _direct[url] = direct
     else:
         _direct.pop(url, None)
+
+
+def pooled(url: str) -> bool:
+    """Whether `url` is a transaction pooler in front of its database (it has a direct URL: use_direct)."""
+    return url in _direct
 
 
 def direct_url(url: str) -> str:
@@ -208,9 +230,11 @@ def pool(url: str) -> ConnectionPool:
         return found
     with _pools_lock:
         if key not in _pools:
+            session = not pooled(url)  # through a transaction pooler a session's settings are another client's
             made = ConnectionPool(url, min_size=1, max_size=POOL_MAX, open=False, timeout=POOL_TIMEOUT_SECONDS,
-                                  kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
-                                  configure=configure, check=ConnectionPool.check_connection,
+                                  kwargs=connection_options(url),
+                                  configure=lambda conn: configure(conn, session=session),
+                                  check=ConnectionPool.check_connection,
                                   name=f"tasks-{os.getpid()}")
             made.open(wait=True, timeout=POOL_TIMEOUT_SECONDS)
             _pools[key] = made

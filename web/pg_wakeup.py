@@ -154,7 +154,9 @@ class Notifier:
     def _send(self, keys: list[str]) -> None:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+                # One statement, sent again and again: never prepared, so a transaction pooler can carry it.
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                             prepare_threshold=None)
             self._conn.execute("SELECT pg_notify(%s, k) FROM unnest(%s::text[]) AS k", (CHANNEL, keys))
             self.sent += len(keys)
         except Exception as exc:  # the waiters' fallback re-check finds the work within FALLBACK_SECONDS
@@ -175,7 +177,7 @@ class Notifier:
                 self._conn.close()
 
 
-_listeners: dict[tuple[int, str], Listener] = {}
+_listeners: dict[tuple[int, str, str], Listener] = {}  # (pid, url, the URL it connects to)
 _notifiers: dict[tuple[int, str], Notifier] = {}
 _lock = threading.Lock()
 
@@ -183,7 +185,7 @@ _lock = threading.Lock()
 def listener(url: str, direct: str | None = None) -> Listener:
     """This process's listener for `url`, started on first use (after a fork: never the parent's); it
     connects to `direct` if given (web/pg.py's direct_url)."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, direct or url)
     found = _listeners.get(key)
     if found is None:
         with _lock:
