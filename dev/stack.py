@@ -32,6 +32,8 @@ BIN = Path(sys.executable).parent
 # Under pytest-xdist each worker takes its ports from a range of its own, below the kernel's ephemeral range
 # (32768-60999), so two workers' tests never pick the same port, and no port another process got by binding
 # port 0 (the dev server's internal services, outgoing connections) is picked. Elsewhere: the kernel's choice.
+# Not covered: two pytest sessions on one host, or a crashed worker's replacement (gw2 of 2), share a range;
+# the bind check, the random start and _spawn_listening's retry are what is left for them.
 PORT_RANGE = (10_000, 32_000)
 _next_port: dict[str, int] = {}
 
@@ -130,7 +132,7 @@ def gunicorn_command(port: int, workers: int = 4, app: str = "app:create_app()")
     """The web process as the Procfile runs it (run from ROOT, gunicorn.conf.py sets gthread
     workers, threads, preload, no control socket), on loopback, with a short graceful stop."""
     return [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-            "--graceful-timeout", "5", app]
+            "--graceful-timeout", "5", "--log-level", "info", app]  # info: "Listening at" (wait_for_listening)
 
 
 @contextmanager

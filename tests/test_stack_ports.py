@@ -95,6 +95,7 @@ def test_each_xdist_worker_takes_its_ports_from_its_own_range_below_the_kernels(
     """Two workers never pick the same port, and neither picks one the kernel hands out for port 0."""
     from dev import stack as stack_module
 
+    monkeypatch.setattr(stack_module, "_next_port", {})  # this worker's own turn is left as it was
     found = {}
     for worker in ("gw0", "gw1"):
         monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)

@@ -398,12 +398,15 @@ def _prove_direct(url: str) -> None:
     try:
         direct = tuple(listening.execute_pg(where).fetchone())
         listening.execute_pg(f"LISTEN {channel}")
-        conn = pg.connect(url)
         try:
-            pooled = tuple(conn.execute_pg(where).fetchone())
-            conn.execute_pg("SELECT pg_notify(%s, '')", (channel,))
-        finally:
-            conn.close()
+            conn = pg.connect(url)
+            try:
+                pooled = tuple(conn.execute_pg(where).fetchone())
+                conn.execute_pg("SELECT pg_notify(%s, '')", (channel,))
+            finally:
+                conn.close()
+        except psycopg.Error as exc:  # the pooler's side: say so, not the direct URL's
+            raise SchemaError(f"DATABASE_URL: {str(exc).strip()}") from None
         if direct != pooled:
             raise SchemaError(f"DATABASE_DIRECT_URL reaches database {direct[0]!r}, schema {direct[1]!r}; "
                               f"DATABASE_URL reaches {pooled[0]!r}, schema {pooled[1]!r}: they must be the same")

@@ -11,7 +11,8 @@ so the shared code decodes JSON the same way on both backends.
 One pool per process and URL, opened on first use (after gunicorn forks: a pool made in the master would
 share sockets with its children). Every connection gets a connect timeout, `lock_timeout` (a transition
 waits this long for a row another holds, then fails instead of hanging a thread) and
-`idle_in_transaction_session_timeout` (a transaction left open cannot pin vacuum for long).
+`idle_in_transaction_session_timeout` (a transaction left open cannot pin vacuum for long); behind a
+transaction pooler (DATABASE_DIRECT_URL, see use_direct) the pooled ones do not: those belong on the role.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def configure(conn: psycopg.Connection, session: bool = True) -> None:
 def connection_options(url: str) -> dict[str, Any]:
     """psycopg.connect's options for `url`. Through a transaction pooler (`url` has a direct URL), no prepared
     statements: psycopg prepares a statement it has run five times on a connection, under a name that
-    another client sharing the server connection may already have used (PgBouncer before 1.22 cannot help)."""
+    another client sharing the server connection may already have used (PgBouncer's max_prepared_statements,
+    from 1.21, is not needed then)."""
     options: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
     if pooled(url):
         options["prepare_threshold"] = None
@@ -202,7 +204,7 @@ def use_direct(url: str, direct: str | None) -> None:
     another server connection: a LISTEN would not hear its notifications, a session lock taken by one
     client could be taken again by another that lands on the same server connection, and a session's
     prepared statements and settings are another client's."""
-    if direct:
+    if direct and direct != url:  # the same URL names no pooler: nothing changes
         _direct[url] = direct
     else:
         _direct.pop(url, None)
