@@ -89,9 +89,13 @@ class PgConn:
     def __init__(self, raw: psycopg.Connection, url: str | None = None, from_pool: ConnectionPool | None = None):
         self.raw = raw
         self.url = url  # for the wake-up's listener and notifier (web/pg_wakeup.py)
-        self.direct_url = direct_url(url) if url else None  # the listener's (use_direct)
         self.pool = from_pool  # the pool `raw` came from: given back while a long poll sleeps (released)
         self.ready: set[str] = set()  # integrations whose work this transaction makes claimable
+
+    @property
+    def direct_url(self) -> str | None:
+        """Where the wake-up's listener for this connection's database connects (use_direct)."""
+        return direct_url(self.url) if self.url else None
 
     def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor:
         return self.raw.execute(translate(sql), params or ())  # () still turns %% back into %
