@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 import logs
 import metrics
+from held_claims import HeldClaims
 from integrations import PullModeConfig, WorkflowInput, load_integrations
 from integrations.shared.providers import json_body
 from reconciler import Reconciler, ReconcilerSettings
@@ -346,6 +347,9 @@ class TaskProcessor:
         self.idle_waiting: set[str] = set()
         self.metrics = ProcessorMetrics()
         self.reconciler: threading.Thread | None = None
+        # Claims whose start is under way, renewed so the stuck rescue (for a dead processor's) leaves them alone.
+        self.held = HeldClaims(self.session, self.stopping, self.log, HTTP_TIMEOUT)
+        self.renewer: threading.Thread | None = None
 
     @property
     def stats(self) -> dict[str, int]:
@@ -371,17 +375,23 @@ class TaskProcessor:
                                          daemon=True) for pull in self.pull_configs]
         for thread in self.threads:
             thread.start()
+        self.start_renewal()
         if self.settings.reconciler.enabled:
             reconciler = Reconciler(self.settings.reconciler, self.bridge, self.pull_configs, self.session,
                                     self.metrics, self.stopping)
             self.reconciler = threading.Thread(target=reconciler.run, name="reconciler", daemon=True)
             self.reconciler.start()
 
+    def start_renewal(self) -> None:
+        """Renew the claims whose start is under way (held_claims.py), until the processor stops."""
+        self.renewer = threading.Thread(target=self.held.run, args=(self.pull_configs,), name="renewer", daemon=True)
+        self.renewer.start()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, finish starting what was claimed, close the Temporal connection."""
         self.stopping.set()
         deadline = time.monotonic() + timeout
-        for thread in [*self.threads, *([self.reconciler] if self.reconciler else [])]:
+        for thread in [*self.threads, *(t for t in (self.reconciler, self.renewer) if t)]:
             # A thread in an idle long poll (up to POLL_INTERVAL_MS) claims nothing when it comes back: it is
             # not waited for. Any other is finishing a claim or a start, which must be seen through.
             while thread.is_alive() and thread.name not in self.idle_waiting and time.monotonic() < deadline:
@@ -559,6 +569,7 @@ class TaskProcessor:
             await asyncio.get_running_loop().run_in_executor(
                 self.reporters, self.report_failed, pull, task, attempt, error)
         finally:
+            self.held.release(pull.integration, task["id"], attempt)
             self.in_flight.release()
 
     async def start_while_reachable(self, pull: PullModeConfig, task: dict, attempt: int) -> str | None:
@@ -625,9 +636,12 @@ class TaskProcessor:
         if cancels:
             self.bridge.submit(self.cancel_workflows(pull, cancels))
         now = time.monotonic()
+        claimed = [Claimed(task, int(task["attempt"]), now) for task in tasks]
+        self.held.hold(pull.integration, [(c.task["id"], c.attempt) for c in claimed], now,
+                       answer.get("stuckTimeoutSeconds"))
         if wait_ms and not tasks and not cancels:
             self.stopping.wait(declined_for(answer))
-        return [Claimed(task, int(task["attempt"]), now) for task in tasks]
+        return claimed
 
     async def cancel_workflows(self, pull: PullModeConfig, cancels: list[dict]) -> None:
         """Ask Temporal to cancel each task's workflow (its latest run); the workflow cancels the provider's job

@@ -86,3 +86,30 @@ def test_a_claim_after_the_stuck_timeout_rescues_and_the_last_one_expires(tasks)
         assert claim(tasks)["tasks"] == []
     row = tasks.row(task_id)
     assert row["status"] == "failed" and "no attempts left" in row["error"]
+
+
+def test_a_held_claim_is_renewed_and_not_rescued_while_its_processor_holds_it(tasks):
+    """A `held` report (the claim's processor lives; its start waits for Temporal) restarts the stuck clock of an
+    undispatched claim at its attempt. A rescued claim's renewal is fenced off; a started one's changes nothing."""
+    with freeze_time("2026-11-27 12:00:00") as clock:
+        task_id = tasks.create()
+        first = claim(tasks)
+        assert first["stuckTimeoutSeconds"] == 300 and first["tasks"][0]["attempt"] == 1
+        for _ in range(3):  # 3 x 200 s: twice the stuck timeout, renewed each time
+            clock.tick(200)
+            renewal = tasks.report(task_id, "held", attempt=1)
+            assert renewal.status_code == 200 and renewal.json["duplicate"] is False, renewal.json
+            assert claim(tasks)["tasks"] == []
+        assert tasks.row(task_id)["started_at"] == int(time.time())
+        assert tasks.report(task_id, "held").status_code == 400  # which attempt is held must be said
+        clock.tick(301)  # renewals stopped (the processor died): rescued as before
+        assert [t["attempt"] for t in claim(tasks)["tasks"]] == [2]
+        stale = tasks.report(task_id, "held", attempt=1)
+        assert stale.status_code == 409 and "Stale report" in stale.json["error"]
+        claim(tasks, dispatched=[{"apiCallId": task_id, "attempt": 2}])
+        renewed_at = tasks.row(task_id)["started_at"]
+        clock.tick(10)
+        assert tasks.report(task_id, "held", attempt=2).json["duplicate"] is True  # started: Temporal's now
+        assert tasks.row(task_id)["started_at"] == renewed_at
+    assert [(e["status"], e["attempt"]) for e in tasks.events(task_id)] == [("pending", 0), ("queued", 1),
+                                                                           ("queued", 2)]  # renewals are no events

@@ -21,7 +21,7 @@ from dev.stack import free_port, stop, temporal_server, workflow_runs
 from integrations import load_integrations
 from processor import ProcessorSettings, StartResult, TaskProcessor, TemporalUnavailable, start_workflow
 from settings import ROOT, load_config
-from tests.conftest import BACKENDS, IMAGE, TOKEN, VIDEO, db_config, wait_until
+from tests.conftest import AUTH, BACKENDS, IMAGE, TOKEN, VIDEO, db_config, wait_until
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.parametrize("backend", BACKENDS, indirect=True)]  # the same assertions on both stores
@@ -240,10 +240,21 @@ def test_temporal_outage_burns_no_attempt(web, tmp_path):
     assert (app.task(first)["attempts"], app.task(second)["attempts"]) == (1, 1)
 
 
-def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tmp_path):
+def claim_past_the_health_check(processor):
+    """Claim and start the video backlog as `poll` would, without its health check (as if it had been 250 ms old)."""
+    video = processor.pull_configs[0]
+    room = processor.in_flight.reserve(10, processor.stopping)
+    claimed = processor.claim(video, room)
+    processor.in_flight.release(room - len(claimed))
+    processor.dispatch(video, claimed)
+
+
+def test_a_claim_landing_as_temporal_goes_down_is_held_renewed_and_started_later(web, tmp_path):
     """The health check is up to 250 ms old when a claim lands: a start that then finds Temporal
-    gone must not report the attempt failed, but start it with the same attempt once Temporal is back."""
-    app = web()
+    gone must not report the attempt failed, but start it with the same attempt once Temporal is back.
+    Temporal stays down for three stuck timeouts: the processor's renewals keep the claim from the stuck
+    rescue (which is for a dead processor's claims), so no other processor takes it with a second attempt."""
+    app = web(STUCK_TIMEOUT_SECONDS=2)
     port = free_port()
     address = f"127.0.0.1:{port}"
     processor = processor_for(app.url, address)
@@ -251,13 +262,17 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tm
         with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
             processor.bridge.ensure_healthy()  # Temporal proven up (connects the client)
         task_id = app.create()
-        video = processor.pull_configs[0]  # claim past the health check, as if it had been 250 ms old
-        room = processor.in_flight.reserve(10, processor.stopping)
-        claimed = processor.claim(video, room)
-        processor.in_flight.release(room - len(claimed))
-        processor.dispatch(video, claimed)
+        claim_past_the_health_check(processor)
+        processor.start_renewal()
         wait_until(lambda: processor.stats["held"] == 1, timeout=30, message="the start held, not failed")
         assert processor.bridge.fresh_for() < 0  # no more claims until a health check passes
+        claimed_at = app.rows()[task_id]["started_at"]
+        outage_ends = time.monotonic() + 6
+        while time.monotonic() < outage_ends:  # another processor's fetch finds nothing to rescue
+            pending = app.http.get(f"{app.url}/api/{VIDEO}/fetchPendingTasks", headers=AUTH, timeout=10).json()
+            assert pending["tasks"] == [], pending
+            time.sleep(0.2)
+        assert app.rows()[task_id]["started_at"] > claimed_at  # renewed
         assert (app.task(task_id)["status"], app.task(task_id)["attempts"]) == ("queued", 1)
         with temporal_server(tmp_path / "t.db", tmp_path / "t.log", port=port):
             wait_until(lambda: processor.stats["started"] == 1, timeout=60, message="held start done")
@@ -265,10 +280,33 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_and_started_later(web, tm
                                message="the run visible in Temporal's list (eventually consistent)")
     finally:
         processor.stop()
-    assert run["attempt"] == 1 and processor.stats["start_failed"] == 0
+    assert run["attempt"] == 1 and processor.stats["start_failed"] == 0 and processor.held.count() == 0
     assert [(e["status"], e["attempt"]) for e in app.events() if e["task_id"] == task_id] == [
         ("pending", 0), ("queued", 1)]
     assert app.rows()[task_id]["dispatched_at"] is not None  # confirmed when the processor stopped
+
+
+def test_renewals_follow_the_answered_timeout_and_stop_for_a_claim_taken_over(web, temporal):
+    """HeldClaims renews a claim once a third of the stuck timeout the claim answer gave has passed, and
+    stops renewing one that another processor's rescue took (409): that claim's start meets the newer run."""
+    app = web(STUCK_TIMEOUT_SECONDS=30)
+    processor = processor_for(app.url, temporal)
+    video = processor.pull_configs[0]
+    try:
+        task_id = app.create()
+        [claim] = processor.claim(video, 1)  # the claim alone: no start, so it stays held
+        assert processor.held.due(video.integration, claim.at + 9.9) == []
+        assert processor.held.due(video.integration, claim.at + 10) == [(task_id, 1)]
+        processor.held.hold(video.integration, [(task_id, 1)], 0.0, 30)  # as if last renewed long ago: due
+        assert processor.held.renew(video) == 1 and processor.held.due(video.integration, time.monotonic()) == []
+        dbaccess.execute(app.db_path, "UPDATE video_tasks SET started_at = started_at - 100 WHERE id = ?", (task_id,))
+        [rescue] = processor_for(app.url, temporal, instance="rescuer").claim(video, 1)  # thought dead: rescued
+        assert rescue.attempt == 2
+        processor.held.hold(video.integration, [(task_id, 1)], 0.0, 30)  # as if last renewed long ago: due
+        assert processor.held.renew(video) == 0 and processor.held.count() == 0  # refused, and renewed no more
+    finally:
+        processor.stop()
+    assert app.rows()[task_id]["attempts"] == 2
 
 
 def test_a_claim_waits_for_work_only_while_temporal_is_proven_up(web, tmp_path):

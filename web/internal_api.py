@@ -27,7 +27,7 @@ MAX_WAIT_MS = 30_000
 MAX_ID_CHARS = 200
 MAX_ERROR_CHARS = 10_000
 REPORT_FIELDS = ("apiCallId", "status", "attempt", "taskId", "data", "error", "retryable")
-REPORTABLE = ("queued", "processing", "completed", "failed", "cancelled", "blocked")
+REPORTABLE = ("queued", "held", "processing", "completed", "failed", "cancelled", "blocked")
 log = logging.getLogger("web.tasks")
 
 bp = Blueprint("internal_api", __name__)
@@ -77,7 +77,9 @@ def claim_pending_tasks(name: str):
 
     Body (all optional): `{"limit": N, "waitMs": W, "dispatched": [{"apiCallId", "attempt"}, ...]}`.
     Answers `{"success": true, "tasks": [... each with "attempt"], "dispatched": [a result per item],
-    "cancels": [{"id", "attempt", "status"}, ...]}`: `cancels` are workflows to cancel (task_store.take_cancels).
+    "cancels": [{"id", "attempt", "status"}, ...], "stuckTimeoutSeconds": S}`: `cancels` are workflows to cancel
+    (task_store.take_cancels); a claim not started within S seconds must be renewed (a `held` report), or it is
+    rescued as stuck.
     The web process picks the tasks under the write lock, so concurrent processors never
     collide; `dispatched` confirms started workflows first, in the same commit. With
     `waitMs`, an empty claim waits (long poll) for a commit that brings work, and claims
@@ -119,7 +121,7 @@ def claim_pending_tasks(name: str):
         logs.event(log, "cancel handed out", task=cancel["id"], attempt=cancel["attempt"], integration=name)
     return long_poll_answer(name, {"success": True, "tasks": tasks, "dispatched": [
         _batch_result(task_id, outcome) for (task_id, _), outcome in zip(confirmations, confirmed, strict=True)],
-        "cancels": cancels}, waited, conn)
+        "cancels": cancels, "stuckTimeoutSeconds": table.policy.stuck_timeout_seconds}, waited, conn)
 
 
 def long_poll_context(name: str) -> dict[str, Any]:
@@ -229,7 +231,8 @@ def parse_report(body: Any) -> tuple[str, Report]:
     """Check a report body's shape; 400 with the first problem found.
 
     Wire names: `apiCallId` is our task id, `taskId` the provider's job id (the
-    external id). `queued` without `attempt` is a claim; with it, a dispatch confirmation.
+    external id). `queued` without `attempt` is a claim; with it, a dispatch confirmation. `held` renews a
+    claim whose start is still under way (its processor lives), so the stuck rescue leaves it alone.
     """
     if not isinstance(body, dict):
         abort(400, "Body must be a JSON object")
@@ -261,6 +264,8 @@ def parse_report(body: Any) -> tuple[str, Report]:
         abort(400, "data must be an object or a list")
     if status == "queued":
         return task_id, Report.claim() if attempt is None else Report.dispatched(attempt)
+    if status == "held":  # the claim's processor still holds it (its start waits for Temporal): renew it
+        return task_id, Report.held(attempt)
     if status == "blocked":  # the create met an account-level refusal: hand the claim back, block the integration
         return task_id, Report.blocked(attempt, error)
     return task_id, Report.progress(status, attempt, external_id, data, error, retryable)
@@ -278,7 +283,9 @@ def log_outcome(integration: str, task_id: str, report: Report, outcome) -> None
                              "not_found" if isinstance(outcome, TaskNotFound) else outcome.reason)
     if isinstance(outcome, Outcome):
         message = ("dispatch confirmed" if report.kind is ReportKind.DISPATCHED
-                   else "duplicate report" if outcome.duplicate else f"task {outcome.status}")
+                   else "duplicate report" if outcome.duplicate
+                   else "claim renewed: its start is under way" if report.kind is ReportKind.HELD
+                   else f"task {outcome.status}")
         logs.event(log, message, task=task_id, attempt=outcome.attempt, integration=integration,
                    external_id=report.external_id, error=report.error if report.status == "failed" else None)
         if report.kind is ReportKind.BLOCKED and not outcome.duplicate:

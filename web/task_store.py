@@ -149,6 +149,7 @@ class TaskTable:
 class ReportKind(enum.Enum):
     CLAIM = "claim"  # a processor takes the task: a new attempt
     DISPATCHED = "dispatch confirmation"  # the claim's workflow is started: Temporal owns the attempt
+    HELD = "claim renewal"  # the claim's processor lives and still holds it: not stuck (its start waits)
     PROGRESS = "progress"  # processing / completed / failed, fenced by the attempt
     BLOCKED = "integration blocked"  # the provider refuses the account: the claim is handed back, fenced
     RETRY = "operator retry"  # a failed task becomes pending again (the CLI and the dashboard)
@@ -174,6 +175,10 @@ class Report:
     @classmethod
     def dispatched(cls, attempt: int) -> Report:
         return cls(ReportKind.DISPATCHED, "queued", attempt)
+
+    @classmethod
+    def held(cls, attempt: int) -> Report:
+        return cls(ReportKind.HELD, "queued", attempt)
 
     @classmethod
     def progress(cls, status: str, attempt: int, external_id: str | None = None, data: Any = None,
@@ -247,6 +252,8 @@ def decide(task: dict, report: Report, policy: Policy, now: float) -> Decision:
     _check_attempt(task, report)
     if report.kind is ReportKind.DISPATCHED:
         return _confirm_dispatch(task, now)
+    if report.kind is ReportKind.HELD:
+        return _renew_claim(task, now)
     if report.kind is ReportKind.BLOCKED:
         return _hand_back(task, report)
     return _progress(task, report, policy, now)
@@ -302,6 +309,16 @@ def _confirm_dispatch(task: dict, now: float) -> Decision:
     if current in ("queued", "processing", "completed", "failed", "cancelled"):
         return DUPLICATE
     raise TransitionRefused(f"Cannot confirm the dispatch of a {current} task")
+
+
+def _renew_claim(task: dict, now: float) -> Decision:
+    """The processor that made the claim still holds it: its start waits for Temporal (an outage, a slow
+    server). Not a transition (no status change, no event): the claim's `startedAt` moves to now, so the
+    stuck rescue, which is for claims whose processor died, leaves it alone for another stuck timeout.
+    A claim already started, or moved on, is not renewed (a no-op); a rescued one is fenced off (409)."""
+    if task["status"] == "queued" and task["dispatchedAt"] is None:
+        return Decision({"startedAt": int(now)})
+    return DUPLICATE
 
 
 def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decision:
