@@ -419,19 +419,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"RECONCILE_INTERVAL_SECONDS (components.asyncTask.reconciler.intervalSeconds) must be a "
                           f"number from 0.1 to 3600, got {interval!r}")
     _validate_retention(config)
-    url = config.get("components.main.databaseUrl")
-    if url not in (None, "") and not (isinstance(url, str)
-                                      and url.startswith(("sqlite:///", "postgresql://", "postgres://"))):
-        raise ConfigError("DATABASE_URL (components.main.databaseUrl) must be sqlite:///<path> or "
-                          "postgresql://...; got a value of another scheme")
-    direct = config.get("components.main.databaseDirectUrl")
-    if direct not in (None, ""):
-        if not (isinstance(direct, str) and direct.startswith(("postgresql://", "postgres://"))):
-            raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) must be postgresql://...; "
-                              "got a value of another scheme")
-        if not (isinstance(url, str) and url.startswith(("postgresql://", "postgres://"))):
-            raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) is for a PostgreSQL "
-                              "DATABASE_URL; DATABASE_URL is not one")
+    _validate_database_urls(config)
     for path, (low, high) in _BOUNDS.items():
         value = config.get(path)
         if value is None:
@@ -439,6 +427,29 @@ def _validate(config: Config) -> None:
         setting = BY_PATH[path]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ConfigError(f"{setting.env} ({path}) must be an integer from {low} to {high}, got {value!r}")
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _validate_database_urls(config: Config) -> None:
+    """DATABASE_URL is SQLite or PostgreSQL; DATABASE_DIRECT_URL, if set, is PostgreSQL beside a PostgreSQL one."""
+    def postgres(value: Any) -> bool:
+        return isinstance(value, str) and value.startswith(POSTGRES_SCHEMES)
+
+    url = config.get("components.main.databaseUrl")
+    if url not in (None, "") and not (postgres(url) or (isinstance(url, str) and url.startswith("sqlite:///"))):
+        raise ConfigError("DATABASE_URL (components.main.databaseUrl) must be sqlite:///<path> or "
+                          "postgresql://...; got a value of another scheme")
+    direct = config.get("components.main.databaseDirectUrl")
+    if direct in (None, ""):
+        return
+    if not postgres(direct):
+        raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) must be postgresql://...; "
+                          "got a value of another scheme")
+    if not postgres(url):
+        raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) is for a PostgreSQL "
+                          "DATABASE_URL; DATABASE_URL is not one")
 
 
 def _validate_retention(config: Config) -> None:

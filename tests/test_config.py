@@ -52,6 +52,11 @@ def test_environment_overrides_file_values_with_types():
     ({"RECONCILE_ENABLED": "maybe"}, "RECONCILE_ENABLED must be true or false"),
     ({"RECONCILE_INTERVAL_SECONDS": "0"}, "RECONCILE_INTERVAL_SECONDS"),
     ({"PROCESSOR_METRICS_PORT": "70000"}, "PROCESSOR_METRICS_PORT"),
+    ({"DATABASE_URL": "mysql://db/tasks"}, "DATABASE_URL (components.main.databaseUrl) must be sqlite:///<path> or"),
+    ({"DATABASE_URL": "postgresql://pooler/tasks", "DATABASE_DIRECT_URL": "sqlite:///x.db"},
+     "DATABASE_DIRECT_URL (components.main.databaseDirectUrl) must be postgresql://"),
+    ({"DATABASE_URL": "sqlite:///x.db", "DATABASE_DIRECT_URL": "postgres://db/tasks"},
+     "is for a PostgreSQL DATABASE_URL"),
 ])
 def test_bad_settings_are_refused_clearly(environ, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
