@@ -40,11 +40,11 @@ from datetime import timedelta
 from typing import Any, NamedTuple
 
 import requests
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import logs
 import metrics
-from held_claims import HeldClaims
+from claim_renewals import ClaimRenewals
 from integrations import PullModeConfig, WorkflowInput, load_integrations
 from integrations.shared.providers import json_body
 from reconciler import Reconciler, ReconcilerSettings
@@ -238,7 +238,7 @@ class InFlight:
     """Claimed tasks whose workflow start has not finished: at most `bound` of them, one count, one lock.
 
     Why a bound: a claimed task that is not started yet is hidden from every other
-    processor until the stuck timeout, and each one is a start Temporal must serve.
+    processor (its claim is renewed while its start is tried), and each one is a start Temporal must serve.
     A poll thread reserves room before it claims (so two threads never overshoot),
     gives back what its claim did not use, and each finished start frees its slot.
     It waits for room for half the bound (or the whole batch, if smaller), so that a
@@ -316,6 +316,9 @@ class ProcessorMetrics:
                                   ["integration", "finding"], registry=registry)
         self.reconcile_checks = Counter("processor_reconcile_checks", "Workflows the reconciler described",
                                         ["integration"], registry=registry)
+        self.claims_in_start = Gauge("processor_claims_in_start",
+                                     "Claims whose start is under way (renewed, so the stuck rescue leaves them)",
+                                     registry=registry)
 
     def add(self, name: str, integration: str, amount: int = 1) -> None:
         self.counters[name].labels(integration).inc(amount)
@@ -348,7 +351,8 @@ class TaskProcessor:
         self.metrics = ProcessorMetrics()
         self.reconciler: threading.Thread | None = None
         # Claims whose start is under way, renewed so the stuck rescue (for a dead processor's) leaves them alone.
-        self.held = HeldClaims(self.session, self.stopping, self.log, HTTP_TIMEOUT)
+        self.renewals = ClaimRenewals(self.session, self.log, HTTP_TIMEOUT, MAX_BATCH, self.confirm_dispatches)
+        self.metrics.claims_in_start.set_function(self.renewals.count)
         self.renewer: threading.Thread | None = None
 
     @property
@@ -383,20 +387,24 @@ class TaskProcessor:
             self.reconciler.start()
 
     def start_renewal(self) -> None:
-        """Renew the claims whose start is under way (held_claims.py), until the processor stops."""
-        self.renewer = threading.Thread(target=self.held.run, args=(self.pull_configs,), name="renewer", daemon=True)
+        """Renew the claims whose start is under way (claim_renewals.py), until the processor has stopped."""
+        self.renewer = threading.Thread(target=self.renewals.run, args=(self.pull_configs,), name="renewer",
+                                        daemon=True)
         self.renewer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, finish starting what was claimed, close the Temporal connection."""
         self.stopping.set()
         deadline = time.monotonic() + timeout
-        for thread in [*self.threads, *(t for t in (self.reconciler, self.renewer) if t)]:
+        for thread in [*self.threads, *([self.reconciler] if self.reconciler else [])]:
             # A thread in an idle long poll (up to POLL_INTERVAL_MS) claims nothing when it comes back: it is
             # not waited for. Any other is finishing a claim or a start, which must be seen through.
             while thread.is_alive() and thread.name not in self.idle_waiting and time.monotonic() < deadline:
                 thread.join(0.05)
         self.in_flight.wait_empty(timeout)
+        self.renewals.stop()  # only now: the starts seen through above were renewed meanwhile
+        if self.renewer is not None:
+            self.renewer.join(max(0.0, deadline - time.monotonic()) + HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1])
         for pull in self.pull_configs:
             self.confirm_dispatches(pull)
         self.reporters.shutdown(wait=True)
@@ -569,7 +577,7 @@ class TaskProcessor:
             await asyncio.get_running_loop().run_in_executor(
                 self.reporters, self.report_failed, pull, task, attempt, error)
         finally:
-            self.held.release(pull.integration, task["id"], attempt)
+            self.renewals.release(pull.integration, task["id"], attempt)
             self.in_flight.release()
 
     async def start_while_reachable(self, pull: PullModeConfig, task: dict, attempt: int) -> str | None:
@@ -584,6 +592,7 @@ class TaskProcessor:
         from temporalio.service import RPCError, RPCStatusCode
 
         for retry in itertools.count():
+            self.renewals.touch(pull.integration, task["id"], attempt)
             try:
                 return await start_workflow(self.bridge.client, pull, task, attempt)
             except RPCError as err:
@@ -620,6 +629,7 @@ class TaskProcessor:
         if wait_ms:
             body["waitMs"] = wait_ms
         timeout = (HTTP_TIMEOUT[0], HTTP_TIMEOUT[1] + wait_ms / 1000)
+        sent = time.monotonic()  # the claims' renewals count from here: the web process stamps them later
         try:
             response = self.session().post(pull.internal_apis.claim_pending_tasks, json=body, timeout=timeout)
         except requests.RequestException as exc:
@@ -637,8 +647,8 @@ class TaskProcessor:
             self.bridge.submit(self.cancel_workflows(pull, cancels))
         now = time.monotonic()
         claimed = [Claimed(task, int(task["attempt"]), now) for task in tasks]
-        self.held.hold(pull.integration, [(c.task["id"], c.attempt) for c in claimed], now,
-                       answer.get("stuckTimeoutSeconds"))
+        self.renewals.hold(pull.integration, [(c.task["id"], c.attempt) for c in claimed],
+                           sent, answer.get("stuckTimeoutSeconds"))
         if wait_ms and not tasks and not cancels:
             self.stopping.wait(declined_for(answer))
         return claimed

@@ -5,7 +5,7 @@ import time
 import pytest
 from freezegun import freeze_time
 
-from tests.conftest import AUTH, BACKENDS, IMAGE, VIDEO
+from tests.conftest import AUTH, BACKENDS, IMAGE, USER, VIDEO
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # the same assertions on both stores
 
@@ -113,3 +113,16 @@ def test_a_held_claim_is_renewed_and_not_rescued_while_its_processor_holds_it(ta
         assert tasks.row(task_id)["started_at"] == renewed_at
     assert [(e["status"], e["attempt"]) for e in tasks.events(task_id)] == [("pending", 0), ("queued", 1),
                                                                            ("queued", 2)]  # renewals are no events
+
+
+def test_a_claim_whose_cancel_is_asked_for_is_not_renewed(tasks):
+    """It ages as before, so the cancel hand-out ends it after the stuck timeout even while its processor
+    waits for Temporal (which would otherwise start a run only to cancel it)."""
+    with freeze_time("2026-11-27 12:00:00") as clock:
+        task_id = tasks.create()
+        claim(tasks)
+        claimed_at = tasks.row(task_id)["started_at"]
+        assert tasks.client.post(f"/api/tasks/{task_id}/cancel", headers=USER).status_code == 202
+        clock.tick(200)
+        assert tasks.report(task_id, "held", attempt=1).json["duplicate"] is True
+        assert tasks.row(task_id)["started_at"] == claimed_at

@@ -265,10 +265,11 @@ def test_the_internal_schemas_are_the_internal_apis_limits():
     claim = schemas["ClaimRequest"]["properties"]
     assert (claim["limit"]["maximum"], claim["waitMs"]["maximum"], claim["dispatched"]["maxItems"]) == (
         internal_api.MAX_LIMIT, internal_api.MAX_WAIT_MS, internal_api.MAX_LIMIT)
-    for variant in ("ClaimOrConfirm", "Progress"):
+    for variant in ("ClaimOrConfirm", "Renewal", "Progress"):
         assert set(schemas[variant]["properties"]) == set(internal_api.REPORT_FIELDS)
         assert schemas[variant]["additionalProperties"] is False
     statuses = [schemas["ClaimOrConfirm"]["properties"]["status"]["const"],
+                schemas["Renewal"]["properties"]["status"]["const"],
                 *schemas["Progress"]["properties"]["status"]["enum"]]
     assert sorted(statuses) == sorted(internal_api.REPORTABLE)
     assert schemas["TaskRef"]["maxLength"] == schemas["ExternalId"]["maxLength"] == internal_api.MAX_ID_CHARS

@@ -315,10 +315,11 @@ def _renew_claim(task: dict, now: float) -> Decision:
     """The processor that made the claim still holds it: its start waits for Temporal (an outage, a slow
     server). Not a transition (no status change, no event): the claim's `startedAt` moves to now, so the
     stuck rescue, which is for claims whose processor died, leaves it alone for another stuck timeout.
-    A claim already started, or moved on, is not renewed (a no-op); a rescued one is fenced off (409)."""
-    if task["status"] == "queued" and task["dispatchedAt"] is None:
+    A claim already started, or moved on, or whose cancel is asked for, is not renewed (a no-op); a rescued
+    one is fenced off (409)."""
+    if task["status"] == "queued" and task["dispatchedAt"] is None and task["cancelRequestedAt"] is None:
         return Decision({"startedAt": int(now)})
-    return DUPLICATE
+    return DUPLICATE  # a claim whose cancel is asked for ages as before: the cancel hand-out ends it
 
 
 def _progress(task: dict, report: Report, policy: Policy, now: float) -> Decision:
@@ -370,7 +371,7 @@ def _check_claimable(task: dict, policy: Policy, now: float) -> None:
             raise TransitionRefused(f"{refusal}: all {policy.max_attempts} attempts are used", "not_claimable")
         if (task["startedAt"] or 0) < now - policy.stuck_timeout_seconds:
             return
-        raise TransitionRefused(f"{refusal}: attempt {attempts} was claimed less than "
+        raise TransitionRefused(f"{refusal}: attempt {attempts} was claimed (or renewed) less than "
                                 f"{policy.stuck_timeout_seconds}s ago", "not_claimable")
     raise TransitionRefused(refusal, "not_claimable")
 

@@ -1,0 +1,54 @@
+"""ClaimRenewals' schedule (claim_renewals.py): which held claims are due, and how often it looks.
+
+Pure arithmetic on given clocks; the renewals against a real web process are in test_processor.py."""
+
+import pytest
+
+from claim_renewals import MAX_TICK_SECONDS, MIN_TICK_SECONDS, ClaimRenewals
+
+VIDEO = "fangzhouVideoGeneration"
+CLAIM = ("task-1", 1)
+
+
+def renewals(timeout=30, at=100.0):
+    claims = ClaimRenewals(session=None, log=None, http_timeout=(1, 1), max_items=100, confirm=None)
+    claims.hold(VIDEO, [CLAIM], at, timeout)
+    return claims
+
+
+def test_a_claim_is_due_a_third_of_its_window_after_the_claim():
+    claims = renewals(timeout=31)  # window 30 s (startedAt is whole seconds): due every 10 s
+    assert claims.due(VIDEO, 109.9) == [] and claims.due(VIDEO, 110.0) == [CLAIM]
+
+
+def test_only_while_its_start_loop_touches_it():
+    claims = renewals(timeout=31)
+    assert claims.due(VIDEO, 110.0) == [CLAIM]
+    assert claims.due(VIDEO, 131.0) == []  # not touched for 31 s: a wedged start loop renews nothing
+    claims.touch(VIDEO, *CLAIM, now=125.0)
+    assert claims.due(VIDEO, 150.0) == [CLAIM]
+
+
+def test_for_at_most_twelve_stuck_timeouts():
+    claims = renewals(timeout=10)
+    claims.touch(VIDEO, *CLAIM, now=219.0)
+    assert claims.due(VIDEO, 219.9) == [CLAIM]
+    claims.touch(VIDEO, *CLAIM, now=220.0)
+    assert claims.due(VIDEO, 220.0) == []  # held 120 s: other processors may rescue it
+
+
+@pytest.mark.parametrize("timeout", [None, 0, -5, True, "300", float("nan")])
+def test_an_answer_without_a_usable_timeout_renews_nothing(timeout):
+    assert renewals(timeout=timeout).due(VIDEO, 10_000.0) == []
+
+
+def test_a_released_claim_is_not_renewed():
+    claims = renewals()
+    claims.release(VIDEO, *CLAIM)
+    assert claims.due(VIDEO, 120.0) == [] and claims.count() == 0
+
+
+@pytest.mark.parametrize("timeout, tick", [(None, MAX_TICK_SECONDS), (300, MAX_TICK_SECONDS), (3, 1 / 3),
+                                           (1, MIN_TICK_SECONDS)])
+def test_it_looks_twice_per_renewal_interval(timeout, tick):
+    assert renewals(timeout=timeout).tick() == pytest.approx(tick)
