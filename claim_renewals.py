@@ -64,11 +64,13 @@ class ClaimRenewals:
         """Claims just made, by a request sent at `at` (monotonic); `stuck_timeout` is the answer's field
         (absent: an older web process, which has no renewal either)."""
         with self._lock:
+            known = self._timeout.get(integration)
             if isinstance(stuck_timeout, (int, float)) and not isinstance(stuck_timeout, bool) and stuck_timeout > 0:
-                known = self._timeout.get(integration)
                 self._timeout[integration] = float(stuck_timeout)
                 if known is None or stuck_timeout < known:
                     self._wake.set()
+            else:  # the web process that answered has no renewals (an older one, during a rolling deploy)
+                self._timeout.pop(integration, None)
             held = self._held.setdefault(integration, {})
             for claim in claims:
                 held[claim] = Held(at, at, at)
@@ -95,7 +97,7 @@ class ClaimRenewals:
         the start loop lately, and held for fewer than MAX_HOLD_TIMEOUTS stuck timeouts."""
         with self._lock:
             timeout = self._timeout.get(integration)
-            if timeout is None:
+            if timeout is None or timeout <= STAMP_GRAIN_SECONDS:  # a renewal would buy nothing
                 return []
             every = max(0.0, timeout - STAMP_GRAIN_SECONDS) / RENEW_FRACTION
             return [claim for claim, held in self._held.get(integration, {}).items()
@@ -140,10 +142,8 @@ class ClaimRenewals:
             response = self.session().post(pull.internal_apis.report_task_event, timeout=self.http_timeout, json=[
                 {"apiCallId": task_id, "attempt": attempt, "status": "held"} for task_id, attempt in batch])
             results = json_body(response).get("results")
-            if response.status_code == 400:  # a web process from before renewals: stop until a claim says again
-                with self._lock:
-                    self._timeout.pop(pull.integration, None)
-                raise RuntimeError("the web process does not take `held` reports; claims are not renewed")
+            if response.status_code == 400:  # a web process from before renewals (its claim answers stop them)
+                raise RuntimeError("the web process does not take `held` reports; these claims were not renewed")
             if response.status_code != 200 or not isinstance(results, list) or len(results) != len(batch):
                 raise RuntimeError(f"{pull.internal_apis.report_task_event} answered {response.status_code}")
             renewed += self._settle(pull.integration, batch, results, sent)
@@ -157,6 +157,9 @@ class ClaimRenewals:
                 if claim not in held:
                     continue  # its start ended meanwhile
                 if isinstance(result, dict) and result.get("success") is True:
+                    if result.get("status") != "queued":  # it moved on (cancelled, failed, handed back): done
+                        del held[claim]
+                        continue
                     held[claim].renewed = sent
                     renewed += not result.get("duplicate")
                 else:  # a newer attempt took the task (this processor was thought dead), or it is gone

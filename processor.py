@@ -343,7 +343,8 @@ class TaskProcessor:
         self.in_flight = InFlight(settings.max_in_flight)
         # Started workflows to confirm to the web process (which then never rescues their claims),
         # per integration; they ride along with the next claim request, or go alone when idle.
-        # deque's append and popleft are atomic: the loop appends, the poll threads take.
+        # deque's append and popleft are atomic: the loop appends; the poll threads and the renewer take, each
+        # item once (take_confirmations never checks then pops).
         self.confirmations: dict[str, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self.threads: list[threading.Thread] = []
         # Poll threads inside a wait that claims nothing (wait_with_fetch): stopping need not wait for them.
@@ -403,8 +404,8 @@ class TaskProcessor:
                 thread.join(0.05)
         self.in_flight.wait_empty(timeout)
         self.renewals.stop()  # only now: the starts seen through above were renewed meanwhile
-        if self.renewer is not None:
-            self.renewer.join(max(0.0, deadline - time.monotonic()) + HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1])
+        if self.renewer is not None:  # woken at once; only a round's request under way is waited for
+            self.renewer.join(HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1])
         for pull in self.pull_configs:
             self.confirm_dispatches(pull)
         self.reporters.shutdown(wait=True)
@@ -679,8 +680,11 @@ class TaskProcessor:
     def take_confirmations(self, pull: PullModeConfig, limit: int = MAX_BATCH) -> list[dict]:
         queue = self.confirmations[pull.integration]
         taken = []
-        while queue and len(taken) < limit:
-            task_id, attempt = queue.popleft()
+        while len(taken) < limit:
+            try:
+                task_id, attempt = queue.popleft()
+            except IndexError:  # empty, or another taker had the last one
+                break
             taken.append({"apiCallId": task_id, "attempt": attempt})
         return taken
 

@@ -254,7 +254,7 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_renewed_and_started_later
     gone must not report the attempt failed, but start it with the same attempt once Temporal is back.
     Temporal stays down for over two stuck timeouts: the processor's renewals keep the claim from the stuck
     rescue (which is for a dead processor's claims), so no other processor takes it with a second attempt."""
-    app = web(STUCK_TIMEOUT_SECONDS=3)
+    app = web(STUCK_TIMEOUT_SECONDS=5)
     port = free_port()
     address = f"127.0.0.1:{port}"
     processor = processor_for(app.url, address)
@@ -267,7 +267,7 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_renewed_and_started_later
         wait_until(lambda: processor.stats["held"] == 1, timeout=30, message="the start held, not failed")
         assert processor.bridge.fresh_for() < 0  # no more claims until a health check passes
         claimed_at = app.rows()[task_id]["started_at"]
-        outage_ends = time.monotonic() + 7
+        outage_ends = time.monotonic() + 11
         while time.monotonic() < outage_ends:  # another processor's fetch finds nothing to rescue
             pending = app.http.get(f"{app.url}/api/{VIDEO}/fetchPendingTasks", headers=AUTH, timeout=10).json()
             assert pending["tasks"] == [], pending
@@ -286,29 +286,32 @@ def test_a_claim_landing_as_temporal_goes_down_is_held_renewed_and_started_later
     assert app.rows()[task_id]["dispatched_at"] is not None  # confirmed when the processor stopped
 
 
-def test_renewals_follow_the_answered_timeout_and_stop_for_a_claim_taken_over(web, temporal):
+def test_renewals_follow_the_answered_timeout_and_stop_for_a_claim_taken_over_or_moved_on(web, temporal):
     """A claim is renewed a third of its usable window (the timeout the claim answer gave, less a second of
-    stamp grain) after the last renewal, and no longer once another processor's rescue took it (409)."""
-    app = web(STUCK_TIMEOUT_SECONDS=4)
+    stamp grain) after the last renewal; no longer once another processor's rescue took it (409), or once
+    the task moved on (here an operator failed it)."""
+    app = web(STUCK_TIMEOUT_SECONDS=7)
     processor = processor_for(app.url, temporal)
+    rescuer = processor_for(app.url, temporal, instance="rescuer")
     video = processor.pull_configs[0]
     renewals = processor.renewals
     try:
-        task_id = app.create()
-        [claim] = processor.claim(video, 1)  # the claim alone: no start, so it stays held
+        taken, failed = app.create(), app.create()
+        claims = processor.claim(video, 2)  # the claims alone: no start, so they stay held
+        claimed_at = app.rows()[taken]["started_at"]
         assert renewals.due(video.integration, time.monotonic()) == []
-        wait_until(lambda: renewals.due(video.integration, time.monotonic()), timeout=5, message="due (1 s)")
-        renewed = app.rows()[task_id]["started_at"]
-        assert renewals.renew(video) == 1 and renewals.due(video.integration, time.monotonic()) == []
-        assert app.rows()[task_id]["started_at"] >= renewed
-        dbaccess.execute(app.db_path, "UPDATE video_tasks SET started_at = started_at - 100 WHERE id = ?", (task_id,))
-        [rescue] = processor_for(app.url, temporal, instance="rescuer").claim(video, 1)  # thought dead: rescued
-        assert rescue.attempt == 2
-        wait_until(lambda: renewals.due(video.integration, time.monotonic()), timeout=5, message="due again")
-        assert renewals.renew(video) == 0 and renewals.count() == 0  # refused, and renewed no more
+        wait_until(lambda: renewals.due(video.integration, time.monotonic()), timeout=10, message="due (2 s)")
+        assert renewals.renew(video) == 2 and renewals.due(video.integration, time.monotonic()) == []
+        assert app.rows()[taken]["started_at"] > claimed_at
+        dbaccess.execute(app.db_path, "UPDATE video_tasks SET started_at = started_at - 100 WHERE id = ?", (taken,))
+        [rescue] = rescuer.claim(video, 1)  # thought dead: rescued
+        assert app.report(failed, "failed", attempt=1, retryable=False).status_code == 200
+        wait_until(lambda: renewals.due(video.integration, time.monotonic()), timeout=10, message="due again")
+        assert renewals.renew(video) == 0 and renewals.count() == 0  # refused or moved on: renewed no more
     finally:
         processor.stop()
-    assert claim.attempt == 1 and app.rows()[task_id]["attempts"] == 2
+        rescuer.stop()
+    assert [c.attempt for c in claims] == [1, 1] and rescue.task["id"] == taken and rescue.attempt == 2
 
 
 def test_a_claim_waits_for_work_only_while_temporal_is_proven_up(web, tmp_path):

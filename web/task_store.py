@@ -755,7 +755,7 @@ def expire_stuck(conn: sqlite3.Connection, table: TaskTable, now: float | None =
                     and spent(task) >= policy.max_attempts and task["dispatchedAt"] is None):
                 continue
             error = (f"Attempt {task['attempts']} of {policy.max_attempts} made no progress within "
-                     f"{policy.stuck_timeout_seconds}s of its claim; no attempts left")
+                     f"{policy.stuck_timeout_seconds}s of its claim (or its last renewal); no attempts left")
             _update(conn, entity, task, {"status": "failed", "error": error, "retryable": 0}, now)
             _append_event(conn, table.integration, task_id, "failed", task["attempts"], now, error=error)
             if table.policy.max_active is not None:
