@@ -10,6 +10,7 @@ is what happens in production whenever two clients meet on one.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 
@@ -148,6 +149,27 @@ def test_a_direct_url_to_another_schema_or_nowhere_is_refused_at_start(role, bou
     make_app(bounced, bounced)  # the same URL names no pooler: nothing changes
     assert not pg.pooled(bounced)
     assert make_app(bounced, role["direct"]) is not None and pg.direct_url(bounced) == role["direct"]
+
+
+def test_a_start_behind_the_pooler_warns_until_the_role_sets_the_timeouts(role, bounced, pg_server, caplog):
+    """Behind the pooler no connection sets lock_timeout and idle_in_transaction_session_timeout (they would land
+    on whichever server connection ran them): the start says so, with the fix, until the role sets them."""
+    make_app(role["direct"], None)
+    with caplog.at_level(logging.WARNING, logger="web.db"):
+        make_app(bounced, role["direct"])
+    [warning] = [r for r in caplog.records if "no connection sets its timeouts" in r.getMessage()]
+    assert warning.fields["unset"] == "lock_timeout,idle_in_transaction_session_timeout"
+    assert "ALTER ROLE <role> SET lock_timeout = '5s'" in warning.fields["fix"]
+    admin, _ = pg_server
+    for name, value in pg.session_timeouts().items():
+        dbaccess.execute(admin, f"ALTER ROLE {role['name']} SET {name} = '{value}'")
+    caplog.clear()
+    with pgbouncer.bouncer(role["host"], role["port"], "postgres", role["name"], role["password"]) as fresh:
+        with caplog.at_level(logging.WARNING, logger="web.db"):
+            make_app(fresh, role["direct"])  # (a fresh pooler: its server connection logs in with the settings)
+        pg.close_pools(fresh)
+        pg.use_direct(fresh, None)
+    assert not [r for r in caplog.records if "no connection sets its timeouts" in r.getMessage()]
 
 
 def test_many_clients_through_the_pooler_share_its_server_connections_without_prepared_statements(role):

@@ -30,6 +30,7 @@ from its first `get_db()` to its teardown.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import sqlite3
 import sys
@@ -42,6 +43,8 @@ from pathlib import Path
 import click
 from flask import current_app, g
 from flask.cli import AppGroup
+
+import logs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schema.sql"
@@ -365,6 +368,7 @@ def check_at_start(path: str, exit_on_error: bool) -> None:
 
 
 DIRECT_CHECK_SECONDS = 5.0  # how long a start waits to hear its own notification on DATABASE_DIRECT_URL
+log = logging.getLogger("web.db")
 
 
 def _check_direct(url: str) -> None:
@@ -403,6 +407,8 @@ def _prove_direct(url: str) -> None:
             try:
                 pooled = tuple(conn.execute_pg(where).fetchone())
                 conn.execute_pg("SELECT pg_notify(%s, '')", (channel,))
+                unset = {name: value for name, value in pg.session_timeouts().items()
+                         if conn.execute_pg("SELECT current_setting(%s)", (name,)).fetchone()[0] == "0"}
             finally:
                 conn.close()
         except psycopg.Error as exc:  # the pooler's side: say so, not the direct URL's
@@ -414,6 +420,12 @@ def _prove_direct(url: str) -> None:
             raise SchemaError(f"DATABASE_DIRECT_URL did not hear, within {DIRECT_CHECK_SECONDS:g} s, a notification "
                               "sent through DATABASE_URL: it must reach the same server directly, not a standby "
                               "or a transaction pooler")
+        if unset:  # a warning, not a refusal: the operator may mean it, but should know
+            logs.event(log, "behind the pooler no connection sets its timeouts, and the role does not either: a "
+                       "transition may wait on a row lock, and a transaction left open may pin vacuum, without "
+                       "bound; set them on DATABASE_URL's role (README, PgBouncer)", logging.WARNING,
+                       unset=",".join(unset), fix="; ".join(f"ALTER ROLE <role> SET {name} = '{value}'"
+                                                            for name, value in unset.items()))
     except psycopg.Error as exc:  # e.g. LISTEN on a standby: "cannot execute LISTEN during recovery"
         raise SchemaError(f"DATABASE_DIRECT_URL: {str(exc).strip()}") from None
     finally:

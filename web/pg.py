@@ -169,8 +169,13 @@ def configure(conn: psycopg.Connection, session: bool = True) -> None:
     conn.adapters.register_loader("json", TextLoader)
     conn.row_factory = _row_factory
     if session:
-        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-        conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
+        for name, value in session_timeouts().items():
+            conn.execute(f"SET {name} = '{value}'")
+
+
+def session_timeouts() -> dict[str, str]:
+    """The settings every direct connection makes (read at each call: a test shortens LOCK_TIMEOUT)."""
+    return {"lock_timeout": LOCK_TIMEOUT, "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT}
 
 
 def connection_options(url: str) -> dict[str, Any]:
