@@ -154,3 +154,52 @@ def test_origins_compare_scheme_host_and_port_with_default_ports():
     assert origin("http://web.example:99999/") is None and origin("ftp://web.example/") is None
     assert report_target("http://web.example/api/x?y=1", "HTTP://web.example:80") == "http://web.example:80/api/x?y=1"
     assert report_target("http://web.example:81/api/x", "http://web.example") is None
+
+
+class ClosesTheSecondRequest(QuietHandler):
+    """HTTP/1.1 with keep-alive; the server's second request ever is read, then its connection closed with no
+    answer: what a client sees when the server's idle timeout closes a kept-alive connection as it is reused."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict] = []
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.seen.append(json.loads(self.rfile.read(length)))
+        if len(self.seen) == 2:
+            self.close_connection = True
+            return
+        data = json.dumps({"success": True, "status": "processing", "attempt": 1, "duplicate": False}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_kept_alive_connection_closed_as_it_is_reused_is_sent_again_on_a_new_one(worker_with):
+    """The last CI's two-host run logged a report activity failing with RemoteDisconnected (gunicorn closed an
+    idle kept-alive connection as the worker reused it); it was retried by Temporal, with a traceback in the
+    log. The activity sends the report again at once instead: reports are idempotent."""
+    ClosesTheSecondRequest.seen = []
+    server = LoopbackHTTP(ClosesTheSecondRequest)
+    try:
+        worker_with(server.url)
+        activities._session.cache_clear()  # a session of this test's own: its connection is the one reused
+        assert report(server.url + PATH)["success"] is True
+        assert report(server.url + PATH)["success"] is True  # the second request is closed unanswered
+    finally:
+        activities._session.cache_clear()
+        server.close()
+    assert len(ClosesTheSecondRequest.seen) == 3 and ClosesTheSecondRequest.seen[1] == ClosesTheSecondRequest.seen[2]
+
+
+def test_a_refused_connection_is_not_sent_again_here(worker_with):
+    """Only a connection closed without an answer is retried at once; a web process that is down is left to the
+    activity's retry policy (with its backoff)."""
+    from dev.stack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    worker_with(url)
+    with pytest.raises(ApplicationError, match="ConnectionError"):
+        report(url + PATH)

@@ -9,6 +9,7 @@ endpoint's origin (MAIN_ENDPOINT), whatever `reportUrl` a workflow's input names
 from __future__ import annotations
 
 import functools
+import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from prometheus_client import Counter, Histogram
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -371,10 +373,20 @@ def report_task_event(report: ReportInput) -> dict:
             body[key] = value
     if report.status == "failed":
         body["retryable"] = report.retryable
-    try:  # no redirects: a redirect must not carry the token to another origin
-        response = _session().post(target, json=body, headers={"Authorization": f"Bearer {token}"},
-                                   timeout=LOCAL_REPORT_HTTP_TIMEOUT if activity.info().is_local else REPORT_TIMEOUT,
-                                   allow_redirects=False)
+    def post() -> requests.Response:  # no redirects: a redirect must not carry the token to another origin
+        return _session().post(target, json=body, headers={"Authorization": f"Bearer {token}"},
+                               timeout=LOCAL_REPORT_HTTP_TIMEOUT if activity.info().is_local else REPORT_TIMEOUT,
+                               allow_redirects=False)
+
+    try:
+        try:
+            response = post()
+        except requests.ConnectionError as exc:
+            if not closed_unanswered(exc):
+                raise
+            # The web process closed the kept-alive connection as we reused it (its idle timeout): send it
+            # again, on a new connection, at once. A report is idempotent (a duplicate is answered 200).
+            response = post()
     except requests.RequestException as exc:
         raise ApplicationError(f"report {report.status} failed: {type(exc).__name__}: {exc}") from exc
     if 200 <= response.status_code < 300:
@@ -383,6 +395,14 @@ def report_task_event(report: ReportInput) -> dict:
     if response.status_code >= 500 or response.status_code == 429:
         raise ApplicationError(message)
     raise ApplicationError(message, type=REPORT_REFUSED, non_retryable=True)
+
+
+def closed_unanswered(exc: requests.ConnectionError) -> bool:
+    """The server closed the connection without an answer (it closed a kept-alive connection as the request
+    went out on it), as opposed to a refused connection, a timeout or a name that does not resolve."""
+    reason = exc.args[0] if exc.args else None
+    cause = reason.args[1] if isinstance(reason, urllib3.exceptions.ProtocolError) and len(reason.args) > 1 else None
+    return isinstance(cause, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
 
 
 def _shown_origin(url: str) -> str:
