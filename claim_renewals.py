@@ -39,6 +39,11 @@ MAX_TICK_SECONDS = 5.0
 MIN_TICK_SECONDS = 0.2
 
 
+def renewal_interval(timeout: float) -> float:
+    """Seconds between a claim's renewals: a third of what a renewal buys (the timeout less the stamp grain)."""
+    return max(0.0, timeout - STAMP_GRAIN_SECONDS) / RENEW_FRACTION
+
+
 @dataclass
 class Held:
     claimed: float  # monotonic, taken before the claim request went out
@@ -99,7 +104,7 @@ class ClaimRenewals:
             timeout = self._timeout.get(integration)
             if timeout is None or timeout <= STAMP_GRAIN_SECONDS:  # a renewal would buy nothing
                 return []
-            every = max(0.0, timeout - STAMP_GRAIN_SECONDS) / RENEW_FRACTION
+            every = renewal_interval(timeout)
             return [claim for claim, held in self._held.get(integration, {}).items()
                     if now - held.renewed >= every and now - held.touched <= TOUCHED_WITHIN_SECONDS
                     and now - held.claimed < MAX_HOLD_TIMEOUTS * timeout]
@@ -110,8 +115,7 @@ class ClaimRenewals:
             shortest = min(self._timeout.values(), default=None)
         if shortest is None:
             return MAX_TICK_SECONDS
-        every = max(0.0, shortest - STAMP_GRAIN_SECONDS) / RENEW_FRACTION
-        return max(MIN_TICK_SECONDS, min(MAX_TICK_SECONDS, every / 2))
+        return max(MIN_TICK_SECONDS, min(MAX_TICK_SECONDS, renewal_interval(shortest) / 2))
 
     def run(self, pull_configs: list[PullModeConfig]) -> None:
         """Each tick: send waiting confirmations, renew due claims; until stop()."""

@@ -429,25 +429,24 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{setting.env} ({path}) must be an integer from {low} to {high}, got {value!r}")
 
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+def names_postgres(value: Any) -> bool:
+    """Whether a database setting (DATABASE_URL, DATABASE_DIRECT_URL, or an SQLite path) names PostgreSQL."""
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
 
 
 def _validate_database_urls(config: Config) -> None:
     """DATABASE_URL is SQLite or PostgreSQL; DATABASE_DIRECT_URL, if set, is PostgreSQL beside a PostgreSQL one."""
-    def postgres(value: Any) -> bool:
-        return isinstance(value, str) and value.startswith(POSTGRES_SCHEMES)
-
     url = config.get("components.main.databaseUrl")
-    if url not in (None, "") and not (postgres(url) or (isinstance(url, str) and url.startswith("sqlite:///"))):
+    if url not in (None, "") and not (names_postgres(url) or (isinstance(url, str) and url.startswith("sqlite:///"))):
         raise ConfigError("DATABASE_URL (components.main.databaseUrl) must be sqlite:///<path> or "
                           "postgresql://...; got a value of another scheme")
     direct = config.get("components.main.databaseDirectUrl")
     if direct in (None, ""):
         return
-    if not postgres(direct):
+    if not names_postgres(direct):
         raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) must be postgresql://...; "
                           "got a value of another scheme")
-    if not postgres(url):
+    if not names_postgres(url):
         raise ConfigError("DATABASE_DIRECT_URL (components.main.databaseDirectUrl) is for a PostgreSQL "
                           "DATABASE_URL; DATABASE_URL is not one")
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from settings import names_postgres
+
 _pg: dict[str, Any] = {}
 
 
 def is_postgres(target: str) -> bool:
-    return target.startswith(("postgresql://", "postgres://"))
+    return names_postgres(target)
 
 
 def _pg_conn(url: str):

@@ -45,6 +45,7 @@ from flask import current_app, g
 from flask.cli import AppGroup
 
 import logs
+from settings import names_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schema.sql"
@@ -119,7 +120,7 @@ def statements(script: str) -> Iterator[str]:
 
 def is_postgres(target: str | None) -> bool:
     """Whether a database target (a DATABASE_URL, or an SQLite path) names PostgreSQL."""
-    return bool(target) and target.startswith(("postgresql://", "postgres://"))
+    return names_postgres(target)
 
 
 def is_postgres_conn(conn) -> bool:
